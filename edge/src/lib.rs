@@ -1,0 +1,7 @@
+//! SIP edge: stateful proxy, registrar and session border controller.
+//!
+//! Protocol logic lives in sans-IO cores (`msg`, `tsx`, `proxy`, `registrar`, `auth`)
+//! that take `now: Instant` and input and return output; [`rt`] owns sockets, TLS,
+//! WebSocket, threads and the clock.
+
+pub mod msg;
