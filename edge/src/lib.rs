@@ -5,3 +5,4 @@
 //! WebSocket, threads and the clock.
 
 pub mod msg;
+pub mod tsx;
