@@ -6,3 +6,11 @@
 
 pub mod msg;
 pub mod tsx;
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod location;
+pub mod proxy;
+pub mod registrar;
+pub mod transport;
+pub mod rt;

@@ -107,6 +107,39 @@ pub fn response(
     out.freeze()
 }
 
+/// A response to bytes that did not parse as a message (bad header line, oversize
+/// stream message): Via, From, To, Call-ID and CSeq lines are copied as text. `None`
+/// when the bytes are a response or carry no Via (nobody to answer).
+pub fn error_response_raw(raw: &[u8], code: u16, reason: &str) -> Option<Bytes> {
+    let start = raw.iter().position(|&c| c != b'\r' && c != b'\n')?;
+    let raw = &raw[start..];
+    if raw.starts_with(b"SIP/") {
+        return None;
+    }
+    let head_end = memchr::memmem::find(raw, b"\r\n\r\n").unwrap_or(raw.len());
+    let mut out = BytesMut::with_capacity(512);
+    let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    let mut via = false;
+    for line in raw[..head_end].split(|&c| c == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else { continue };
+        let name = HeaderName::from_bytes(line[..colon].trim_ascii_end());
+        if matches!(name, HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq)
+            && std::str::from_utf8(line).is_ok()
+        {
+            via |= name == HeaderName::Via;
+            out.put_slice(line);
+            out.put_slice(b"\r\n");
+        }
+    }
+    if !via {
+        return None;
+    }
+    out.put_slice(b"Content-Length: 0\r\n\r\n");
+    Some(out.freeze())
+}
+
 /// Edits applied when forwarding a received message. Everything not named here is
 /// copied verbatim, in order.
 #[derive(Debug, Default)]

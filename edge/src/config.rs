@@ -1,0 +1,283 @@
+//! The TOML configuration file (reference: docs/CONFIG.md) and its embedded default.
+//! Errors name the line, the key and what was expected.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Embedded default: every listener on 127.0.0.1, data in `./data`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the generated TLS certificate (and later the store) live.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `edge=debug`.
+    pub log: String,
+    pub sip: SipConfig,
+    pub tls: TlsConfig,
+    pub registrar: RegistrarConfig,
+    pub auth: AuthConfig,
+    #[serde(rename = "user")]
+    pub users: Vec<UserConfig>,
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// The SIP domain the edge is responsible for (registrar and local users).
+    pub domain: String,
+    /// More names that count as this domain.
+    pub aliases: Vec<String>,
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub ws: Vec<SocketAddr>,
+    pub wss: Vec<SocketAddr>,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Largest message accepted on a stream (TCP/TLS/WS); larger gets 513 and close.
+    pub max_message_size: usize,
+    /// RFC 3261 T1 in milliseconds.
+    pub t1_ms: u64,
+    /// RFC 3261 T2 in milliseconds.
+    pub t2_ms: u64,
+    /// RFC 3261 T4 in milliseconds.
+    pub t4_ms: u64,
+    /// RFC 3261 16.6 Timer C for INVITE in seconds (> 180).
+    pub timer_c_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; when absent a self-signed one is generated in data_dir.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (with `cert`).
+    pub key: Option<PathBuf>,
+}
+
+/// What to do with a new contact when an address of record already has `max_contacts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Refuse the REGISTER with 403.
+    Reject,
+    /// Drop the binding that was registered first.
+    EvictOldest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    pub max_contacts: usize,
+    pub on_max_contacts: OverflowPolicy,
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Digest realm; defaults to the domain.
+    pub realm: Option<String>,
+    /// Seconds a nonce stays valid; older gets `stale=true`.
+    pub nonce_ttl_secs: u64,
+    /// Challenge algorithms offered, in order (RFC 8760): `SHA-256`, `MD5`.
+    pub algorithms: Vec<String>,
+    /// Challenge (407) out-of-dialog requests whose From is a local user.
+    pub challenge_local_callers: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: Spanned<String>,
+    /// Plain password: only its HA1 hashes are kept in memory.
+    pub password: Option<String>,
+    /// HA1 = MD5(user:realm:password), hex.
+    pub ha1_md5: Option<String>,
+    /// HA1 = SHA-256(user:realm:password), hex.
+    pub ha1_sha256: Option<String>,
+    /// Overrides registrar.max_contacts for this user.
+    pub max_contacts: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Next hop for requests to non-local domains, e.g. `sip:10.0.0.5:5060;transport=tcp`.
+    pub uri: Spanned<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            log: "info".into(),
+            sip: SipConfig::default(),
+            tls: TlsConfig::default(),
+            registrar: RegistrarConfig::default(),
+            auth: AuthConfig::default(),
+            users: vec![],
+            upstreams: vec![],
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            domain: "localhost".into(),
+            aliases: vec![],
+            udp: vec![],
+            tcp: vec![],
+            tls: vec![],
+            ws: vec![],
+            wss: vec![],
+            workers: 0,
+            max_message_size: 65_535,
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            timer_c_secs: 181,
+        }
+    }
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig { max_contacts: 3, on_max_contacts: OverflowPolicy::Reject, min_expires: 60, max_expires: 7200, default_expires: 3600 }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { realm: None, nonce_ttl_secs: 300, algorithms: vec!["SHA-256".into(), "MD5".into()], challenge_local_callers: true }
+    }
+}
+
+/// A configuration error with the line it was found on.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+impl Config {
+    /// Parses and checks a config text. `path` is used in messages.
+    pub fn from_toml(src: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(src).map_err(|e| {
+            let line = e.span().map(|s| format!("line {}: ", line_of(src, s.start))).unwrap_or_default();
+            ConfigError { path: path.into(), message: format!("{line}{}", e.message()) }
+        })?;
+        cfg.check(src, path)?;
+        Ok(cfg)
+    }
+
+    /// Reads a file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::from_toml(DEFAULT_TOML, "<embedded default>"),
+            Some(p) => {
+                let src = std::fs::read_to_string(p).map_err(|e| ConfigError { path: p.display().to_string(), message: format!("cannot read: {e}") })?;
+                Config::from_toml(&src, &p.display().to_string())
+            }
+        }
+    }
+
+    fn check(&self, src: &str, path: &str) -> Result<(), ConfigError> {
+        let err = |span: Option<std::ops::Range<usize>>, msg: String| ConfigError {
+            path: path.into(),
+            message: match span {
+                Some(s) => format!("line {}: {msg}", line_of(src, s.start)),
+                None => msg,
+            },
+        };
+        if self.sip.domain.trim().is_empty() {
+            return Err(err(None, "key `sip.domain`: expected a non-empty domain name".into()));
+        }
+        if self.sip.max_message_size < 1024 {
+            return Err(err(None, "key `sip.max_message_size`: expected at least 1024 bytes".into()));
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            return Err(err(None, "keys `sip.t1_ms`/`sip.t2_ms`: expected 0 < t1_ms <= t2_ms".into()));
+        }
+        if self.registrar.max_contacts == 0 {
+            return Err(err(None, "key `registrar.max_contacts`: expected at least 1".into()));
+        }
+        if self.registrar.min_expires > self.registrar.max_expires {
+            return Err(err(None, "keys `registrar.min_expires`/`max_expires`: expected min_expires <= max_expires".into()));
+        }
+        for a in &self.auth.algorithms {
+            if !matches!(a.as_str(), "MD5" | "SHA-256") {
+                return Err(err(None, format!("key `auth.algorithms`: unknown algorithm {a:?}, expected \"SHA-256\" or \"MD5\"")));
+            }
+        }
+        if self.auth.algorithms.is_empty() {
+            return Err(err(None, "key `auth.algorithms`: expected at least one of \"SHA-256\", \"MD5\"".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in &self.users {
+            let name = u.name.get_ref();
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '@' || c == ':') {
+                return Err(err(Some(u.name.span()), format!("key `user.name`: expected a SIP user name, got {name:?}")));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(err(Some(u.name.span()), format!("key `user.name`: user {name:?} is defined twice")));
+            }
+            if u.password.is_none() && u.ha1_md5.is_none() && u.ha1_sha256.is_none() {
+                return Err(err(Some(u.name.span()), format!("user {name:?}: expected `password`, `ha1_md5` or `ha1_sha256`")));
+            }
+            for (key, v, len) in [("ha1_md5", &u.ha1_md5, 32), ("ha1_sha256", &u.ha1_sha256, 64)] {
+                if let Some(v) = v
+                    && (v.len() != len || !v.bytes().all(|c| c.is_ascii_hexdigit()))
+                {
+                    return Err(err(Some(u.name.span()), format!("user {name:?}: key `{key}`: expected {len} hex digits")));
+                }
+            }
+        }
+        for up in &self.upstreams {
+            crate::msg::SipUri::parse(up.uri.get_ref())
+                .map_err(|e| err(Some(up.uri.span()), format!("key `upstream.uri`: expected a sip: URI ({e}), got {:?}", up.uri.get_ref())))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_loads() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.sip.udp, vec!["127.0.0.1:5060".parse().unwrap()]);
+        assert_eq!(c.sip.wss, vec!["127.0.0.1:8089".parse().unwrap()]);
+        assert_eq!(c.registrar.max_contacts, 3);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = Config::from_toml("[sip]\ndomain = \"x\"\nudpp = []\n", "f.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("udpp") && e.contains("expected"), "{e}");
+        let e = Config::from_toml("[sip]\nudp = [\"nonsense\"]\n", "f.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("socket address"), "{e}");
+        let e = Config::from_toml("[[user]]\nname = \"bob\"\n", "f.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("password"), "{e}");
+        let e = Config::from_toml("\n[[upstream]]\nuri = \"http://x\"\n", "f.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("upstream.uri"), "{e}");
+        let e = Config::from_toml("[registrar]\non_max_contacts = \"drop\"\n", "f.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("reject"), "{e}");
+    }
+}

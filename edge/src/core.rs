@@ -1,0 +1,237 @@
+//! Inputs, outputs and the state shared by every worker's sans-IO core.
+
+use crate::auth::{Algorithm, Authenticator, Credentials};
+use crate::config::{Config, RegistrarConfig};
+use crate::location::Location;
+use crate::msg::{Message, SipUri};
+use crate::transport::{FlowId, Transport};
+use crate::tsx::TimerConfig;
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Where a message came from (or goes to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// The connection, for connection-oriented transports.
+    pub flow: Option<FlowId>,
+}
+
+/// Input to a core.
+#[derive(Debug)]
+pub enum Input {
+    /// A parsed message from `from`.
+    Message { from: Peer, msg: Message },
+    /// A connection closed: bindings reached through it are dropped (RFC 5626 4.4).
+    FlowClosed(FlowId),
+    /// The runtime could not send a transmit that carried `tsx` (connect refused, flow gone,
+    /// ICMP error): the client transaction fails over / times out (RFC 3261 17.1.4).
+    SendFailed { tsx: u64 },
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub to: Peer,
+    pub data: Bytes,
+    /// The client transaction this belongs to, for [`Input::SendFailed`].
+    pub tsx: Option<u64>,
+}
+
+/// Output of a core.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Transmit(Transmit),
+}
+
+/// A static next hop (`[[upstream]]`).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub uri: String,
+    pub dest: Peer,
+}
+
+/// Configuration and state shared by all workers (read-mostly; location and nonce-counts
+/// are internally sharded).
+pub struct Shared {
+    pub domain: String,
+    pub aliases: Vec<String>,
+    /// Every listening address with its transport.
+    pub listeners: Vec<(Transport, SocketAddr)>,
+    pub timers: TimerConfig,
+    pub timer_c: Duration,
+    pub registrar: RegistrarConfig,
+    pub auth: Authenticator,
+    pub challenge_local_callers: bool,
+    pub location: Location,
+    pub upstream: Option<Upstream>,
+    token_key: [u8; 32],
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl Shared {
+    /// Builds the shared state. `upstream_addr` is the resolved address of the first
+    /// `[[upstream]]`; `base` anchors nonce timestamps; `key` signs nonces and flow tokens.
+    pub fn new(cfg: &Config, listeners: Vec<(Transport, SocketAddr)>, upstream_addr: Option<SocketAddr>, base: Instant, key: [u8; 32]) -> Shared {
+        let realm = cfg.auth.realm.clone().unwrap_or_else(|| cfg.sip.domain.clone());
+        let mut users = HashMap::new();
+        for u in &cfg.users {
+            let name = u.name.get_ref().clone();
+            let mut c = match &u.password {
+                Some(p) => Credentials::from_password(&name, &realm, p),
+                None => Credentials::default(),
+            };
+            if let Some(h) = &u.ha1_md5 {
+                c.ha1_md5 = Some(h.to_ascii_lowercase());
+            }
+            if let Some(h) = &u.ha1_sha256 {
+                c.ha1_sha256 = Some(h.to_ascii_lowercase());
+            }
+            c.max_contacts = u.max_contacts;
+            users.insert(name, c);
+        }
+        let algs = cfg.auth.algorithms.iter().filter_map(|a| Algorithm::parse(a)).collect();
+        let upstream = cfg.upstreams.first().and_then(|u| {
+            let uri = u.uri.get_ref().clone();
+            let parsed = SipUri::parse(&uri).ok()?;
+            let transport = uri_transport(&parsed);
+            let addr = upstream_addr.or_else(|| parsed.ip().map(|ip| SocketAddr::new(ip, parsed.port.unwrap_or(transport.default_port()))))?;
+            Some(Upstream { uri, dest: Peer { transport, addr, flow: None } })
+        });
+        Shared {
+            domain: cfg.sip.domain.clone(),
+            aliases: cfg.sip.aliases.clone(),
+            listeners,
+            timers: TimerConfig {
+                t1: Duration::from_millis(cfg.sip.t1_ms),
+                t2: Duration::from_millis(cfg.sip.t2_ms),
+                t4: Duration::from_millis(cfg.sip.t4_ms),
+            },
+            timer_c: Duration::from_secs(cfg.sip.timer_c_secs),
+            registrar: cfg.registrar.clone(),
+            auth: Authenticator::new(realm, algs, users, key, base, Duration::from_secs(cfg.auth.nonce_ttl_secs)),
+            challenge_local_callers: cfg.auth.challenge_local_callers,
+            location: Location::new(),
+            upstream,
+            token_key: key,
+        }
+    }
+
+    /// The first listening address of a transport (used in Via and Record-Route).
+    pub fn local_addr(&self, t: Transport) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(lt, _)| *lt == t).map(|(_, a)| *a)
+    }
+
+    /// `true` if host[:port] is one of our listening addresses (RFC 3261 16.4).
+    pub fn is_own_address(&self, host: &str, port: Option<u16>) -> bool {
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: Option<IpAddr> = h.parse().ok();
+        let name_is_ours = self.is_domain(h);
+        self.listeners.iter().any(|(t, a)| {
+            let p = port.unwrap_or(t.default_port());
+            a.port() == p && (ip == Some(a.ip()) || (ip.is_none() && name_is_ours))
+        })
+    }
+
+    /// `true` if the host names our SIP domain or an alias.
+    pub fn is_domain(&self, host: &str) -> bool {
+        host.eq_ignore_ascii_case(&self.domain) || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(host))
+    }
+
+    /// `true` if a URI is for a user of ours (our domain, or one of our addresses).
+    pub fn is_local_uri(&self, uri: &SipUri<'_>) -> bool {
+        self.is_domain(uri.host) || self.is_own_address(uri.host, uri.port)
+    }
+
+    fn mac(&self, data: &[u8]) -> [u8; 8] {
+        let mut m = match <HmacSha256 as Mac>::new_from_slice(&self.token_key) {
+            Ok(m) => m,
+            Err(_) => return [0; 8],
+        };
+        m.update(data);
+        let out = m.finalize().into_bytes();
+        let mut r = [0; 8];
+        r.copy_from_slice(&out[..8]);
+        r
+    }
+
+    /// A flow token (RFC 5626 5.2) naming a peer, signed so it cannot be forged into an
+    /// open relay. Used as the user part of our Record-Route.
+    pub fn flow_token(&self, p: &Peer) -> String {
+        let mut b = Vec::with_capacity(40);
+        b.push(p.transport.index());
+        b.extend_from_slice(&p.flow.map(|f| f.0).unwrap_or(u64::MAX).to_be_bytes());
+        match p.addr.ip() {
+            IpAddr::V4(v4) => b.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => b.extend_from_slice(&v6.octets()),
+        }
+        b.extend_from_slice(&p.addr.port().to_be_bytes());
+        let mac = self.mac(&b);
+        b.extend_from_slice(&mac);
+        format!("ft{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b))
+    }
+
+    /// Reads back a flow token; `None` if it is not ours or was altered.
+    pub fn parse_flow_token(&self, user: &str) -> Option<Peer> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(user.strip_prefix("ft")?).ok()?;
+        if raw.len() != 1 + 8 + 4 + 2 + 8 && raw.len() != 1 + 8 + 16 + 2 + 8 {
+            return None;
+        }
+        let (body, mac) = raw.split_at(raw.len() - 8);
+        if self.mac(body) != mac {
+            return None;
+        }
+        let transport = Transport::from_index(body[0])?;
+        let flow = u64::from_be_bytes(body[1..9].try_into().ok()?);
+        let ip_len = body.len() - 1 - 8 - 2;
+        let ip: IpAddr = if ip_len == 4 {
+            <[u8; 4]>::try_from(&body[9..13]).ok()?.into()
+        } else {
+            <[u8; 16]>::try_from(&body[9..25]).ok()?.into()
+        };
+        let port = u16::from_be_bytes(body[body.len() - 2..].try_into().ok()?);
+        Some(Peer { transport, addr: SocketAddr::new(ip, port), flow: (flow != u64::MAX).then_some(FlowId(flow)) })
+    }
+}
+
+/// Transport a URI asks for (RFC 3263 4.1 without DNS): `transport=` or TLS for sips:.
+pub fn uri_transport(u: &SipUri<'_>) -> Transport {
+    match u.transport().and_then(Transport::parse) {
+        Some(t) => t,
+        None if u.secure => Transport::Tls,
+        None => Transport::Udp,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_tokens_round_trip_and_reject_tampering() {
+        let cfg = Config::load(None).unwrap();
+        let sh = Shared::new(&cfg, vec![(Transport::Udp, "127.0.0.1:5060".parse().unwrap())], None, Instant::now(), [3; 32]);
+        for p in [
+            Peer { transport: Transport::Wss, addr: "127.0.0.1:40000".parse().unwrap(), flow: Some(FlowId(7)) },
+            Peer { transport: Transport::Udp, addr: "[2001:db8::1]:5060".parse().unwrap(), flow: None },
+        ] {
+            let t = sh.flow_token(&p);
+            assert_eq!(sh.parse_flow_token(&t), Some(p));
+            let mut bad = t.clone().into_bytes();
+            let i = bad.len() - 3;
+            bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+            assert_eq!(sh.parse_flow_token(std::str::from_utf8(&bad).unwrap()), None);
+        }
+        assert!(sh.is_own_address("127.0.0.1", None));
+        assert!(!sh.is_own_address("127.0.0.1", Some(5090)));
+        assert!(sh.is_own_address("localhost", Some(5060)));
+    }
+}

@@ -1,0 +1,1128 @@
+//! The stateful proxy core (RFC 3261 section 16), one instance per worker.
+//!
+//! Sans-IO: [`Core::handle_input`] takes `now` and a message, [`Core::handle_timeout`]
+//! fires transaction timers, [`Core::poll_output`] yields what to send and
+//! [`Core::poll_timeout`] says when to call again. It owns the server and client
+//! transactions of the Call-IDs hashed to its worker, so nothing here takes a lock
+//! except the shared location service and nonce-counts (both sharded).
+
+use crate::auth::Verdict;
+use crate::core::{Input, Output, Peer, Shared, Transmit, uri_transport};
+use crate::location::Binding;
+use crate::msg::text::trim;
+use crate::msg::via::MAGIC_COOKIE;
+use crate::msg::write::{Forward, response};
+use crate::msg::{HeaderName, Message, Method, NameAddr, SipUri, Via};
+use crate::registrar;
+use crate::transport::Transport;
+use crate::tsx::{client, client_inv, server, server_inv};
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Methods the edge understands as a proxy and registrar (sent in Allow).
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
+/// Proxy-Require option tags we support (none beyond the base spec).
+const PROXY_SUPPORTED: [&str; 0] = [];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Server(u64),
+    Client(u64),
+    Ctx(u64),
+}
+
+enum SKind {
+    Inv(server_inv::ServerInvite),
+    Non(server::ServerNonInvite),
+}
+
+struct ServerTsx {
+    key: String,
+    kind: SKind,
+    reply_to: Peer,
+    request: Message,
+    /// The request's top Via with `received`/`rport` filled in (RFC 3581), if changed.
+    top_via: Option<String>,
+    to_tag: String,
+    last: Option<Bytes>,
+    ctx: Option<u64>,
+    scheduled: Option<Instant>,
+}
+
+enum CKind {
+    Inv(client_inv::ClientInvite),
+    Non(client::ClientNonInvite),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CancelState {
+    None,
+    /// Cancel requested before any provisional response: send on the first 1xx (RFC 3261 9.1).
+    Pending,
+    Sent,
+}
+
+struct ClientTsx {
+    index_key: String,
+    kind: CKind,
+    to: Peer,
+    request: Bytes,
+    /// The forwarded INVITE, parsed, to build CANCEL and ACK (INVITE only).
+    sent: Option<Message>,
+    ack: Option<Bytes>,
+    ctx: Option<u64>,
+    cancel: CancelState,
+    cancel_reason: Option<&'static str>,
+    scheduled: Option<Instant>,
+    /// A final response was seen on this branch.
+    done: bool,
+}
+
+struct ProxyCtx {
+    server: u64,
+    branches: Vec<u64>,
+    best: Option<Message>,
+    final_sent: bool,
+    invite: bool,
+    timer_c: Option<Instant>,
+    scheduled: Option<Instant>,
+}
+
+/// Where a forwarded request goes.
+struct Target {
+    request_uri: Option<String>,
+    push_routes: Vec<String>,
+    dest: Peer,
+    /// Flow token for the callee side of a Record-Route (connection or NAT binding).
+    out_token: bool,
+}
+
+/// The per-worker proxy/registrar core.
+pub struct Core {
+    sh: Arc<Shared>,
+    worker: u32,
+    servers: HashMap<u64, ServerTsx>,
+    server_index: HashMap<String, u64>,
+    clients: HashMap<u64, ClientTsx>,
+    client_index: HashMap<String, u64>,
+    ctxs: HashMap<u64, ProxyCtx>,
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    out: VecDeque<Output>,
+    next_id: u64,
+    rng: u64,
+    next_sweep: Option<Instant>,
+}
+
+impl Core {
+    /// A core for worker number `worker` (used to make branches unique across workers).
+    pub fn new(sh: Arc<Shared>, worker: u32, seed: u64) -> Core {
+        Core {
+            sh,
+            worker,
+            servers: HashMap::new(),
+            server_index: HashMap::new(),
+            clients: HashMap::new(),
+            client_index: HashMap::new(),
+            ctxs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            next_id: 1,
+            rng: seed | 1,
+            next_sweep: None,
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.sh
+    }
+
+    /// Live transactions (server, client), for tests and metrics.
+    pub fn transaction_counts(&self) -> (usize, usize) {
+        (self.servers.len(), self.clients.len())
+    }
+
+    /// Next output to hand to the runtime.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (t, self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*: tags and branches need uniqueness, not secrecy.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn send(&mut self, to: Peer, data: Bytes, tsx: Option<u64>) {
+        self.out.push_back(Output::Transmit(Transmit { to, data, tsx }));
+    }
+
+    /// Feeds one input.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + std::time::Duration::from_secs(5));
+        }
+        match input {
+            Input::Message { from, msg } => {
+                let span = tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or("-"));
+                let _g = span.enter();
+                if msg.is_request() {
+                    self.handle_request(now, from, msg);
+                } else {
+                    self.handle_response(now, msg);
+                }
+            }
+            Input::FlowClosed(flow) => {
+                let n = self.sh.location.remove_flow(flow);
+                if n > 0 {
+                    tracing::info!(flow = flow.0, bindings = n, "connection closed: bindings dropped");
+                }
+            }
+            Input::SendFailed { tsx } => self.client_transport_error(now, tsx),
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_some_and(|s| s <= now) {
+            self.sh.location.sweep(now);
+            self.sh.auth.sweep(now);
+            self.next_sweep = Some(now + std::time::Duration::from_secs(5));
+        }
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match key {
+                TimerKey::Server(id) => self.server_timeout(now, id, at),
+                TimerKey::Client(id) => self.client_timeout(now, id, at),
+                TimerKey::Ctx(id) => self.ctx_timeout(now, id, at),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    fn reply_stateless(&mut self, to: Peer, req: &Message, code: u16, reason: &str, top_via: Option<&str>, extra: &str) {
+        let tag = format!("{:x}", self.rand());
+        let data = response(req, code, reason, top_via, Some(&tag), extra, b"");
+        self.send(to, data, None);
+    }
+
+    /// Computes the top Via with `received`/`rport` (RFC 3261 18.2.1, RFC 3581 4).
+    fn fixed_top_via(msg: &Message, from: &Peer) -> Option<String> {
+        let raw = msg.top_via_str()?;
+        let via = Via::parse(raw)?;
+        let ip = from.addr.ip();
+        let host = via.host.trim_start_matches('[').trim_end_matches(']');
+        let same_host = host.parse::<std::net::IpAddr>().ok() == Some(ip);
+        let rport = via.rport();
+        if same_host && !matches!(rport, Some(None)) {
+            return None;
+        }
+        let mut s = String::with_capacity(raw.len() + 32);
+        // Rebuild the parameters: drop empty rport / old received, then append ours.
+        let head_end = raw.len() - via.params.len();
+        s.push_str(trim(&raw[..head_end]));
+        for (k, v) in crate::msg::text::params(via.params) {
+            if k.eq_ignore_ascii_case("received") || (k.eq_ignore_ascii_case("rport") && v.is_none()) {
+                continue;
+            }
+            s.push(';');
+            s.push_str(k);
+            if let Some(v) = v {
+                s.push('=');
+                s.push_str(v);
+            }
+        }
+        let _ = write!(s, ";received={ip}");
+        if matches!(rport, Some(None)) {
+            let _ = write!(s, ";rport={}", from.addr.port());
+        }
+        Some(s)
+    }
+
+    /// Where responses to a request go: the connection it came on, or for UDP the source
+    /// address (RFC 3581; also right for RFC 3261 18.2.2 when Via matches the source).
+    fn reply_path(msg: &Message, from: &Peer) -> Peer {
+        if from.transport.reliable() {
+            return *from;
+        }
+        let port = match msg.top_via() {
+            Some(v) if v.rport().is_some() => from.addr.port(),
+            Some(v) => v.port.unwrap_or(from.addr.port()),
+            None => from.addr.port(),
+        };
+        let via_port_ok = msg.top_via().and_then(|v| v.port).is_none_or(|p| p == from.addr.port());
+        Peer { transport: Transport::Udp, addr: SocketAddr::new(from.addr.ip(), if via_port_ok { from.addr.port() } else { port }), flow: None }
+    }
+
+    fn handle_request(&mut self, now: Instant, from: Peer, msg: Message) {
+        let method = msg.method();
+        if let Err(e) = msg.validate() {
+            if method != Method::Ack {
+                tracing::debug!(error = %e, "malformed request");
+                let reason = e.to_string();
+                self.reply_stateless(from, &msg, 400, &reason, None, "");
+            }
+            return;
+        }
+        let top_via = Self::fixed_top_via(&msg, &from);
+        let reply_to = Self::reply_path(&msg, &from);
+        let Some(key) = crate::tsx::server_key(&msg) else {
+            self.reply_stateless(reply_to, &msg, 400, "Bad Header: Via", top_via.as_deref(), "");
+            return;
+        };
+        match method {
+            Method::Ack => {
+                if let Some(&id) = self.server_index.get(&key) {
+                    if let Some(st) = self.servers.get_mut(&id)
+                        && let SKind::Inv(t) = &mut st.kind
+                    {
+                        t.handle_ack(now);
+                    }
+                    self.reschedule_server(id);
+                    return;
+                }
+                // ACK for a 2xx: a new transaction, forwarded statelessly (RFC 3261 16.7 / 13.2.2.4).
+                self.route_request(now, from, msg, top_via, None);
+                return;
+            }
+            Method::Cancel => {
+                self.handle_cancel(now, from, reply_to, msg, top_via, &key);
+                return;
+            }
+            _ => {}
+        }
+        if let Some(&id) = self.server_index.get(&key) {
+            // Retransmission (RFC 3261 17.2.1 / 17.2.2).
+            let mut resend = None;
+            if let Some(st) = self.servers.get_mut(&id) {
+                let retx = match &mut st.kind {
+                    SKind::Inv(t) => t.handle_request_retransmit() == server_inv::Action::Retransmit,
+                    SKind::Non(t) => t.handle_request_retransmit() == server::Action::Retransmit,
+                };
+                if retx {
+                    resend = st.last.clone().map(|d| (st.reply_to, d));
+                }
+            }
+            if let Some((to, d)) = resend {
+                self.send(to, d, None);
+            }
+            return;
+        }
+        let id = self.id();
+        let reliable = from.transport.reliable();
+        let kind = if method == Method::Invite {
+            SKind::Inv(server_inv::ServerInvite::new(reliable, self.sh.timers))
+        } else {
+            SKind::Non(server::ServerNonInvite::new(reliable, self.sh.timers))
+        };
+        let to_tag = format!("{:x}", self.rand());
+        self.servers.insert(id, ServerTsx { key: key.clone(), kind, reply_to, request: msg.clone(), top_via: top_via.clone(), to_tag, last: None, ctx: None, scheduled: None });
+        self.server_index.insert(key, id);
+        if method == Method::Invite {
+            // A stateful proxy answers 100 at once (RFC 3261 16.2 / 17.2.1).
+            self.server_reply(now, id, 100, "Trying", "");
+        }
+        self.route_request(now, from, msg, top_via, Some(id));
+    }
+
+    /// Sends a locally generated response through server transaction `id`.
+    fn server_reply(&mut self, now: Instant, id: u64, code: u16, reason: &str, extra: &str) {
+        let Some(st) = self.servers.get_mut(&id) else { return };
+        let data = response(&st.request, code, reason, st.top_via.as_deref(), Some(&st.to_tag), extra, b"");
+        self.server_send(now, id, code, data);
+    }
+
+    /// Sends response bytes through server transaction `id` if its state allows.
+    fn server_send(&mut self, now: Instant, id: u64, code: u16, data: Bytes) {
+        let Some(st) = self.servers.get_mut(&id) else { return };
+        let ok = match &mut st.kind {
+            SKind::Inv(t) => t.send_response(now, code),
+            SKind::Non(t) => t.send_response(now, code),
+        };
+        if !ok {
+            return;
+        }
+        if code >= 200 || st.last.is_none() || code > 100 {
+            st.last = Some(data.clone());
+        }
+        let to = st.reply_to;
+        self.send(to, data, None);
+        self.reschedule_server(id);
+    }
+
+    fn handle_cancel(&mut self, now: Instant, _from: Peer, reply_to: Peer, msg: Message, top_via: Option<String>, key: &str) {
+        // The INVITE server transaction has the same branch (RFC 3261 9.2).
+        let inv_key = match key.rsplit_once('|') {
+            Some((k, _)) => format!("{k}|INVITE"),
+            None => String::new(),
+        };
+        let Some(&inv_id) = self.server_index.get(&inv_key) else {
+            self.reply_stateless(reply_to, &msg, 481, "Call/Transaction Does Not Exist", top_via.as_deref(), "");
+            return;
+        };
+        // Answer the CANCEL itself through its own non-INVITE transaction.
+        let cid = self.id();
+        let kind = SKind::Non(server::ServerNonInvite::new(reply_to.transport.reliable(), self.sh.timers));
+        let to_tag = self.servers.get(&inv_id).map(|s| s.to_tag.clone()).unwrap_or_default();
+        self.servers.insert(cid, ServerTsx { key: key.to_string(), kind, reply_to, request: msg, top_via, to_tag, last: None, ctx: None, scheduled: None });
+        self.server_index.insert(key.to_string(), cid);
+        self.server_reply(now, cid, 200, "OK", "");
+        let ctx = self.servers.get(&inv_id).and_then(|s| s.ctx);
+        match ctx {
+            Some(ctx) => {
+                self.cancel_branches(now, ctx, None, None);
+                self.maybe_finish(now, ctx);
+            }
+            None => self.server_reply(now, inv_id, 487, "Request Terminated", ""),
+        }
+    }
+
+    /// Computes the loop-detection hash of a request (RFC 3261 16.6 step 8).
+    fn loop_hash(msg: &Message) -> u32 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |s: &str| {
+            for b in s.bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+            h ^= 0xff;
+        };
+        eat(msg.request_uri().unwrap_or(""));
+        eat(msg.from_hdr().and_then(|f| f.tag()).unwrap_or(""));
+        eat(msg.to_hdr().and_then(|f| f.tag()).unwrap_or(""));
+        eat(msg.call_id().unwrap_or(""));
+        eat(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_string());
+        for r in msg.values(HeaderName::Route) {
+            eat(r);
+        }
+        for r in msg.values(HeaderName::ProxyRequire) {
+            eat(r);
+        }
+        (h ^ (h >> 32)) as u32
+    }
+
+    /// Answers a request we routed nowhere: statefully when it has a server transaction.
+    fn reject(&mut self, now: Instant, sid: Option<u64>, from: Peer, msg: &Message, top_via: Option<&str>, code: u16, reason: &str, extra: &str) {
+        match sid {
+            Some(id) => self.server_reply(now, id, code, reason, extra),
+            None => {
+                if msg.method() != Method::Ack {
+                    self.reply_stateless(Self::reply_path(msg, &from), msg, code, reason, top_via, extra)
+                }
+            }
+        }
+    }
+
+    /// Request processing after the transaction layer (RFC 3261 16.3 to 16.6).
+    fn route_request(&mut self, now: Instant, from: Peer, msg: Message, top_via: Option<String>, sid: Option<u64>) {
+        let method = msg.method();
+        let tv = top_via.as_deref();
+        // 16.3 step 3: Max-Forwards.
+        let mf = match msg.max_forwards() {
+            Some(Ok(n)) => Some(n),
+            _ => None,
+        };
+        let ruri_text = msg.request_uri().unwrap_or("").to_string();
+        let ruri = SipUri::parse(&ruri_text);
+        let to_us = match &ruri {
+            Ok(u) => u.user.is_none() && self.sh.is_local_uri(u) && msg.header(HeaderName::Route).is_none(),
+            Err(_) => false,
+        };
+        if mf == Some(0) && !(to_us && method == Method::Options) {
+            self.reject(now, sid, from, &msg, tv, 483, "Too Many Hops", "");
+            return;
+        }
+        // 16.3 step 4: loop detection.
+        let lh = format!("{MAGIC_COOKIE}{:08x}", Self::loop_hash(&msg));
+        for v in msg.values(HeaderName::Via).skip(1).chain(msg.values(HeaderName::Via).take(1)) {
+            if let Some(via) = Via::parse(v)
+                && self.sh.is_own_address(via.host, via.port)
+                && via.branch().is_some_and(|b| b.starts_with(&lh))
+            {
+                self.reject(now, sid, from, &msg, tv, 482, "Loop Detected", "");
+                return;
+            }
+        }
+        // 16.3 step 5: Proxy-Require.
+        let unsupported: Vec<&str> = msg.values(HeaderName::ProxyRequire).filter(|o| !PROXY_SUPPORTED.iter().any(|s: &&str| s.eq_ignore_ascii_case(o))).collect();
+        if !unsupported.is_empty() {
+            let extra = format!("Unsupported: {}\r\n", unsupported.join(", "));
+            self.reject(now, sid, from, &msg, tv, 420, "Bad Extension", &extra);
+            return;
+        }
+        let Ok(ruri) = ruri else {
+            self.reject(now, sid, from, &msg, tv, 416, "Unsupported URI Scheme", "");
+            return;
+        };
+        // 16.4: pop our own Route values; the last one popped may carry a flow token.
+        let routes: Vec<&str> = msg.values(HeaderName::Route).collect();
+        let mut popped = 0;
+        let mut token_peer = None;
+        for r in &routes {
+            let Some(na) = NameAddr::parse(r) else { break };
+            let Ok(u) = SipUri::parse(na.uri) else { break };
+            if !self.sh.is_own_address(u.host, u.port) {
+                break;
+            }
+            popped += 1;
+            token_peer = u.user.and_then(|t| self.sh.parse_flow_token(t));
+        }
+        let remaining = &routes[popped..];
+        let in_dialog = msg.to_hdr().is_some_and(|t| t.tag().is_some());
+
+        // Requests for the edge itself.
+        if remaining.is_empty() && token_peer.is_none() && ruri.user.is_none() && self.sh.is_local_uri(&ruri) {
+            match method {
+                Method::Register => {
+                    let r = registrar::handle_register(&self.sh, now, &msg, from);
+                    self.reject(now, sid, from, &msg, tv, r.code, &r.reason, &r.headers);
+                }
+                Method::Options => {
+                    let extra = format!("Allow: {ALLOW}\r\nAccept: application/sdp\r\nSupported: path, outbound\r\n");
+                    self.reject(now, sid, from, &msg, tv, 200, "OK", &extra);
+                }
+                Method::Ack => {}
+                Method::Extension => self.reject(now, sid, from, &msg, tv, 501, "Not Implemented", &format!("Allow: {ALLOW}\r\n")),
+                _ => self.reject(now, sid, from, &msg, tv, 405, "Method Not Allowed", &format!("Allow: {ALLOW}\r\n")),
+            }
+            return;
+        }
+
+        // Authenticate callers that claim to be local users (out of dialog).
+        if !in_dialog && self.sh.challenge_local_callers && !matches!(method, Method::Ack | Method::Cancel | Method::Register) {
+            let local_from = msg.from_hdr().and_then(|f| {
+                let u = SipUri::parse(f.uri).ok()?;
+                let user = u.user?;
+                (self.sh.is_local_uri(&u) && self.sh.auth.user(user).is_some()).then(|| user.to_string())
+            });
+            if let Some(user) = local_from {
+                match self.sh.auth.verify(now, msg.method_str(), msg.header_lines(HeaderName::ProxyAuthorization)) {
+                    Verdict::Ok(u) if u == user => {}
+                    Verdict::Ok(_) => {
+                        self.reject(now, sid, from, &msg, tv, 403, "Forbidden (From does not match credentials)", "");
+                        return;
+                    }
+                    Verdict::Fail(why) if why != "nonce-count replayed" => {
+                        self.reject(now, sid, from, &msg, tv, 403, &format!("Forbidden ({why})"), "");
+                        return;
+                    }
+                    v => {
+                        let mut extra = String::new();
+                        for c in self.sh.auth.challenges(now, v == Verdict::Stale) {
+                            let _ = write!(extra, "Proxy-Authenticate: {c}\r\n");
+                        }
+                        self.reject(now, sid, from, &msg, tv, 407, "Proxy Authentication Required", &extra);
+                        return;
+                    }
+                }
+            }
+        }
+
+        // Decide the targets (16.5).
+        let mut targets: Vec<Target> = Vec::new();
+        if let Some(first) = remaining.first() {
+            // Loose routing: next hop is the next Route.
+            match self.dest_for(NameAddr::parse(first).map(|n| n.uri).unwrap_or("")) {
+                Some(dest) => targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false }),
+                None => {
+                    self.reject(now, sid, from, &msg, tv, 502, "Bad Gateway (unresolvable Route)", "");
+                    return;
+                }
+            }
+        } else if let Some(peer) = token_peer {
+            targets.push(Target { request_uri: None, push_routes: vec![], dest: peer, out_token: false });
+        } else if popped > 0 {
+            match self.dest_for(&ruri_text) {
+                Some(dest) => targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false }),
+                None => {
+                    self.reject(now, sid, from, &msg, tv, 502, "Bad Gateway (unresolvable Request-URI)", "");
+                    return;
+                }
+            }
+        } else if self.sh.is_local_uri(&ruri) {
+            let user = crate::msg::uri::percent_decode(ruri.user.unwrap_or(""));
+            if self.sh.auth.user(&user).is_none() {
+                self.reject(now, sid, from, &msg, tv, 404, "Not Found", "");
+                return;
+            }
+            let aor = registrar::aor_key(&self.sh, &user);
+            let bindings = self.sh.location.lookup(now, &aor);
+            if bindings.is_empty() {
+                self.reject(now, sid, from, &msg, tv, 480, "Temporarily Unavailable", "");
+                return;
+            }
+            for b in bindings {
+                targets.push(self.binding_target(&b));
+            }
+        } else if let Some(up) = self.sh.upstream.clone() {
+            targets.push(Target { request_uri: None, push_routes: vec![], dest: up.dest, out_token: false });
+        } else {
+            self.reject(now, sid, from, &msg, tv, 403, "Forbidden (relaying denied)", "");
+            return;
+        }
+
+        let new_mf = Some(mf.map(|m| m.saturating_sub(1)).unwrap_or(70));
+        if method == Method::Ack || sid.is_none() {
+            // Stateless forward (ACK for 2xx).
+            if let Some(t) = targets.into_iter().next() {
+                let branch = format!("{lh}.{:x}", self.rand());
+                if let Some(data) = self.build_forward(&msg, &from, &t, tv, &branch, popped, new_mf, false) {
+                    self.send(t.dest, data, None);
+                }
+            }
+            return;
+        }
+        let Some(sid) = sid else { return };
+        let ctx_id = self.id();
+        let invite = method == Method::Invite;
+        let record_route = !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify);
+        let mut ctx = ProxyCtx { server: sid, branches: vec![], best: None, final_sent: false, invite, timer_c: None, scheduled: None };
+        if invite {
+            ctx.timer_c = Some(now + self.sh.timer_c);
+        }
+        self.ctxs.insert(ctx_id, ctx);
+        if let Some(st) = self.servers.get_mut(&sid) {
+            st.ctx = Some(ctx_id);
+        }
+        for t in targets {
+            let r = self.rand();
+            let branch = format!("{lh}.{:x}{r:x}", self.worker);
+            let Some(data) = self.build_forward(&msg, &from, &t, tv, &branch, popped, new_mf, record_route) else {
+                continue;
+            };
+            let cid = self.id();
+            let reliable = t.dest.transport.reliable();
+            let kind = if invite {
+                CKind::Inv(client_inv::ClientInvite::new(now, reliable, self.sh.timers))
+            } else {
+                CKind::Non(client::ClientNonInvite::new(now, reliable, self.sh.timers))
+            };
+            let index_key = format!("{branch}|{}", msg.method_str());
+            let sent = if invite { Message::parse(data.clone()).ok() } else { None };
+            self.clients.insert(cid, ClientTsx { index_key: index_key.clone(), kind, to: t.dest, request: data.clone(), sent, ack: None, ctx: Some(ctx_id), cancel: CancelState::None, cancel_reason: None, scheduled: None, done: false });
+            self.client_index.insert(index_key, cid);
+            if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                c.branches.push(cid);
+            }
+            self.send(t.dest, data, Some(cid));
+            self.reschedule_client(cid);
+        }
+        let no_branch = self.ctxs.get(&ctx_id).is_none_or(|c| c.branches.is_empty());
+        if no_branch {
+            self.server_reply(now, sid, 503, "Service Unavailable (no usable transport)", "");
+            self.ctxs.remove(&ctx_id);
+            if let Some(st) = self.servers.get_mut(&sid) {
+                st.ctx = None;
+            }
+            return;
+        }
+        self.reschedule_ctx(ctx_id);
+    }
+
+    fn binding_target(&self, b: &Binding) -> Target {
+        let contact_dest = self.dest_for(&b.uri);
+        // Reach the contact where it really registered from (NAT, connection reuse).
+        let dest = Peer { transport: b.source.transport, addr: b.source.addr, flow: b.source.flow };
+        let nat = contact_dest.is_none_or(|d| d.addr != dest.addr || d.transport != dest.transport);
+        Target {
+            request_uri: Some(b.uri.to_string()),
+            push_routes: b.path.iter().map(|p| p.to_string()).collect(),
+            dest: if b.path.is_empty() { dest } else { self.dest_for(NameAddr::parse(&b.path[0]).map(|n| n.uri).unwrap_or("")).unwrap_or(dest) },
+            out_token: b.path.is_empty() && (dest.flow.is_some() || nat),
+        }
+    }
+
+    /// Resolves a URI to a next hop (RFC 3263 without DNS: IP literals and the upstream).
+    fn dest_for(&self, uri: &str) -> Option<Peer> {
+        let u = SipUri::parse(uri).ok()?;
+        let transport = uri_transport(&u);
+        if let Some(ip) = u.ip() {
+            return Some(Peer { transport, addr: SocketAddr::new(ip, u.port.unwrap_or(transport.default_port())), flow: None });
+        }
+        if let Some(up) = &self.sh.upstream
+            && let Ok(upu) = SipUri::parse(&up.uri)
+            && upu.host.eq_ignore_ascii_case(u.host)
+        {
+            return Some(up.dest);
+        }
+        None
+    }
+
+    fn rr_value(&self, p: &Peer, token: bool) -> Option<String> {
+        let local = self.sh.local_addr(p.transport)?;
+        let host = match local {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        let user = if token { format!("{}@", self.sh.flow_token(p)) } else { String::new() };
+        let tp = if p.transport == Transport::Udp { String::new() } else { format!(";transport={}", p.transport.uri_param()) };
+        Some(format!("<sip:{user}{host}:{}{tp};lr>", local.port()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_forward(&self, msg: &Message, from: &Peer, t: &Target, top_via: Option<&str>, branch: &str, popped: usize, mf: Option<u32>, record_route: bool) -> Option<Bytes> {
+        let local = self.sh.local_addr(t.dest.transport)?;
+        let mut prepend = String::with_capacity(256);
+        let _ = write!(prepend, "Via: SIP/2.0/{} {local};branch={branch}\r\n", t.dest.transport.via_token());
+        if record_route {
+            let in_nat = !from.transport.reliable()
+                && msg.top_via().is_some_and(|v| {
+                    let h = v.host.trim_start_matches('[').trim_end_matches(']');
+                    h.parse::<std::net::IpAddr>().ok() != Some(from.addr.ip()) || v.port.unwrap_or(5060) != from.addr.port()
+                });
+            let in_token = from.transport.reliable() || in_nat;
+            let in_rr = self.rr_value(from, in_token)?;
+            if in_token || t.out_token || from.transport != t.dest.transport {
+                let out_rr = self.rr_value(&t.dest, t.out_token)?;
+                let _ = write!(prepend, "Record-Route: {out_rr}, {in_rr}\r\n");
+            } else {
+                let _ = write!(prepend, "Record-Route: {in_rr}\r\n");
+            }
+        }
+        Some(
+            Forward {
+                request_uri: t.request_uri.as_deref(),
+                prepend: &prepend,
+                top_via,
+                drop_vias: 0,
+                drop_routes: popped,
+                push_routes: &t.push_routes,
+                max_forwards: mf,
+                append: "",
+            }
+            .write(msg),
+        )
+    }
+
+    // ---------------------------------------------------------------- responses
+
+    fn handle_response(&mut self, now: Instant, msg: Message) {
+        if msg.validate().is_err() {
+            tracing::debug!("dropping malformed response");
+            return;
+        }
+        let (Some(via), Some(cseq)) = (msg.top_via(), msg.cseq()) else { return };
+        let Some(branch) = via.branch() else { return };
+        let key = format!("{branch}|{}", cseq.method);
+        let Some(&cid) = self.client_index.get(&key) else {
+            tracing::debug!(branch, "stray response dropped");
+            return;
+        };
+        let code = msg.status().unwrap_or(500);
+        let Some(ct) = self.clients.get_mut(&cid) else { return };
+        enum Next {
+            Deliver,
+            AckThenDeliver,
+            ResendAck,
+            Nothing,
+        }
+        let next = match &mut ct.kind {
+            CKind::Inv(t) => match t.handle_response(now, code) {
+                client_inv::Action::Deliver => Next::Deliver,
+                client_inv::Action::SendAck => Next::AckThenDeliver,
+                client_inv::Action::ResendAck => Next::ResendAck,
+                _ => Next::Nothing,
+            },
+            CKind::Non(t) => match t.handle_response(now, code) {
+                client::Action::Deliver => Next::Deliver,
+                _ => Next::Nothing,
+            },
+        };
+        match next {
+            Next::Nothing => {}
+            Next::ResendAck => {
+                if let Some(a) = ct.ack.clone() {
+                    let to = ct.to;
+                    self.send(to, a, None);
+                }
+            }
+            Next::AckThenDeliver => {
+                if let Some(sent) = &ct.sent {
+                    let ack = build_ack(sent, &msg);
+                    ct.ack = Some(ack.clone());
+                    let to = ct.to;
+                    self.send(to, ack, None);
+                }
+                self.deliver(now, cid, msg, code);
+            }
+            Next::Deliver => self.deliver(now, cid, msg, code),
+        }
+        self.reschedule_client(cid);
+    }
+
+    /// Response processing of RFC 3261 16.7 for branch `cid`.
+    fn deliver(&mut self, now: Instant, cid: u64, msg: Message, code: u16) {
+        let Some(ct) = self.clients.get_mut(&cid) else { return };
+        let Some(ctx_id) = ct.ctx else { return };
+        if code >= 200 {
+            ct.done = true;
+        }
+        // A 1xx lets a pending CANCEL go out (RFC 3261 9.1).
+        if (101..200).contains(&code) && ct.cancel == CancelState::Pending {
+            let reason = ct.cancel_reason;
+            self.send_cancel(now, cid, reason);
+        }
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else { return };
+        let sid = ctx.server;
+        if code < 200 {
+            if code > 100 {
+                if ctx.invite {
+                    ctx.timer_c = Some(now + self.sh.timer_c);
+                }
+                if !ctx.final_sent {
+                    let data = Forward { drop_vias: 1, ..Default::default() }.write(&msg);
+                    self.server_send(now, sid, code, data);
+                }
+            }
+            self.reschedule_ctx(ctx_id);
+            return;
+        }
+        if (200..300).contains(&code) {
+            // 2xx: forward at once, every one of them (16.7 step 5), cancel the others.
+            let first = !ctx.final_sent;
+            let invite = ctx.invite;
+            ctx.final_sent = true;
+            let data = Forward { drop_vias: 1, ..Default::default() }.write(&msg);
+            self.server_send(now, sid, code, data);
+            if first && invite {
+                self.cancel_branches(now, ctx_id, Some(cid), Some("SIP;cause=200;text=\"Call completed elsewhere\""));
+            }
+            self.maybe_finish(now, ctx_id);
+            return;
+        }
+        if code >= 600 && ctx.invite {
+            // 6xx ends the search (16.7 step 5): cancel the remaining branches.
+            self.cancel_branches(now, ctx_id, Some(cid), None);
+        }
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else { return };
+        let better = match &ctx.best {
+            None => true,
+            Some(b) => response_rank(code) < response_rank(b.status().unwrap_or(500)),
+        };
+        if better {
+            ctx.best = Some(msg);
+        }
+        self.maybe_finish(now, ctx_id);
+    }
+
+    /// Sends the best response once every branch has a final response (16.7 step 6).
+    fn maybe_finish(&mut self, now: Instant, ctx_id: u64) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else { return };
+        let all_done = ctx.branches.iter().all(|b| self.clients.get(b).is_none_or(|c| c.done || c.cancel == CancelState::Pending));
+        if !all_done {
+            return;
+        }
+        let sid = ctx.server;
+        if !ctx.final_sent {
+            let best = ctx.best.clone();
+            if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                c.final_sent = true;
+            }
+            match best {
+                Some(b) if b.status() == Some(503) => self.server_reply(now, sid, 500, "Server Internal Error (downstream 503)", ""),
+                Some(b) => {
+                    let code = b.status().unwrap_or(500);
+                    let data = Forward { drop_vias: 1, ..Default::default() }.write(&b);
+                    self.server_send(now, sid, code, data);
+                }
+                None => self.server_reply(now, sid, 487, "Request Terminated", ""),
+            }
+        }
+        if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+            c.timer_c = None;
+        }
+        self.reschedule_ctx(ctx_id);
+    }
+
+    /// CANCELs every unfinished branch of `ctx_id` except `except` (16.10, RFC 3326 Reason).
+    fn cancel_branches(&mut self, now: Instant, ctx_id: u64, except: Option<u64>, reason: Option<&'static str>) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else { return };
+        if !ctx.invite {
+            return;
+        }
+        let branches = ctx.branches.clone();
+        for b in branches {
+            if Some(b) == except {
+                continue;
+            }
+            let Some(ct) = self.clients.get_mut(&b) else { continue };
+            if ct.done || ct.cancel != CancelState::None {
+                continue;
+            }
+            let proceeding = matches!(&ct.kind, CKind::Inv(t) if t.state() == client_inv::State::Proceeding);
+            if proceeding {
+                self.send_cancel(now, b, reason);
+            } else {
+                ct.cancel = CancelState::Pending;
+                ct.cancel_reason = reason;
+            }
+        }
+    }
+
+    fn send_cancel(&mut self, now: Instant, cid: u64, reason: Option<&'static str>) {
+        let Some(ct) = self.clients.get_mut(&cid) else { return };
+        ct.cancel = CancelState::Sent;
+        let Some(sent) = &ct.sent else { return };
+        let data = build_cancel(sent, reason);
+        let to = ct.to;
+        let branch = sent.top_via().and_then(|v| v.branch()).unwrap_or("").to_string();
+        let id = self.id();
+        let index_key = format!("{branch}|CANCEL");
+        let kind = CKind::Non(client::ClientNonInvite::new(now, to.transport.reliable(), self.sh.timers));
+        self.clients.insert(id, ClientTsx { index_key: index_key.clone(), kind, to, request: data.clone(), sent: None, ack: None, ctx: None, cancel: CancelState::None, cancel_reason: None, scheduled: None, done: false });
+        self.client_index.insert(index_key, id);
+        self.send(to, data, Some(id));
+        self.reschedule_client(id);
+    }
+
+    fn client_transport_error(&mut self, now: Instant, cid: u64) {
+        let Some(ct) = self.clients.get_mut(&cid) else { return };
+        let timed_out = match &mut ct.kind {
+            CKind::Inv(t) => t.handle_transport_error() == client_inv::Action::Timeout,
+            CKind::Non(t) => t.handle_transport_error() == client::Action::Timeout,
+        };
+        if timed_out {
+            self.branch_failed(now, cid, 503, "Service Unavailable (transport error)");
+        }
+        self.reschedule_client(cid);
+    }
+
+    /// A branch ended without a response: behave as if `code` arrived (RFC 3261 16.7 step 2 / 16.8).
+    fn branch_failed(&mut self, now: Instant, cid: u64, code: u16, reason: &str) {
+        let Some(ct) = self.clients.get_mut(&cid) else { return };
+        ct.done = true;
+        if ct.ctx.is_none() {
+            return;
+        }
+        let Some(sent) = &ct.sent.clone().or_else(|| Message::parse(ct.request.clone()).ok()) else { return };
+        let fake = response(sent, code, reason, None, Some("edge"), "", b"");
+        if let Ok(m) = Message::parse(fake) {
+            self.deliver(now, cid, m, code);
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    fn reschedule_server(&mut self, id: u64) {
+        let Some(st) = self.servers.get_mut(&id) else { return };
+        let (next, terminated) = match &st.kind {
+            SKind::Inv(t) => (t.poll_timeout(), t.state() == server_inv::State::Terminated),
+            SKind::Non(t) => (t.poll_timeout(), t.state() == server::State::Terminated),
+        };
+        if terminated {
+            let key = st.key.clone();
+            let ctx = st.ctx;
+            self.servers.remove(&id);
+            if self.server_index.get(&key) == Some(&id) {
+                self.server_index.remove(&key);
+            }
+            if let Some(c) = ctx {
+                self.reschedule_ctx(c);
+            }
+            return;
+        }
+        if next != st.scheduled {
+            st.scheduled = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at, TimerKey::Server(id))));
+            }
+        }
+    }
+
+    fn reschedule_client(&mut self, id: u64) {
+        let Some(ct) = self.clients.get_mut(&id) else { return };
+        let (next, terminated) = match &ct.kind {
+            CKind::Inv(t) => (t.poll_timeout(), t.state() == client_inv::State::Terminated),
+            CKind::Non(t) => (t.poll_timeout(), t.state() == client::State::Terminated),
+        };
+        if terminated {
+            let key = ct.index_key.clone();
+            let ctx = ct.ctx;
+            self.clients.remove(&id);
+            if self.client_index.get(&key) == Some(&id) {
+                self.client_index.remove(&key);
+            }
+            if let Some(c) = ctx {
+                self.reschedule_ctx(c);
+            }
+            return;
+        }
+        if next != ct.scheduled {
+            ct.scheduled = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at, TimerKey::Client(id))));
+            }
+        }
+    }
+
+    fn reschedule_ctx(&mut self, id: u64) {
+        let Some(ctx) = self.ctxs.get_mut(&id) else { return };
+        let server_alive = self.servers.contains_key(&ctx.server);
+        let branches_alive = ctx.branches.iter().any(|b| self.clients.contains_key(b));
+        if !server_alive && !branches_alive {
+            self.ctxs.remove(&id);
+            return;
+        }
+        if ctx.timer_c != ctx.scheduled {
+            ctx.scheduled = ctx.timer_c;
+            if let Some(at) = ctx.timer_c {
+                self.timers.push(Reverse((at, TimerKey::Ctx(id))));
+            }
+        }
+    }
+
+    fn server_timeout(&mut self, now: Instant, id: u64, at: Instant) {
+        let Some(st) = self.servers.get_mut(&id) else { return };
+        if st.scheduled != Some(at) {
+            return;
+        }
+        st.scheduled = None;
+        loop {
+            let Some(st) = self.servers.get_mut(&id) else { return };
+            let retx = match &mut st.kind {
+                SKind::Inv(t) => match t.handle_timeout(now) {
+                    Some(server_inv::Action::Retransmit) => true,
+                    Some(_) => false,
+                    None => break,
+                },
+                SKind::Non(t) => match t.handle_timeout(now) {
+                    Some(_) => false,
+                    None => break,
+                },
+            };
+            if retx && let Some(d) = st.last.clone() {
+                let to = st.reply_to;
+                self.send(to, d, None);
+            }
+        }
+        self.reschedule_server(id);
+    }
+
+    fn client_timeout(&mut self, now: Instant, id: u64, at: Instant) {
+        let Some(ct) = self.clients.get_mut(&id) else { return };
+        if ct.scheduled != Some(at) {
+            return;
+        }
+        ct.scheduled = None;
+        loop {
+            let Some(ct) = self.clients.get_mut(&id) else { return };
+            let (retx, timeout) = match &mut ct.kind {
+                CKind::Inv(t) => match t.handle_timeout(now) {
+                    Some(client_inv::Action::Retransmit) => (true, false),
+                    Some(client_inv::Action::Timeout) => (false, true),
+                    Some(_) => (false, false),
+                    None => break,
+                },
+                CKind::Non(t) => match t.handle_timeout(now) {
+                    Some(client::Action::Retransmit) => (true, false),
+                    Some(client::Action::Timeout) => (false, true),
+                    Some(_) => (false, false),
+                    None => break,
+                },
+            };
+            if retx {
+                let (to, d) = (ct.to, ct.request.clone());
+                self.send(to, d, Some(id));
+            }
+            if timeout {
+                self.branch_failed(now, id, 408, "Request Timeout");
+            }
+        }
+        self.reschedule_client(id);
+    }
+
+    /// Timer C (RFC 3261 16.6 step 11 / 16.8): cancel branches that stay provisional.
+    fn ctx_timeout(&mut self, now: Instant, id: u64, at: Instant) {
+        let Some(ctx) = self.ctxs.get_mut(&id) else { return };
+        if ctx.scheduled != Some(at) || ctx.timer_c != Some(at) {
+            return;
+        }
+        ctx.scheduled = None;
+        ctx.timer_c = None;
+        let branches = ctx.branches.clone();
+        self.cancel_branches(now, id, None, None);
+        for b in branches {
+            let pending = self.clients.get(&b).is_some_and(|c| !c.done && c.cancel == CancelState::Pending);
+            if pending {
+                self.branch_failed(now, b, 408, "Request Timeout");
+            }
+        }
+        self.maybe_finish(now, id);
+    }
+}
+
+/// Preference of a final response (RFC 3261 16.7 step 6): 6xx first, then the lowest class.
+fn response_rank(code: u16) -> (u8, u16) {
+    match code {
+        600..=699 => (0, code),
+        300..=399 => (1, code),
+        400..=499 => (2, code),
+        500..=599 => (3, code),
+        _ => (4, code),
+    }
+}
+
+/// ACK for a non-2xx final response (RFC 3261 17.1.1.3): same Request-URI, top Via,
+/// Call-ID, From, CSeq number and Route as the INVITE, To from the response.
+pub fn build_ack(invite: &Message, resp: &Message) -> Bytes {
+    let mut s = String::with_capacity(512);
+    let _ = write!(s, "ACK {} SIP/2.0\r\n", invite.request_uri().unwrap_or(""));
+    if let Some(v) = invite.top_via_str() {
+        let _ = write!(s, "Via: {v}\r\n");
+    }
+    let _ = write!(s, "Max-Forwards: 70\r\n");
+    for h in invite.headers() {
+        if matches!(h.name, HeaderName::From | HeaderName::CallId | HeaderName::Route) {
+            let _ = write!(s, "{}\r\n", String::from_utf8_lossy(invite.slice(h.line)));
+        }
+    }
+    if let Some(h) = resp.headers().iter().find(|h| h.name == HeaderName::To) {
+        let _ = write!(s, "{}\r\n", String::from_utf8_lossy(resp.slice(h.line)));
+    }
+    let _ = write!(s, "CSeq: {} ACK\r\nContent-Length: 0\r\n\r\n", invite.cseq().map(|c| c.seq).unwrap_or(1));
+    Bytes::from(s)
+}
+
+/// CANCEL for a forwarded INVITE (RFC 3261 9.1), with an optional RFC 3326 Reason.
+pub fn build_cancel(invite: &Message, reason: Option<&str>) -> Bytes {
+    let mut s = String::with_capacity(512);
+    let _ = write!(s, "CANCEL {} SIP/2.0\r\n", invite.request_uri().unwrap_or(""));
+    if let Some(v) = invite.top_via_str() {
+        let _ = write!(s, "Via: {v}\r\n");
+    }
+    let _ = write!(s, "Max-Forwards: 70\r\n");
+    for h in invite.headers() {
+        if matches!(h.name, HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::Route) {
+            let _ = write!(s, "{}\r\n", String::from_utf8_lossy(invite.slice(h.line)));
+        }
+    }
+    if let Some(r) = reason {
+        let _ = write!(s, "Reason: {r}\r\n");
+    }
+    let _ = write!(s, "CSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n", invite.cseq().map(|c| c.seq).unwrap_or(1));
+    Bytes::from(s)
+}

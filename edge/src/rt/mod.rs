@@ -1,0 +1,284 @@
+//! The runtime: the only place with tokio, sockets, TLS, WebSocket, threads and the clock.
+//!
+//! Layout: N worker threads, each with a current-thread tokio runtime, its own
+//! `SO_REUSEPORT` UDP socket per UDP listener (batched receive via quinn-udp, i.e.
+//! `recvmmsg` + GRO) and its own [`Core`]. A message belongs to the worker its Call-ID
+//! hashes to, so every transaction of a call lives in one core and no lock is taken per
+//! message; a datagram that lands on another worker is handed over through a channel.
+//! Stream transports (TCP, TLS, WS, WSS) run on a small multi-threaded runtime; each
+//! connection is a flow whose writer queue any worker can reach.
+
+#![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
+
+pub mod flows;
+pub mod stream;
+pub mod tls;
+pub mod udp;
+
+use crate::config::Config;
+use crate::core::{Input, Output, Peer, Shared, Transmit};
+use crate::msg::Message;
+use crate::proxy::Core;
+use crate::transport::Transport;
+use flows::Flows;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Notify, mpsc};
+
+/// State the runtime shares between workers and connection tasks.
+pub struct RtShared {
+    pub core: Arc<Shared>,
+    pub flows: Flows,
+    pub workers: Vec<mpsc::UnboundedSender<Input>>,
+    pub max_message_size: usize,
+    pub conn: tokio::runtime::Handle,
+}
+
+impl RtShared {
+    /// The worker that owns a Call-ID (FNV-1a hash).
+    pub fn owner(&self, msg: &Message) -> usize {
+        let n = self.workers.len().max(1);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in msg.call_id().unwrap_or("").bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        (h % n as u64) as usize
+    }
+
+    /// Hands a parsed message to the worker that owns it.
+    pub fn dispatch(&self, from: Peer, msg: Message) {
+        let w = self.owner(&msg);
+        let _ = self.workers[w].send(Input::Message { from, msg });
+    }
+}
+
+/// Addresses actually bound (port 0 in the config becomes a real port).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub listeners: Vec<(Transport, SocketAddr)>,
+}
+
+/// Starts the edge and blocks until Ctrl-C / SIGTERM.
+pub fn run(cfg: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("data_dir {}: {e}", cfg.data_dir.display()))?;
+    let workers = if cfg.sip.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.sip.workers };
+    let conn_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.clamp(1, 2))
+        .thread_name("edge-conn")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+
+    // TLS (for TLS and WSS listeners).
+    let tls_cfg = if !cfg.sip.tls.is_empty() || !cfg.sip.wss.is_empty() {
+        let (cert, key) = tls::cert_paths(&cfg.data_dir, cfg.tls.cert.as_deref(), cfg.tls.key.as_deref());
+        if cfg.tls.cert.is_none() && tls::ensure_self_signed(&cert, &key)? {
+            tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
+        }
+        Some(tls::server_config(&cert, &key)?)
+    } else {
+        None
+    };
+
+    // Bind everything first, so a taken port fails the start cleanly.
+    let mut bound = Bound::default();
+    let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    for addr in &cfg.sip.udp {
+        let first = udp::bind_reuseport(*addr).map_err(|e| format!("udp {addr}: {e}"))?;
+        let actual = first.local_addr().map_err(|e| e.to_string())?;
+        udp_sockets[0].push(first);
+        for sockets in udp_sockets.iter_mut().skip(1) {
+            sockets.push(udp::bind_reuseport(actual).map_err(|e| format!("udp {actual}: {e}"))?);
+        }
+        bound.listeners.push((Transport::Udp, actual));
+    }
+    let _guard = conn_rt.enter();
+    let mut tcp_listeners = Vec::new();
+    for (t, addrs) in [(Transport::Tcp, &cfg.sip.tcp), (Transport::Tls, &cfg.sip.tls), (Transport::Ws, &cfg.sip.ws), (Transport::Wss, &cfg.sip.wss)] {
+        for addr in addrs {
+            let l = stream::bind_listener(*addr).map_err(|e| format!("{} {addr}: {e}", t.uri_param()))?;
+            let actual = l.local_addr().map_err(|e| e.to_string())?;
+            bound.listeners.push((t, actual));
+            tcp_listeners.push((t, l));
+        }
+    }
+
+    let upstream_addr = match cfg.upstreams.first() {
+        Some(u) => resolve_upstream(u.uri.get_ref())?,
+        None => None,
+    };
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+    let shared = Arc::new(Shared::new(&cfg, bound.listeners.clone(), upstream_addr, Instant::now(), key));
+
+    let mut txs = Vec::new();
+    let mut rxs = Vec::new();
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let rt = Arc::new(RtShared { core: shared.clone(), flows: Flows::default(), workers: txs, max_message_size: cfg.sip.max_message_size, conn: conn_rt.handle().clone() });
+
+    for (t, a) in &bound.listeners {
+        println!("edge: listening {} {a}", t.uri_param());
+    }
+    println!("edge: domain {} with {} user(s), {workers} worker(s)", shared.domain, shared.auth.users().len());
+
+    let mut threads = Vec::new();
+    for (idx, (rx, socks)) in rxs.into_iter().zip(udp_sockets).enumerate() {
+        let rt = rt.clone();
+        let seed = rand::random::<u64>();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("edge-worker-{idx}"))
+                .spawn(move || worker_main(idx, rt, socks, rx, seed))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for (t, l) in tcp_listeners {
+        conn_rt.spawn(stream::accept_loop(rt.clone(), t, l, tls_cfg.clone()));
+    }
+    conn_rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    });
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+fn resolve_upstream(uri: &str) -> Result<Option<SocketAddr>, String> {
+    let u = crate::msg::SipUri::parse(uri).map_err(|e| format!("upstream {uri}: {e}"))?;
+    if u.ip().is_some() {
+        return Ok(None);
+    }
+    let t = crate::core::uri_transport(&u);
+    let port = u.port.unwrap_or(t.default_port());
+    use std::net::ToSocketAddrs;
+    let addr = (u.host, port).to_socket_addrs().map_err(|e| format!("upstream {uri}: {e}"))?.next();
+    addr.map(Some).ok_or_else(|| format!("upstream {uri}: host has no address"))
+}
+
+struct Worker {
+    idx: usize,
+    rt: Arc<RtShared>,
+    core: RefCell<Core>,
+    udp: Vec<Rc<tokio::net::UdpSocket>>,
+    wake: Notify,
+}
+
+impl Worker {
+    /// Sends everything the core produced.
+    fn flush(&self) {
+        let mut failed = Vec::new();
+        loop {
+            let next = self.core.borrow_mut().poll_output();
+            let Some(Output::Transmit(t)) = next else { break };
+            if !self.transmit(t.clone()) && let Some(id) = t.tsx {
+                failed.push(id);
+            }
+        }
+        if !failed.is_empty() {
+            let now = Instant::now();
+            for tsx in failed {
+                self.core.borrow_mut().handle_input(now, Input::SendFailed { tsx });
+            }
+            self.flush();
+        }
+        self.wake.notify_one();
+    }
+
+    /// Returns `false` on an immediate failure.
+    fn transmit(&self, t: Transmit) -> bool {
+        match t.to.transport {
+            Transport::Udp => {
+                let sock = self.udp.iter().find(|s| s.local_addr().map(|a| a.is_ipv4() == t.to.addr.is_ipv4()).unwrap_or(false)).or(self.udp.first());
+                let Some(sock) = sock else { return false };
+                match sock.try_send_to(&t.data, t.to.addr) {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let sock = sock.clone();
+                        tokio::task::spawn_local(async move {
+                            let _ = sock.send_to(&t.data, t.to.addr).await;
+                        });
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(to = %t.to.addr, error = %e, "udp send failed");
+                        false
+                    }
+                }
+            }
+            _ => stream::send(&self.rt, self.idx, t),
+        }
+    }
+}
+
+fn worker_main(idx: usize, rt: Arc<RtShared>, socks: Vec<std::net::UdpSocket>, mut rx: mpsc::UnboundedReceiver<Input>, seed: u64) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut udp = Vec::new();
+        let mut states = Vec::new();
+        for s in socks {
+            match udp::prepare(s) {
+                Ok((sock, state)) => {
+                    udp.push(Rc::new(sock));
+                    states.push(state);
+                }
+                Err(e) => tracing::error!(error = %e, "udp socket"),
+            }
+        }
+        let w = Rc::new(Worker { idx, rt: rt.clone(), core: RefCell::new(Core::new(rt.core.clone(), idx as u32, seed)), udp: udp.clone(), wake: Notify::new() });
+        for (sock, state) in udp.into_iter().zip(states) {
+            tokio::task::spawn_local(udp::recv_loop(w.clone(), sock, state));
+        }
+        let wc = w.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(first) = rx.recv().await {
+                let now = Instant::now();
+                {
+                    let mut core = wc.core.borrow_mut();
+                    core.handle_input(now, first);
+                    let mut n = 0;
+                    while n < 256 {
+                        match rx.try_recv() {
+                            Ok(i) => core.handle_input(now, i),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                wc.flush();
+            }
+        });
+        loop {
+            let deadline = w.core.borrow().poll_timeout();
+            match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
+                            w.core.borrow_mut().handle_timeout(Instant::now());
+                            w.flush();
+                        }
+                        _ = w.wake.notified() => {}
+                    }
+                }
+                None => w.wake.notified().await,
+            }
+        }
+    });
+}
