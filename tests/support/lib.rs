@@ -1,1 +1,245 @@
+//! Shared support for the end-to-end tests: start the real `edge` binary on loopback
+//! with ephemeral ports, run sipp with bounded counts and time, small SIP helpers.
 
+#![allow(clippy::disallowed_methods)] // tests read the real clock to bound waits
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Path of the `edge` binary built by `cargo build -p edge` (scripts/test.sh does it).
+pub fn edge_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let p = target.join("debug").join("edge");
+    assert!(p.exists(), "{} is missing: build it first with `cargo build -p edge` (scripts/test.sh does)", p.display());
+    p
+}
+
+/// A scenario file kept in tests/scenarios.
+pub fn scenario(name: &str) -> String {
+    root().join("tests").join("scenarios").join(name).display().to_string()
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(u) = UdpSocket::bind("127.0.0.1:0") else { continue };
+        let Ok(a) = u.local_addr() else { continue };
+        if TcpListener::bind(a).is_ok() {
+            return a.port();
+        }
+    }
+    panic!("no free port");
+}
+
+/// A running edge process; killed on drop.
+pub struct Edge {
+    child: Child,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub tls: SocketAddr,
+    pub ws: SocketAddr,
+    pub wss: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Edge {
+    /// Starts the edge for domain `edge.test` with every listener on 127.0.0.1 and an
+    /// ephemeral port. `extra` is appended to the generated TOML; `args` go to `edge run`.
+    pub fn start(extra: &str, args: &[&str]) -> Edge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = format!(
+            "data_dir = \"{}\"\nlog = \"info\"\n[sip]\ndomain = \"edge.test\"\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nws = [\"127.0.0.1:0\"]\nwss = [\"127.0.0.1:0\"]\nworkers = 2\n{extra}\n",
+            dir.path().join("data").display()
+        );
+        let cfg_path = dir.path().join("edge.toml");
+        std::fs::write(&cfg_path, cfg).expect("write config");
+        let log = std::fs::File::create(dir.path().join("edge.log")).expect("log file");
+        let mut child = Command::new(edge_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg_path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn edge");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = std::collections::HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("edge did not start: {}", std::fs::read_to_string(dir.path().join("edge.log")).unwrap_or_default());
+                }
+            };
+            if let Some(rest) = line.strip_prefix("edge: listening ") {
+                let mut it = rest.split_whitespace();
+                if let (Some(t), Some(a)) = (it.next(), it.next()) {
+                    addrs.insert(t.to_string(), a.parse::<SocketAddr>().expect("addr"));
+                }
+            }
+            if line.starts_with("edge: domain") {
+                break;
+            }
+        }
+        let get = |t: &str| *addrs.get(t).unwrap_or_else(|| panic!("no {t} listener"));
+        Edge { udp: get("udp"), tcp: get("tcp"), tls: get("tls"), ws: get("ws"), wss: get("wss"), child, dir }
+    }
+
+    /// What the edge logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("edge.log")).unwrap_or_default()
+    }
+
+    /// `true` while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fails clearly when sipp is missing (scripts/test.sh installs Debian's sip-tester).
+pub fn require_sipp() {
+    let ok = Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(ok, "sipp is not installed: run scripts/test.sh (it installs Debian's sip-tester)");
+}
+
+/// A sipp process (killed on drop).
+pub struct Sipp {
+    child: Child,
+    pub name: String,
+    dir: PathBuf,
+}
+
+impl Sipp {
+    /// Starts sipp with `args` in `dir` (its logs go there).
+    pub fn spawn(name: &str, dir: &Path, args: &[String]) -> Sipp {
+        let out = std::fs::File::create(dir.join(format!("{name}.out"))).expect("sipp out");
+        let err = out.try_clone().expect("clone");
+        let child = Command::new("sipp")
+            .args(args)
+            .args(["-nostdin", "-trace_err"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn sipp");
+        Sipp { child, name: name.to_string(), dir: dir.to_path_buf() }
+    }
+
+    /// Waits at most `limit` for exit; returns the exit code (None if killed on timeout).
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// sipp's screen output and error log, for assertion messages.
+    pub fn output(&self) -> String {
+        let mut s = std::fs::read_to_string(self.dir.join(format!("{}.out", self.name))).unwrap_or_default();
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.ends_with("_errors.log") {
+                    s.push_str(&format!("\n--- {n}\n"));
+                    s.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default().chars().take(4000).collect::<String>());
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `f` holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Number of lines in a file (0 if missing).
+pub fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Digest response (RFC 7616 3.4.1, qop=auth) for tests that speak SIP themselves.
+pub fn digest_md5(user: &str, realm: &str, pass: &str, method: &str, uri: &str, nonce: &str, nc: &str, cnonce: &str) -> String {
+    use md5::{Digest, Md5};
+    let h = |s: String| format!("{:x}", Md5::digest(s.as_bytes()));
+    let ha1 = h(format!("{user}:{realm}:{pass}"));
+    let ha2 = h(format!("{method}:{uri}"));
+    h(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+}
+
+/// Reads a header value from a SIP message text (first match, case-insensitive name).
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n").skip(1).take_while(|l| !l.is_empty()).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Status code of a response text.
+pub fn status(msg: &str) -> Option<u16> {
+    msg.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+/// A parameter of a challenge (`nonce="..."`).
+pub fn challenge_param(ch: &str, name: &str) -> Option<String> {
+    let i = ch.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &ch[i..];
+    if let Some(r) = rest.strip_prefix('"') {
+        return Some(r[..r.find('"')?].to_string());
+    }
+    Some(rest.split([',', ' ']).next()?.to_string())
+}
