@@ -212,15 +212,6 @@ pub fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
 }
 
-/// Digest response (RFC 7616 3.4.1, qop=auth) for tests that speak SIP themselves.
-pub fn digest_md5(user: &str, realm: &str, pass: &str, method: &str, uri: &str, nonce: &str, nc: &str, cnonce: &str) -> String {
-    use md5::{Digest, Md5};
-    let h = |s: String| format!("{:x}", Md5::digest(s.as_bytes()));
-    let ha1 = h(format!("{user}:{realm}:{pass}"));
-    let ha2 = h(format!("{method}:{uri}"));
-    h(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
-}
-
 /// Reads a header value from a SIP message text (first match, case-insensitive name).
 pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.split("\r\n").skip(1).take_while(|l| !l.is_empty()).find_map(|l| {
