@@ -37,6 +37,9 @@ impl HeaderName {
     /// Classifies a header name, case-insensitively, including compact forms (RFC 3261 7.3.3).
     pub fn from_bytes(name: &[u8]) -> HeaderName {
         use HeaderName::*;
+        if name.is_empty() {
+            return Other;
+        }
         if name.len() == 1 {
             return match name[0].to_ascii_lowercase() {
                 b'v' => Via,

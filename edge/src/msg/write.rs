@@ -124,7 +124,11 @@ pub fn error_response_raw(raw: &[u8], code: u16, reason: &str) -> Option<Bytes> 
     for line in raw[..head_end].split(|&c| c == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = memchr::memchr(b':', line) else { continue };
-        let name = HeaderName::from_bytes(line[..colon].trim_ascii_end());
+        let raw_name = line[..colon].trim_ascii_end();
+        if raw_name.is_empty() || !raw_name.iter().all(|c| c.is_ascii_graphic()) || line.iter().any(|&c| c == b'\r' || c == 0) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(raw_name);
         if matches!(name, HeaderName::Via | HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::CSeq)
             && std::str::from_utf8(line).is_ok()
         {
