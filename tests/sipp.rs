@@ -56,7 +56,11 @@ fn calls_through_edge(t: T) {
     let mut uas = Sipp::spawn("uas", dir.path(), &sipp_args("uas_load.xml", None, uas_port, t, &["-m", "1000"]));
     std::thread::sleep(Duration::from_millis(300));
     let target = t.edge_addr(&edge);
-    let mut uac = Sipp::spawn("uac", dir.path(), &sipp_args("uac_call.xml", Some(&target), free_port(), t, &["-r", "200", "-m", "1000", "-l", "400"]));
+    let mut uac = Sipp::spawn(
+        "uac",
+        dir.path(),
+        &sipp_args("uac_call.xml", Some(&target), free_port(), t, &["-r", "200", "-m", "1000", "-l", "400"]),
+    );
     let code = uac.wait(Duration::from_secs(120));
     assert_eq!(code, Some(0), "uac failed:\n{}\nedge log:\n{}", uac.output(), edge.log());
     assert_eq!(uas.wait(Duration::from_secs(20)), Some(0), "uas failed:\n{}", uas.output());
@@ -81,12 +85,36 @@ fn registered_callee(dir: &Path, name: &str, edge: &Edge, t: T, ooc: &str) -> Si
     let (reg, answered, reasons) = (reg.display().to_string(), answered.display().to_string(), reasons.display().to_string());
     let ooc = scenario(ooc);
     let extra = [
-        "-oocsf", ooc.as_str(), "-m", "1", "-key", "user", "alice", "-au", "alice", "-ap", "secret", "-key", "registered", reg.as_str(), "-key", "answered",
-        answered.as_str(), "-key", "reasons", reasons.as_str(), "-aa",
+        "-oocsf",
+        ooc.as_str(),
+        "-m",
+        "1",
+        "-key",
+        "user",
+        "alice",
+        "-au",
+        "alice",
+        "-ap",
+        "secret",
+        "-key",
+        "registered",
+        reg.as_str(),
+        "-key",
+        "answered",
+        answered.as_str(),
+        "-key",
+        "reasons",
+        reasons.as_str(),
+        "-aa",
     ];
     let sp = Sipp::spawn(name, dir, &sipp_args("register.xml", Some(&target), free_port(), t, &extra));
     let regp = dir.join(format!("{name}.registered"));
-    assert!(wait_until(Duration::from_secs(15), || !lines(&regp).is_empty()), "{name} did not register:\n{}\nedge log:\n{}", sp.output(), edge.log());
+    assert!(
+        wait_until(Duration::from_secs(15), || !lines(&regp).is_empty()),
+        "{name} did not register:\n{}\nedge log:\n{}",
+        sp.output(),
+        edge.log()
+    );
     sp
 }
 
@@ -100,7 +128,8 @@ fn register_then_call(t: T) {
     let edge = Edge::start(ALICE, &[]);
     let _alice = registered_callee(dir.path(), "alice", &edge, t, "uas_answer.xml");
     let target = t.edge_addr(&edge);
-    let mut caller = Sipp::spawn("bob", dir.path(), &sipp_args("uac_call_local.xml", Some(&target), free_port(), t, &["-s", "alice", "-m", "1"]));
+    let mut caller =
+        Sipp::spawn("bob", dir.path(), &sipp_args("uac_call_local.xml", Some(&target), free_port(), t, &["-s", "alice", "-m", "1"]));
     assert_eq!(caller.wait(Duration::from_secs(60)), Some(0), "call to alice failed:\n{}\nedge log:\n{}", caller.output(), edge.log());
     let answered = dir.path().join("alice.answered");
     assert!(wait_until(Duration::from_secs(5), || lines(&answered).len() == 1), "alice did not answer the call");
@@ -122,11 +151,18 @@ fn cancel_after_ringing(t: T) {
     let uas_port = free_port();
     let edge = Edge::start("", &["--upstream", &format!("sip:127.0.0.1:{uas_port}{}", t.uri_param())]);
     let reasons = dir.path().join("uas.reasons").display().to_string();
-    let mut uas = Sipp::spawn("uas", dir.path(), &sipp_args("uas_ring_cancel.xml", None, uas_port, t, &["-m", "1", "-key", "reasons", &reasons]));
+    let mut uas =
+        Sipp::spawn("uas", dir.path(), &sipp_args("uas_ring_cancel.xml", None, uas_port, t, &["-m", "1", "-key", "reasons", &reasons]));
     std::thread::sleep(Duration::from_millis(300));
     let target = t.edge_addr(&edge);
     let mut uac = Sipp::spawn("uac", dir.path(), &sipp_args("uac_cancel.xml", Some(&target), free_port(), t, &["-m", "1"]));
-    assert_eq!(uac.wait(Duration::from_secs(60)), Some(0), "caller did not get 200 (CANCEL) and 487:\n{}\nedge log:\n{}", uac.output(), edge.log());
+    assert_eq!(
+        uac.wait(Duration::from_secs(60)),
+        Some(0),
+        "caller did not get 200 (CANCEL) and 487:\n{}\nedge log:\n{}",
+        uac.output(),
+        edge.log()
+    );
     assert_eq!(uas.wait(Duration::from_secs(20)), Some(0), "callee did not see CANCEL/ACK:\n{}", uas.output());
 }
 
@@ -148,7 +184,8 @@ fn forking(t: T) {
     let _r2 = registered_callee(dir.path(), "ringer2", &edge, t, "uas_ring_cancel.xml");
     let _w = registered_callee(dir.path(), "winner", &edge, t, "uas_answer.xml");
     let target = t.edge_addr(&edge);
-    let mut caller = Sipp::spawn("bob", dir.path(), &sipp_args("uac_call_local.xml", Some(&target), free_port(), t, &["-s", "alice", "-m", "1"]));
+    let mut caller =
+        Sipp::spawn("bob", dir.path(), &sipp_args("uac_call_local.xml", Some(&target), free_port(), t, &["-s", "alice", "-m", "1"]));
     assert_eq!(caller.wait(Duration::from_secs(60)), Some(0), "forked call failed:\n{}\nedge log:\n{}", caller.output(), edge.log());
     let answered = dir.path().join("winner.answered");
     assert!(wait_until(Duration::from_secs(5), || lines(&answered).len() == 1), "winner did not answer");
@@ -184,7 +221,13 @@ fn fourth_contact_is_refused_by_default() {
     let mut d4 = Sipp::spawn(
         "d4",
         dir.path(),
-        &sipp_args("register.xml", Some(&target), free_port(), T::Udp, &["-m", "1", "-key", "user", "alice", "-au", "alice", "-ap", "secret", "-key", "registered", &reg]),
+        &sipp_args(
+            "register.xml",
+            Some(&target),
+            free_port(),
+            T::Udp,
+            &["-m", "1", "-key", "user", "alice", "-au", "alice", "-ap", "secret", "-key", "registered", &reg],
+        ),
     );
     let code = d4.wait(Duration::from_secs(30));
     assert_ne!(code, Some(0));

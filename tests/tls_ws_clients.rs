@@ -45,7 +45,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                     let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
-                    let cl: usize = header(&head, "Content-Length").or_else(|| header(&head, "l")).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let cl: usize =
+                        header(&head, "Content-Length").or_else(|| header(&head, "l")).and_then(|v| v.parse().ok()).unwrap_or(0);
                     if buf.len() >= end + 4 + cl {
                         let msg: Vec<u8> = buf.drain(..end + 4 + cl).collect();
                         return String::from_utf8_lossy(&msg).to_string();
@@ -83,7 +84,9 @@ fn authorization(challenge_headers: &[&str], user: &str, pass: &str, method: &st
     let ha2 = sha256_hex(&format!("{method}:{uri}"));
     let cnonce = "0a4f113b";
     let resp = sha256_hex(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
-    format!("Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=SHA-256, cnonce=\"{cnonce}\", qop=auth, nc=00000001")
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=SHA-256, cnonce=\"{cnonce}\", qop=auth, nc=00000001"
+    )
 }
 
 fn all_headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
@@ -139,7 +142,10 @@ async fn register_and_call<S: AsyncRead + AsyncWrite + Unpin>(mut c: Conn<S>, vi
     let target = header(&r, "Contact").unwrap().trim_start_matches('<').split('>').next().unwrap().to_string();
     let mut rr: Vec<String> = all_headers(&r, "Record-Route").iter().flat_map(|v| v.split(", ")).map(str::to_string).collect();
     assert!(!rr.is_empty(), "edge must Record-Route: {r}");
-    assert!(rr.iter().any(|x| x.contains(&format!("transport={uri_t}"))), "double Record-Route expected when the transport changes: {rr:?}");
+    assert!(
+        rr.iter().any(|x| x.contains(&format!("transport={uri_t}"))),
+        "double Record-Route expected when the transport changes: {rr:?}"
+    );
     rr.reverse();
     let routes = format!("Route: {}\r\n", rr.join(", "));
     c.send(&format!("ACK {target} SIP/2.0\r\nVia: SIP/2.0/{via_t} {host};branch=z9hG4bKack2\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call}\r\nCSeq: 2 ACK\r\n{routes}Content-Length: 0\r\n\r\n")).await;
@@ -179,7 +185,8 @@ async fn tls_and_websocket_clients_register_and_call_a_udp_uas() {
     let mut uas = Sipp::spawn(
         "uas",
         dir.path(),
-        &["-sf", &scenario("uas_load.xml"), "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-t", "u1", "-m", "3", "-timeout", "60s"].map(String::from),
+        &["-sf", &scenario("uas_load.xml"), "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-t", "u1", "-m", "3", "-timeout", "60s"]
+            .map(String::from),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -154,7 +154,14 @@ type HmacSha256 = Hmac<Sha256>;
 
 impl Authenticator {
     /// `base` anchors nonce timestamps; `key` signs nonces.
-    pub fn new(realm: String, algorithms: Vec<Algorithm>, users: HashMap<String, Credentials>, key: [u8; 32], base: Instant, ttl: Duration) -> Self {
+    pub fn new(
+        realm: String,
+        algorithms: Vec<Algorithm>,
+        users: HashMap<String, Credentials>,
+        key: [u8; 32],
+        base: Instant,
+        ttl: Duration,
+    ) -> Self {
         Authenticator { realm, algorithms, users, key, base, ttl, counter: AtomicU64::new(0), nc_seen: DashMap::new() }
     }
 
@@ -303,7 +310,10 @@ mod tests {
         let ha1 = alg.hash(format!("alice:example.com:{pass}").as_bytes());
         let ha2 = alg.hash(b"REGISTER:sip:example.com");
         let resp = alg.hash(format!("{ha1}:{nonce}:{nc}:abc:auth:{ha2}").as_bytes());
-        format!("Digest username=\"alice\", realm=\"example.com\", nonce=\"{nonce}\", uri=\"sip:example.com\", response=\"{resp}\", algorithm={}, cnonce=\"abc\", qop=auth, nc={nc}", alg.name())
+        format!(
+            "Digest username=\"alice\", realm=\"example.com\", nonce=\"{nonce}\", uri=\"sip:example.com\", response=\"{resp}\", algorithm={}, cnonce=\"abc\", qop=auth, nc={nc}",
+            alg.name()
+        )
     }
 
     #[test]

@@ -152,7 +152,13 @@ impl Default for SipConfig {
 
 impl Default for RegistrarConfig {
     fn default() -> Self {
-        RegistrarConfig { max_contacts: 3, on_max_contacts: OverflowPolicy::Reject, min_expires: 60, max_expires: 7200, default_expires: 3600 }
+        RegistrarConfig {
+            max_contacts: 3,
+            on_max_contacts: OverflowPolicy::Reject,
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+        }
     }
 }
 
@@ -190,7 +196,8 @@ impl Config {
         match path {
             None => Config::from_toml(DEFAULT_TOML, "<embedded default>"),
             Some(p) => {
-                let src = std::fs::read_to_string(p).map_err(|e| ConfigError { path: p.display().to_string(), message: format!("cannot read: {e}") })?;
+                let src = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError { path: p.display().to_string(), message: format!("cannot read: {e}") })?;
                 Config::from_toml(&src, &p.display().to_string())
             }
         }
@@ -248,8 +255,9 @@ impl Config {
             }
         }
         for up in &self.upstreams {
-            crate::msg::SipUri::parse(up.uri.get_ref())
-                .map_err(|e| err(Some(up.uri.span()), format!("key `upstream.uri`: expected a sip: URI ({e}), got {:?}", up.uri.get_ref())))?;
+            crate::msg::SipUri::parse(up.uri.get_ref()).map_err(|e| {
+                err(Some(up.uri.span()), format!("key `upstream.uri`: expected a sip: URI ({e}), got {:?}", up.uri.get_ref()))
+            })?;
         }
         Ok(())
     }

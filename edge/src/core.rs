@@ -79,7 +79,13 @@ type HmacSha256 = Hmac<Sha256>;
 impl Shared {
     /// Builds the shared state. `upstream_addr` is the resolved address of the first
     /// `[[upstream]]`; `base` anchors nonce timestamps; `key` signs nonces and flow tokens.
-    pub fn new(cfg: &Config, listeners: Vec<(Transport, SocketAddr)>, upstream_addr: Option<SocketAddr>, base: Instant, key: [u8; 32]) -> Shared {
+    pub fn new(
+        cfg: &Config,
+        listeners: Vec<(Transport, SocketAddr)>,
+        upstream_addr: Option<SocketAddr>,
+        base: Instant,
+        key: [u8; 32],
+    ) -> Shared {
         let realm = cfg.auth.realm.clone().unwrap_or_else(|| cfg.sip.domain.clone());
         let mut users = HashMap::new();
         for u in &cfg.users {
@@ -102,7 +108,8 @@ impl Shared {
             let uri = u.uri.get_ref().clone();
             let parsed = SipUri::parse(&uri).ok()?;
             let transport = uri_transport(&parsed);
-            let addr = upstream_addr.or_else(|| parsed.ip().map(|ip| SocketAddr::new(ip, parsed.port.unwrap_or(transport.default_port()))))?;
+            let addr =
+                upstream_addr.or_else(|| parsed.ip().map(|ip| SocketAddr::new(ip, parsed.port.unwrap_or(transport.default_port()))))?;
             Some(Upstream { uri, dest: Peer { transport, addr, flow: None } })
         });
         Shared {
@@ -191,11 +198,8 @@ impl Shared {
         let transport = Transport::from_index(body[0])?;
         let flow = u64::from_be_bytes(body[1..9].try_into().ok()?);
         let ip_len = body.len() - 1 - 8 - 2;
-        let ip: IpAddr = if ip_len == 4 {
-            <[u8; 4]>::try_from(&body[9..13]).ok()?.into()
-        } else {
-            <[u8; 16]>::try_from(&body[9..25]).ok()?.into()
-        };
+        let ip: IpAddr =
+            if ip_len == 4 { <[u8; 4]>::try_from(&body[9..13]).ok()?.into() } else { <[u8; 16]>::try_from(&body[9..25]).ok()?.into() };
         let port = u16::from_be_bytes(body[body.len() - 2..].try_into().ok()?);
         Some(Peer { transport, addr: SocketAddr::new(ip, port), flow: (flow != u64::MAX).then_some(FlowId(flow)) })
     }

@@ -4,13 +4,13 @@
 //! that take `now: Instant` and input and return output; [`rt`] owns sockets, TLS,
 //! WebSocket, threads and the clock.
 
-pub mod msg;
-pub mod tsx;
 pub mod auth;
 pub mod config;
 pub mod core;
 pub mod location;
+pub mod msg;
 pub mod proxy;
 pub mod registrar;
-pub mod transport;
 pub mod rt;
+pub mod transport;
+pub mod tsx;

@@ -39,7 +39,13 @@ enum Cmd {
     },
 }
 
-fn apply_flags(cfg: &mut Config, domain: Option<String>, users: Vec<String>, upstream: Option<String>, data_dir: Option<PathBuf>) -> Result<(), String> {
+fn apply_flags(
+    cfg: &mut Config,
+    domain: Option<String>,
+    users: Vec<String>,
+    upstream: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> Result<(), String> {
     if let Some(d) = domain {
         cfg.sip.domain = d;
     }
@@ -92,7 +98,8 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
-            let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log));
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log));
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             match edge::rt::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,

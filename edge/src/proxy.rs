@@ -275,7 +275,11 @@ impl Core {
             None => from.addr.port(),
         };
         let via_port_ok = msg.top_via().and_then(|v| v.port).is_none_or(|p| p == from.addr.port());
-        Peer { transport: Transport::Udp, addr: SocketAddr::new(from.addr.ip(), if via_port_ok { from.addr.port() } else { port }), flow: None }
+        Peer {
+            transport: Transport::Udp,
+            addr: SocketAddr::new(from.addr.ip(), if via_port_ok { from.addr.port() } else { port }),
+            flow: None,
+        }
     }
 
     fn handle_request(&mut self, now: Instant, from: Peer, msg: Message) {
@@ -340,7 +344,20 @@ impl Core {
             SKind::Non(server::ServerNonInvite::new(reliable, self.sh.timers))
         };
         let to_tag = format!("{:x}", self.rand());
-        self.servers.insert(id, ServerTsx { key: key.clone(), kind, reply_to, request: msg.clone(), top_via: top_via.clone(), to_tag, last: None, ctx: None, scheduled: None });
+        self.servers.insert(
+            id,
+            ServerTsx {
+                key: key.clone(),
+                kind,
+                reply_to,
+                request: msg.clone(),
+                top_via: top_via.clone(),
+                to_tag,
+                last: None,
+                ctx: None,
+                scheduled: None,
+            },
+        );
         self.server_index.insert(key, id);
         if method == Method::Invite {
             // A stateful proxy answers 100 at once (RFC 3261 16.2 / 17.2.1).
@@ -388,7 +405,10 @@ impl Core {
         let cid = self.id();
         let kind = SKind::Non(server::ServerNonInvite::new(reply_to.transport.reliable(), self.sh.timers));
         let to_tag = self.servers.get(&inv_id).map(|s| s.to_tag.clone()).unwrap_or_default();
-        self.servers.insert(cid, ServerTsx { key: key.to_string(), kind, reply_to, request: msg, top_via, to_tag, last: None, ctx: None, scheduled: None });
+        self.servers.insert(
+            cid,
+            ServerTsx { key: key.to_string(), kind, reply_to, request: msg, top_via, to_tag, last: None, ctx: None, scheduled: None },
+        );
         self.server_index.insert(key.to_string(), cid);
         self.server_reply(now, cid, 200, "OK", "");
         let ctx = self.servers.get(&inv_id).and_then(|s| s.ctx);
@@ -426,7 +446,18 @@ impl Core {
     }
 
     /// Answers a request we routed nowhere: statefully when it has a server transaction.
-    fn reject(&mut self, now: Instant, sid: Option<u64>, from: Peer, msg: &Message, top_via: Option<&str>, code: u16, reason: &str, extra: &str) {
+    #[allow(clippy::too_many_arguments)]
+    fn reject(
+        &mut self,
+        now: Instant,
+        sid: Option<u64>,
+        from: Peer,
+        msg: &Message,
+        top_via: Option<&str>,
+        code: u16,
+        reason: &str,
+        extra: &str,
+    ) {
         match sid {
             Some(id) => self.server_reply(now, id, code, reason, extra),
             None => {
@@ -468,7 +499,8 @@ impl Core {
             }
         }
         // 16.3 step 5: Proxy-Require.
-        let unsupported: Vec<&str> = msg.values(HeaderName::ProxyRequire).filter(|o| !PROXY_SUPPORTED.iter().any(|s: &&str| s.eq_ignore_ascii_case(o))).collect();
+        let unsupported: Vec<&str> =
+            msg.values(HeaderName::ProxyRequire).filter(|o| !PROXY_SUPPORTED.iter().any(|s: &&str| s.eq_ignore_ascii_case(o))).collect();
         if !unsupported.is_empty() {
             let extra = format!("Unsupported: {}\r\n", unsupported.join(", "));
             self.reject(now, sid, from, &msg, tv, 420, "Bad Extension", &extra);
@@ -623,7 +655,22 @@ impl Core {
             };
             let index_key = format!("{branch}|{}", msg.method_str());
             let sent = if invite { Message::parse(data.clone()).ok() } else { None };
-            self.clients.insert(cid, ClientTsx { index_key: index_key.clone(), kind, to: t.dest, request: data.clone(), sent, ack: None, ctx: Some(ctx_id), cancel: CancelState::None, cancel_reason: None, scheduled: None, done: false });
+            self.clients.insert(
+                cid,
+                ClientTsx {
+                    index_key: index_key.clone(),
+                    kind,
+                    to: t.dest,
+                    request: data.clone(),
+                    sent,
+                    ack: None,
+                    ctx: Some(ctx_id),
+                    cancel: CancelState::None,
+                    cancel_reason: None,
+                    scheduled: None,
+                    done: false,
+                },
+            );
             self.client_index.insert(index_key, cid);
             if let Some(c) = self.ctxs.get_mut(&ctx_id) {
                 c.branches.push(cid);
@@ -651,7 +698,11 @@ impl Core {
         Target {
             request_uri: Some(b.uri.to_string()),
             push_routes: b.path.iter().map(|p| p.to_string()).collect(),
-            dest: if b.path.is_empty() { dest } else { self.dest_for(NameAddr::parse(&b.path[0]).map(|n| n.uri).unwrap_or("")).unwrap_or(dest) },
+            dest: if b.path.is_empty() {
+                dest
+            } else {
+                self.dest_for(NameAddr::parse(&b.path[0]).map(|n| n.uri).unwrap_or("")).unwrap_or(dest)
+            },
             out_token: b.path.is_empty() && (dest.flow.is_some() || nat),
         }
     }
@@ -684,7 +735,17 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn build_forward(&self, msg: &Message, from: &Peer, t: &Target, top_via: Option<&str>, branch: &str, popped: usize, mf: Option<u32>, record_route: bool) -> Option<Bytes> {
+    fn build_forward(
+        &self,
+        msg: &Message,
+        from: &Peer,
+        t: &Target,
+        top_via: Option<&str>,
+        branch: &str,
+        popped: usize,
+        mf: Option<u32>,
+        record_route: bool,
+    ) -> Option<Bytes> {
         let local = self.sh.local_addr(t.dest.transport)?;
         let mut prepend = String::with_capacity(256);
         let _ = write!(prepend, "Via: SIP/2.0/{} {local};branch={branch}\r\n", t.dest.transport.via_token());
@@ -893,7 +954,22 @@ impl Core {
         let id = self.id();
         let index_key = format!("{branch}|CANCEL");
         let kind = CKind::Non(client::ClientNonInvite::new(now, to.transport.reliable(), self.sh.timers));
-        self.clients.insert(id, ClientTsx { index_key: index_key.clone(), kind, to, request: data.clone(), sent: None, ack: None, ctx: None, cancel: CancelState::None, cancel_reason: None, scheduled: None, done: false });
+        self.clients.insert(
+            id,
+            ClientTsx {
+                index_key: index_key.clone(),
+                kind,
+                to,
+                request: data.clone(),
+                sent: None,
+                ack: None,
+                ctx: None,
+                cancel: CancelState::None,
+                cancel_reason: None,
+                scheduled: None,
+                done: false,
+            },
+        );
         self.client_index.insert(index_key, id);
         self.send(to, data, Some(id));
         self.reschedule_client(id);

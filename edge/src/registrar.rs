@@ -170,7 +170,9 @@ pub fn handle_register(sh: &Shared, now: Instant, msg: &Message, from: Peer) -> 
                 None => {
                     if next.len() >= max {
                         match cfg.on_max_contacts {
-                            OverflowPolicy::Reject => return Err(Reply::new(403, format!("Forbidden (at most {max} contacts per address of record)"))),
+                            OverflowPolicy::Reject => {
+                                return Err(Reply::new(403, format!("Forbidden (at most {max} contacts per address of record)")));
+                            }
                             OverflowPolicy::EvictOldest => {
                                 if let Some((oldest, _)) = next.iter().enumerate().min_by_key(|(_, b)| b.since) {
                                     next.remove(oldest);

@@ -16,7 +16,8 @@ fn fork3() -> (edge::proxy::Core, std::time::Instant, Vec<Message>) {
     feed(&mut c, t0, udp(CALLER), &invite("fork-1", "sip:alice@edge.test", "sip:carol@example.net", "z9hG4bKf1"));
     let out = drain(&mut c);
     assert_eq!(out[0].1.status(), Some(100), "100 Trying first");
-    let branches: Vec<Message> = out.iter().filter(|(_, m)| m.method() == Method::Invite && m.is_request()).map(|(_, m)| m.clone()).collect();
+    let branches: Vec<Message> =
+        out.iter().filter(|(_, m)| m.method() == Method::Invite && m.is_request()).map(|(_, m)| m.clone()).collect();
     assert_eq!(branches.len(), 3, "forked to all three contacts");
     let mut dests: Vec<u16> = out.iter().filter(|(_, m)| m.is_request()).map(|(t, _)| t.to.addr.port()).collect();
     dests.sort();
@@ -137,7 +138,12 @@ fn in_dialog_requests_follow_the_record_route() {
     let fwd = out.iter().find(|(_, m)| m.is_request()).unwrap();
     assert_eq!(fwd.0.to.addr.to_string(), "127.0.0.1:5090");
     assert_eq!(fwd.1.header(HeaderName::RecordRoute), Some("<sip:127.0.0.1:5060;lr>"));
-    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd.1, 200, "u1", "Record-Route: <sip:127.0.0.1:5060;lr>\r\nContact: <sip:127.0.0.1:5090>\r\n"));
+    feed_raw(
+        &mut c,
+        t0,
+        udp("127.0.0.1:5090"),
+        &answer(&fwd.1, 200, "u1", "Record-Route: <sip:127.0.0.1:5060;lr>\r\nContact: <sip:127.0.0.1:5090>\r\n"),
+    );
     drain(&mut c);
     let bye = "BYE sip:127.0.0.1:5090 SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKbye1

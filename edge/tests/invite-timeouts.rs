@@ -54,7 +54,8 @@ fn responses_go_where_the_request_came_from() {
     let (mut c, t0) = core_with("[[upstream]]\nuri = \"sip:127.0.0.1:5090\"\n");
     // The Via says 10.0.0.7:5060 (private address behind NAT) with rport; the packet came
     // from 127.0.0.9:40123.
-    let r = invite("nat-1", "sip:svc@example.net", "sip:carol@example.net", "z9hG4bKnat").replace("127.0.0.1:5070;branch=z9hG4bKnat", "10.0.0.7:5060;branch=z9hG4bKnat;rport");
+    let r = invite("nat-1", "sip:svc@example.net", "sip:carol@example.net", "z9hG4bKnat")
+        .replace("127.0.0.1:5070;branch=z9hG4bKnat", "10.0.0.7:5060;branch=z9hG4bKnat;rport");
     feed(&mut c, t0, udp("127.0.0.9:40123"), &r);
     let out = drain(&mut c);
     let trying = &out[0];

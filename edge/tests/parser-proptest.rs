@@ -27,7 +27,20 @@ enum Mutation {
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
-    let special = prop_oneof![Just(b':'), Just(b','), Just(b';'), Just(b'<'), Just(b'>'), Just(b'"'), Just(b'\r'), Just(b'\n'), Just(b' '), Just(b'['), Just(b'@'), any::<u8>()];
+    let special = prop_oneof![
+        Just(b':'),
+        Just(b','),
+        Just(b';'),
+        Just(b'<'),
+        Just(b'>'),
+        Just(b'"'),
+        Just(b'\r'),
+        Just(b'\n'),
+        Just(b' '),
+        Just(b'['),
+        Just(b'@'),
+        any::<u8>()
+    ];
     prop_oneof![
         (any::<usize>(), special.clone()).prop_map(|(i, b)| Mutation::Flip(i, b)),
         (any::<usize>(), special).prop_map(|(i, b)| Mutation::Insert(i, b)),
@@ -66,14 +79,32 @@ fn apply(mut v: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
 /// Touches every accessor; must never panic.
 fn exercise(m: &Message) {
     let _ = m.validate();
-    let _ = (m.call_id(), m.cseq(), m.top_via(), m.from_hdr(), m.to_hdr(), m.max_forwards(), m.expires(), m.method(), m.request_uri(), m.status());
+    let _ = (
+        m.call_id(),
+        m.cseq(),
+        m.top_via(),
+        m.from_hdr(),
+        m.to_hdr(),
+        m.max_forwards(),
+        m.expires(),
+        m.method(),
+        m.request_uri(),
+        m.status(),
+    );
     for name in [HeaderName::Via, HeaderName::Route, HeaderName::RecordRoute, HeaderName::Contact, HeaderName::Path] {
         for v in m.values(name) {
             let _ = edge::msg::NameAddr::parse(v).map(|n| (edge::msg::SipUri::parse(n.uri), n.tag()));
             let _ = edge::msg::Via::parse(v).map(|v| (v.branch(), v.rport()));
         }
     }
-    let out = Forward { drop_vias: 1, drop_routes: 1, max_forwards: Some(69), prepend: "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\r\n", ..Default::default() }.write(m);
+    let out = Forward {
+        drop_vias: 1,
+        drop_routes: 1,
+        max_forwards: Some(69),
+        prepend: "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\r\n",
+        ..Default::default()
+    }
+    .write(m);
     let _ = Message::parse(out);
 }
 

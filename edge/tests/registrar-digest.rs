@@ -37,7 +37,9 @@ fn auth_line(nonce: &str, pass: &str, nc: &str) -> String {
     let ha1 = h(format!("alice:edge.test:{pass}"));
     let ha2 = h("REGISTER:sip:edge.test".to_string());
     let resp = h(format!("{ha1}:{nonce}:{nc}:cn:auth:{ha2}"));
-    format!("Authorization: Digest username=\"alice\", realm=\"edge.test\", nonce=\"{nonce}\", uri=\"sip:edge.test\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={nc}")
+    format!(
+        "Authorization: Digest username=\"alice\", realm=\"edge.test\", nonce=\"{nonce}\", uri=\"sip:edge.test\", response=\"{resp}\", algorithm=MD5, cnonce=\"cn\", qop=auth, nc={nc}"
+    )
 }
 
 /// Sends a REGISTER, answers the 401 with `pass`, returns the final response.
@@ -67,7 +69,12 @@ fn unauthenticated_register_never_creates_a_binding() {
     assert_eq!(chs.len(), 2, "MD5 and SHA-256 challenges (RFC 8760)");
     assert_eq!(bindings(&c, t0), 0);
     // Forged credentials.
-    feed(&mut c, t0, udp("127.0.0.1:5071"), &register("<sip:alice@127.0.0.1:5071>", 2, "u1", &auth_line("1.1.0123456789abcdef01234567", "secret", "00000001")));
+    feed(
+        &mut c,
+        t0,
+        udp("127.0.0.1:5071"),
+        &register("<sip:alice@127.0.0.1:5071>", 2, "u1", &auth_line("1.1.0123456789abcdef01234567", "secret", "00000001")),
+    );
     assert_eq!(drain(&mut c)[0].1.status(), Some(401));
     assert_eq!(bindings(&c, t0), 0);
     // Wrong password.
@@ -134,7 +141,8 @@ fn expiry_removal_wildcard_and_interval_too_brief() {
 fn contact_limit_reject_and_evict_oldest() {
     let (mut c, t0) = core();
     for (i, port) in [5071, 5072, 5073].iter().enumerate() {
-        let r = register_with(&mut c, t0 + secs(i as u64), &format!("<sip:alice@127.0.0.1:{port}>"), 1, &format!("dev{port}"), "secret", "");
+        let r =
+            register_with(&mut c, t0 + secs(i as u64), &format!("<sip:alice@127.0.0.1:{port}>"), 1, &format!("dev{port}"), "secret", "");
         assert_eq!(r.status(), Some(200));
     }
     let r = register_with(&mut c, t0 + secs(5), "<sip:alice@127.0.0.1:5074>", 1, "dev5074", "secret", "");
@@ -143,7 +151,8 @@ fn contact_limit_reject_and_evict_oldest() {
 
     let (mut c, t0) = core_with("[registrar]\non_max_contacts = \"evict_oldest\"\n");
     for (i, port) in [5071, 5072, 5073, 5074].iter().enumerate() {
-        let r = register_with(&mut c, t0 + secs(i as u64), &format!("<sip:alice@127.0.0.1:{port}>"), 1, &format!("dev{port}"), "secret", "");
+        let r =
+            register_with(&mut c, t0 + secs(i as u64), &format!("<sip:alice@127.0.0.1:{port}>"), 1, &format!("dev{port}"), "secret", "");
         assert_eq!(r.status(), Some(200));
     }
     let now = t0 + secs(5);

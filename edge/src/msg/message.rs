@@ -183,14 +183,7 @@ impl Message {
         if std::str::from_utf8(&b[pos..body_start]).is_err() {
             return Err(ParseError::NotUtf8);
         }
-        let mut msg = Message {
-            start,
-            headers,
-            headers_start,
-            body_start: body_start as u32,
-            body_end: b.len() as u32,
-            buf: Bytes::new(),
-        };
+        let mut msg = Message { start, headers, headers_start, body_start: body_start as u32, body_end: b.len() as u32, buf: Bytes::new() };
         msg.buf = buf;
         if let Some(cl) = msg.header(HeaderName::ContentLength) {
             let n: usize = trim(cl).parse().map_err(|_| ParseError::BadHeader(HeaderName::ContentLength))?;
@@ -231,10 +224,7 @@ impl Message {
     pub fn method(&self) -> Method {
         match &self.start {
             StartLine::Request { method, .. } => *method,
-            StartLine::Response { .. } => self
-                .cseq()
-                .map(|c| Method::from_token(c.method.as_bytes()))
-                .unwrap_or(Method::Extension),
+            StartLine::Response { .. } => self.cseq().map(|c| Method::from_token(c.method.as_bytes())).unwrap_or(Method::Extension),
         }
     }
 
@@ -303,9 +293,13 @@ impl Message {
     pub fn header_other(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|h| h.name == HeaderName::Other && self.slice((h.line.0, h.line.0 + name.len() as u32)).eq_ignore_ascii_case(name.as_bytes()) && {
-                let rest = &self.buf[(h.line.0 as usize + name.len())..h.value.0 as usize];
-                rest.iter().all(|&c| c == b' ' || c == b'\t' || c == b':')
+            .find(|h| {
+                h.name == HeaderName::Other
+                    && self.slice((h.line.0, h.line.0 + name.len() as u32)).eq_ignore_ascii_case(name.as_bytes())
+                    && {
+                        let rest = &self.buf[(h.line.0 as usize + name.len())..h.value.0 as usize];
+                        rest.iter().all(|&c| c == b' ' || c == b'\t' || c == b':')
+                    }
             })
             .map(|h| self.value(h))
     }
@@ -327,7 +321,7 @@ impl Message {
     /// CSeq (RFC 3261 20.16).
     pub fn cseq(&self) -> Option<CSeq<'_>> {
         let v = trim(self.header(HeaderName::CSeq)?);
-        let mut it = v.split(|c: char| c == ' ' || c == '\t' || c == '\r' || c == '\n').filter(|s| !s.is_empty());
+        let mut it = v.split([' ', '\t', '\r', '\n']).filter(|s| !s.is_empty());
         let seq = it.next()?.parse::<u32>().ok()?;
         let method = it.next()?;
         if it.next().is_some() || !method.bytes().all(|c| c.is_ascii_graphic()) {
@@ -535,7 +529,11 @@ f: <sip:a@b>;tag=x\r\nt: <sip:x@y>\r\ni: abc@host\r\nCSeq: 1 OPTIONS\r\nl: 0\r\n
 
     #[test]
     fn malformed_headers_are_named() {
-        let base = |h: &str| format!("INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{h}\r\n");
+        let base = |h: &str| {
+            format!(
+                "INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{h}\r\n"
+            )
+        };
         let m = Message::parse(Bytes::from(base("Max-Forwards: abc\r\n"))).unwrap();
         assert_eq!(m.validate(), Err(ParseError::BadHeader(HeaderName::MaxForwards)));
         let m = Message::parse(Bytes::from(base("Contact: <sip:a@b>;expires=x\r\n"))).unwrap();
@@ -552,7 +550,9 @@ f: <sip:a@b>;tag=x\r\nt: <sip:x@y>\r\ni: abc@host\r\nCSeq: 1 OPTIONS\r\nl: 0\r\n
 
     #[test]
     fn bad_start_lines() {
-        for raw in ["", "\r\n\r\n", "INVITE\r\n\r\n", "SIP/2.0 99 x\r\n\r\n", "INVITE sip:x SIP/1.0\r\n\r\n", "SIP/2.0 200 OK\r\nNoColon\r\n\r\n"] {
+        for raw in
+            ["", "\r\n\r\n", "INVITE\r\n\r\n", "SIP/2.0 99 x\r\n\r\n", "INVITE sip:x SIP/1.0\r\n\r\n", "SIP/2.0 200 OK\r\nNoColon\r\n\r\n"]
+        {
             assert!(Message::parse(Bytes::from(raw)).is_err(), "{raw:?}");
         }
     }

@@ -144,15 +144,7 @@ mod tests {
     #[test]
     fn params_parse() {
         let v: Vec<_> = params(";branch=z9hG4bK1 ; rport;received=1.2.3.4;x=\"a;b\"").collect();
-        assert_eq!(
-            v,
-            vec![
-                ("branch", Some("z9hG4bK1")),
-                ("rport", None),
-                ("received", Some("1.2.3.4")),
-                ("x", Some("\"a;b\""))
-            ]
-        );
+        assert_eq!(v, vec![("branch", Some("z9hG4bK1")), ("rport", None), ("received", Some("1.2.3.4")), ("x", Some("\"a;b\""))]);
         assert_eq!(param(";lr;Transport=TCP", "transport"), Some(Some("TCP")));
     }
 

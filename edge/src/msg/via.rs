@@ -28,7 +28,7 @@ impl<'a> Via<'a> {
         if !name.eq_ignore_ascii_case("SIP") || version != "2.0" {
             return None;
         }
-        let tend = rest.find(|c: char| c == ' ' || c == '\t' || c == '\r' || c == '\n')?;
+        let tend = rest.find([' ', '\t', '\r', '\n'])?;
         let transport = &rest[..tend];
         if transport.is_empty() || !transport.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
             return None;

@@ -63,15 +63,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
 /// value when given, e.g. with `received`/`rport` added), From, To (plus `to_tag` when
 /// the request's To has none), Call-ID and CSeq copied; `extra` is zero or more complete
 /// header lines, each ending in CRLF; `body` is sent with its Content-Length.
-pub fn response(
-    req: &Message,
-    code: u16,
-    reason: &str,
-    top_via: Option<&str>,
-    to_tag: Option<&str>,
-    extra: &str,
-    body: &[u8],
-) -> Bytes {
+pub fn response(req: &Message, code: u16, reason: &str, top_via: Option<&str>, to_tag: Option<&str>, extra: &str, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(512 + extra.len() + body.len());
     let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
     let mut first_via = true;
@@ -287,7 +279,15 @@ mod tests {
     #[test]
     fn response_copies_and_tags() {
         let m = Message::parse(Bytes::from_static(INVITE.as_bytes())).unwrap();
-        let r = response(&m, 404, "Not Found", Some("SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKnashds8;received=1.2.3.4"), Some("t1"), "X-A: b\r\n", b"");
+        let r = response(
+            &m,
+            404,
+            "Not Found",
+            Some("SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bKnashds8;received=1.2.3.4"),
+            Some("t1"),
+            "X-A: b\r\n",
+            b"",
+        );
         let p = Message::parse(r).unwrap();
         assert_eq!(p.status(), Some(404));
         assert_eq!(p.to_hdr().unwrap().tag(), Some("t1"));

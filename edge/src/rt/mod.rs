@@ -98,7 +98,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     let _guard = conn_rt.enter();
     let mut tcp_listeners = Vec::new();
-    for (t, addrs) in [(Transport::Tcp, &cfg.sip.tcp), (Transport::Tls, &cfg.sip.tls), (Transport::Ws, &cfg.sip.ws), (Transport::Wss, &cfg.sip.wss)] {
+    for (t, addrs) in
+        [(Transport::Tcp, &cfg.sip.tcp), (Transport::Tls, &cfg.sip.tls), (Transport::Ws, &cfg.sip.ws), (Transport::Wss, &cfg.sip.wss)]
+    {
         for addr in addrs {
             let l = stream::bind_listener(*addr).map_err(|e| format!("{} {addr}: {e}", t.uri_param()))?;
             let actual = l.local_addr().map_err(|e| e.to_string())?;
@@ -122,7 +124,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         txs.push(tx);
         rxs.push(rx);
     }
-    let rt = Arc::new(RtShared { core: shared.clone(), flows: Flows::default(), workers: txs, max_message_size: cfg.sip.max_message_size, conn: conn_rt.handle().clone() });
+    let rt = Arc::new(RtShared {
+        core: shared.clone(),
+        flows: Flows::default(),
+        workers: txs,
+        max_message_size: cfg.sip.max_message_size,
+        conn: conn_rt.handle().clone(),
+    });
 
     for (t, a) in &bound.listeners {
         println!("edge: listening {} {a}", t.uri_param());
@@ -181,7 +189,9 @@ impl Worker {
         loop {
             let next = self.core.borrow_mut().poll_output();
             let Some(Output::Transmit(t)) = next else { break };
-            if !self.transmit(t.clone()) && let Some(id) = t.tsx {
+            if !self.transmit(t.clone())
+                && let Some(id) = t.tsx
+            {
                 failed.push(id);
             }
         }
@@ -199,7 +209,11 @@ impl Worker {
     fn transmit(&self, t: Transmit) -> bool {
         match t.to.transport {
             Transport::Udp => {
-                let sock = self.udp.iter().find(|s| s.local_addr().map(|a| a.is_ipv4() == t.to.addr.is_ipv4()).unwrap_or(false)).or(self.udp.first());
+                let sock = self
+                    .udp
+                    .iter()
+                    .find(|s| s.local_addr().map(|a| a.is_ipv4() == t.to.addr.is_ipv4()).unwrap_or(false))
+                    .or(self.udp.first());
                 let Some(sock) = sock else { return false };
                 match sock.try_send_to(&t.data, t.to.addr) {
                     Ok(_) => true,
@@ -242,7 +256,13 @@ fn worker_main(idx: usize, rt: Arc<RtShared>, socks: Vec<std::net::UdpSocket>, m
                 Err(e) => tracing::error!(error = %e, "udp socket"),
             }
         }
-        let w = Rc::new(Worker { idx, rt: rt.clone(), core: RefCell::new(Core::new(rt.core.clone(), idx as u32, seed)), udp: udp.clone(), wake: Notify::new() });
+        let w = Rc::new(Worker {
+            idx,
+            rt: rt.clone(),
+            core: RefCell::new(Core::new(rt.core.clone(), idx as u32, seed)),
+            udp: udp.clone(),
+            wake: Notify::new(),
+        });
         for (sock, state) in udp.into_iter().zip(states) {
             tokio::task::spawn_local(udp::recv_loop(w.clone(), sock, state));
         }

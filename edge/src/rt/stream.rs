@@ -147,6 +147,8 @@ pub async fn run_ws<S>(rt: Arc<RtShared>, stream: S, t: Transport, remote: Socke
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // The callback's error type is fixed by tungstenite's `Callback` trait.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let offers_sip = req
             .headers()
@@ -166,7 +168,12 @@ where
     let mut wscfg = WebSocketConfig::default();
     wscfg.max_message_size = Some(rt.max_message_size * 2);
     wscfg.max_frame_size = Some(rt.max_message_size * 2);
-    let ws = match tokio::time::timeout(std::time::Duration::from_secs(10), tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(wscfg))).await {
+    let ws = match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(wscfg)),
+    )
+    .await
+    {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
@@ -220,12 +227,12 @@ where
 /// connection to the address, or (TCP only) over a new connection. Returns `false` when
 /// it fails at once; a failed connect is reported later as [`Input::SendFailed`].
 pub fn send(rt: &Arc<RtShared>, worker: usize, t: Transmit) -> bool {
-    if let Some(flow) = t.to.flow {
-        if let Some(h) = rt.flows.get(flow) {
-            return h.tx.send(t.data).is_ok();
-        }
-        // The flow is gone: fall back to the address for TCP/TLS peers (RFC 5626 5.3 says
-        // 430 for outbound flows; a plain reconnect is what non-outbound clients expect).
+    // When the flow is gone, fall back to the address for TCP/TLS peers (RFC 5626 5.3
+    // says 430 for outbound flows; a plain reconnect is what non-outbound clients expect).
+    if let Some(flow) = t.to.flow
+        && let Some(h) = rt.flows.get(flow)
+    {
+        return h.tx.send(t.data).is_ok();
     }
     if let Some(h) = rt.flows.by_addr(t.to.transport, t.to.addr) {
         return h.tx.send(t.data).is_ok();

@@ -33,6 +33,7 @@ pub fn server_key(msg: &Message) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a virtual clock needs one real starting point
 mod tests {
     //! Every timer on a virtual clock: `now` is advanced by hand, nothing sleeps.
     use super::*;
@@ -43,7 +44,12 @@ mod tests {
     }
 
     /// Steps a virtual clock to each deadline, collecting (time offset, action).
-    fn drive<A: Copy>(start: Instant, until: Duration, mut next: impl FnMut() -> Option<Instant>, mut fire: impl FnMut(Instant) -> Option<A>) -> Vec<(Duration, A)> {
+    fn drive<A: Copy>(
+        start: Instant,
+        until: Duration,
+        mut next: impl FnMut() -> Option<Instant>,
+        mut fire: impl FnMut(Instant) -> Option<A>,
+    ) -> Vec<(Duration, A)> {
         let mut out = vec![];
         while let Some(at) = next() {
             if at > start + until {

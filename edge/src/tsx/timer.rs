@@ -31,20 +31,8 @@ pub enum Timer {
     M,
 }
 
-const TIMERS: [Timer; 12] = [
-    Timer::A,
-    Timer::B,
-    Timer::D,
-    Timer::E,
-    Timer::F,
-    Timer::G,
-    Timer::H,
-    Timer::I,
-    Timer::J,
-    Timer::K,
-    Timer::L,
-    Timer::M,
-];
+const TIMERS: [Timer; 12] =
+    [Timer::A, Timer::B, Timer::D, Timer::E, Timer::F, Timer::G, Timer::H, Timer::I, Timer::J, Timer::K, Timer::L, Timer::M];
 
 fn idx(t: Timer) -> usize {
     TIMERS.iter().position(|x| *x == t).unwrap_or(0)
