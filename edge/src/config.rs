@@ -135,11 +135,11 @@ impl Default for SipConfig {
         SipConfig {
             domain: "localhost".into(),
             aliases: vec![],
-            udp: vec![],
-            tcp: vec![],
-            tls: vec![],
-            ws: vec![],
-            wss: vec![],
+            udp: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+            tls: vec![SocketAddr::from(([127, 0, 0, 1], 5061))],
+            ws: vec![SocketAddr::from(([127, 0, 0, 1], 8088))],
+            wss: vec![SocketAddr::from(([127, 0, 0, 1], 8089))],
             workers: 0,
             max_message_size: 65_535,
             t1_ms: 500,
@@ -273,6 +273,15 @@ mod tests {
         assert_eq!(c.sip.udp, vec!["127.0.0.1:5060".parse().unwrap()]);
         assert_eq!(c.sip.wss, vec!["127.0.0.1:8089".parse().unwrap()]);
         assert_eq!(c.registrar.max_contacts, 3);
+    }
+
+    #[test]
+    fn omitted_keys_take_the_documented_defaults() {
+        let c = Config::from_toml("[sip]\ndomain = \"x.test\"\n", "f").unwrap();
+        assert_eq!(c.sip.tcp, vec!["127.0.0.1:5060".parse().unwrap()]);
+        assert_eq!(c.sip.ws, vec!["127.0.0.1:8088".parse().unwrap()]);
+        let c = Config::from_toml("[sip]\nws = []\n", "f").unwrap();
+        assert!(c.sip.ws.is_empty());
     }
 
     #[test]

@@ -91,6 +91,11 @@ impl Location {
         let mut entry = self.map.entry(aor.into()).or_default();
         entry.retain(|b| b.expires > now);
         let r = f(&mut entry);
+        // Most addresses of record have one or two contacts: do not keep Vec's default
+        // growth slack (capacity 4 of ~200-byte bindings) per AOR.
+        if entry.capacity() > entry.len() {
+            entry.shrink_to_fit();
+        }
         let empty = entry.is_empty();
         drop(entry);
         if empty {

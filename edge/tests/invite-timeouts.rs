@@ -70,3 +70,23 @@ fn responses_go_where_the_request_came_from() {
     // NAT-ed UDP callers get a flow token in a double Record-Route.
     assert!(fwd.1.header(HeaderName::RecordRoute).unwrap().contains("@127.0.0.1:5060"));
 }
+
+#[test]
+fn timer_c_cancels_a_branch_that_stays_provisional() {
+    let (mut c, mut now) = core_with("[[upstream]]\nuri = \"sip:127.0.0.1:5090\"\n");
+    let t0 = now;
+    feed(&mut c, now, udp("127.0.0.1:5070"), &invite("tc-1", "sip:svc@example.net", "sip:carol@example.net", "z9hG4bKtc"));
+    let fwd = drain(&mut c).into_iter().find(|(_, m)| m.is_request()).unwrap().1;
+    feed_raw(&mut c, now, udp("127.0.0.1:5090"), &answer(&fwd, 180, "r", ""));
+    drain(&mut c);
+    // Nothing happens before Timer C (181 s by default) ...
+    let out = advance(&mut c, &mut now, t0 + secs(180));
+    assert!(out.iter().all(|(_, m)| m.method() != Method::Cancel), "no CANCEL before Timer C");
+    // ... then the branch is cancelled (RFC 3261 16.8) and its 487 goes to the caller.
+    let out = advance(&mut c, &mut now, t0 + secs(182));
+    let cancel = out.iter().find(|(_, m)| m.is_request() && m.method() == Method::Cancel).expect("CANCEL at Timer C").1.clone();
+    feed_raw(&mut c, now, udp("127.0.0.1:5090"), &answer(&cancel, 200, "r", ""));
+    feed_raw(&mut c, now, udp("127.0.0.1:5090"), &answer(&fwd, 487, "r", ""));
+    let out = drain(&mut c);
+    assert!(out.iter().any(|(t, m)| m.status() == Some(487) && t.to.addr.port() == 5070));
+}
