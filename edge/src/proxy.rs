@@ -1165,40 +1165,36 @@ fn response_rank(code: u16) -> (u8, u16) {
 /// ACK for a non-2xx final response (RFC 3261 17.1.1.3): same Request-URI, top Via,
 /// Call-ID, From, CSeq number and Route as the INVITE, To from the response.
 pub fn build_ack(invite: &Message, resp: &Message) -> Bytes {
-    let mut s = String::with_capacity(512);
-    let _ = write!(s, "ACK {} SIP/2.0\r\n", invite.request_uri().unwrap_or(""));
-    if let Some(v) = invite.top_via_str() {
-        let _ = write!(s, "Via: {v}\r\n");
-    }
-    let _ = write!(s, "Max-Forwards: 70\r\n");
-    for h in invite.headers() {
-        if matches!(h.name, HeaderName::From | HeaderName::CallId | HeaderName::Route) {
-            let _ = write!(s, "{}\r\n", String::from_utf8_lossy(invite.slice(h.line)));
-        }
-    }
-    if let Some(h) = resp.headers().iter().find(|h| h.name == HeaderName::To) {
-        let _ = write!(s, "{}\r\n", String::from_utf8_lossy(resp.slice(h.line)));
-    }
-    let _ = write!(s, "CSeq: {} ACK\r\nContent-Length: 0\r\n\r\n", invite.cseq().map(|c| c.seq).unwrap_or(1));
-    Bytes::from(s)
+    hop_request(invite, "ACK", Some(resp), None)
 }
 
 /// CANCEL for a forwarded INVITE (RFC 3261 9.1), with an optional RFC 3326 Reason.
 pub fn build_cancel(invite: &Message, reason: Option<&str>) -> Bytes {
+    hop_request(invite, "CANCEL", None, reason)
+}
+
+/// A request that belongs to the INVITE's client transaction: its Request-URI, top Via,
+/// From, Call-ID, Route and CSeq number; To from `to_of` (the response) or the INVITE.
+fn hop_request(invite: &Message, method: &str, to_of: Option<&Message>, reason: Option<&str>) -> Bytes {
     let mut s = String::with_capacity(512);
-    let _ = write!(s, "CANCEL {} SIP/2.0\r\n", invite.request_uri().unwrap_or(""));
+    let _ = write!(s, "{method} {} SIP/2.0\r\n", invite.request_uri().unwrap_or(""));
     if let Some(v) = invite.top_via_str() {
         let _ = write!(s, "Via: {v}\r\n");
     }
-    let _ = write!(s, "Max-Forwards: 70\r\n");
-    for h in invite.headers() {
-        if matches!(h.name, HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::Route) {
-            let _ = write!(s, "{}\r\n", String::from_utf8_lossy(invite.slice(h.line)));
+    s.push_str("Max-Forwards: 70\r\n");
+    let to_src = to_of.unwrap_or(invite);
+    for (m, names) in [(invite, &[HeaderName::From, HeaderName::CallId, HeaderName::Route][..]), (to_src, &[HeaderName::To][..])] {
+        for h in m.headers().iter().filter(|h| names.contains(&h.name)) {
+            s.push_str(&String::from_utf8_lossy(m.slice(h.line)));
+            s.push_str("\r\n");
+            if h.name == HeaderName::To {
+                break;
+            }
         }
     }
     if let Some(r) = reason {
         let _ = write!(s, "Reason: {r}\r\n");
     }
-    let _ = write!(s, "CSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n", invite.cseq().map(|c| c.seq).unwrap_or(1));
+    let _ = write!(s, "CSeq: {} {method}\r\nContent-Length: 0\r\n\r\n", invite.cseq().map(|c| c.seq).unwrap_or(1));
     Bytes::from(s)
 }
