@@ -96,7 +96,7 @@ impl DigestResponse {
     /// Parses `Digest k=v, ...`. `None` if it is not a well-formed Digest credential.
     pub fn parse(v: &str) -> Option<DigestResponse> {
         let v = trim(v);
-        if v.len() < 7 || !v[..6].eq_ignore_ascii_case("digest") {
+        if v.len() < 7 || !v.as_bytes()[..6].eq_ignore_ascii_case(b"digest") {
             return None;
         }
         let mut d = DigestResponse::default();

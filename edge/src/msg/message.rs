@@ -294,12 +294,11 @@ impl Message {
         self.headers
             .iter()
             .find(|h| {
-                h.name == HeaderName::Other
-                    && self.slice((h.line.0, h.line.0 + name.len() as u32)).eq_ignore_ascii_case(name.as_bytes())
-                    && {
-                        let rest = &self.buf[(h.line.0 as usize + name.len())..h.value.0 as usize];
-                        rest.iter().all(|&c| c == b' ' || c == b'\t' || c == b':')
-                    }
+                h.name == HeaderName::Other && {
+                    let line = self.slice(h.line);
+                    let raw = line.split(|&c| c == b':').next().unwrap_or(b"").trim_ascii_end();
+                    raw.eq_ignore_ascii_case(name.as_bytes())
+                }
             })
             .map(|h| self.value(h))
     }

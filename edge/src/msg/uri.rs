@@ -35,9 +35,11 @@ impl<'a> SipUri<'a> {
     /// Parses `sip:user:pass@host:port;params?headers` (RFC 3261 19.1.1).
     pub fn parse(s: &'a str) -> Result<SipUri<'a>, UriError> {
         let s = trim(s);
-        let (secure, rest) = if s.len() > 4 && s[..4].eq_ignore_ascii_case("sip:") {
+        // Compare bytes: a fixed offset may fall inside a multi-byte character.
+        let b = s.as_bytes();
+        let (secure, rest) = if b.len() > 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
             (false, &s[4..])
-        } else if s.len() > 5 && s[..5].eq_ignore_ascii_case("sips:") {
+        } else if b.len() > 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
             (true, &s[5..])
         } else {
             return Err(UriError::Scheme);
@@ -184,6 +186,13 @@ mod tests {
         assert_eq!(SipUri::parse("sip:@"), Err(UriError::Host));
         assert_eq!(SipUri::parse("sip:a@b:99999"), Err(UriError::Port));
         assert_eq!(SipUri::parse("sip:a b@c d"), Err(UriError::Host));
+    }
+
+    #[test]
+    fn multibyte_at_scheme_offset_is_an_error_not_a_panic() {
+        assert_eq!(SipUri::parse("sip\u{2c7}\u{113}r"), Err(UriError::Scheme));
+        assert_eq!(SipUri::parse("sips\u{2c7}x"), Err(UriError::Scheme));
+        assert!(crate::auth::DigestResponse::parse("Dige\u{2c7}x username=a").is_none());
     }
 
     #[test]
