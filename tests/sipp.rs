@@ -118,8 +118,7 @@ fn registered_callee(dir: &Path, name: &str, edge: &Edge, t: T, ooc: &str) -> Si
     sp
 }
 
-/// sipp answers only the first challenge and knows only MD5 (RFC 8760 clients pick the
-/// first algorithm they support), so MD5 is offered first here.
+/// sipp answers only the first challenge and knows only MD5: MD5 first (also the default).
 const ALICE: &str = "[auth]\nalgorithms = [\"MD5\", \"SHA-256\"]\n[[user]]\nname = \"alice\"\npassword = \"secret\"\n";
 
 fn register_then_call(t: T) {

@@ -88,7 +88,8 @@ pub struct AuthConfig {
     pub realm: Option<String>,
     /// Seconds a nonce stays valid; older gets `stale=true`.
     pub nonce_ttl_secs: u64,
-    /// Challenge algorithms offered, in order (RFC 8760): `SHA-256`, `MD5`.
+    /// Challenge algorithms offered, in this order (RFC 8760). MD5 first by default: JsSIP,
+    /// SIP.js, sipp and many desk phones read only the first challenge and know only MD5.
     pub algorithms: Vec<String>,
     /// Challenge (407) out-of-dialog requests whose From is a local user.
     pub challenge_local_callers: bool,
@@ -164,7 +165,7 @@ impl Default for RegistrarConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { realm: None, nonce_ttl_secs: 300, algorithms: vec!["SHA-256".into(), "MD5".into()], challenge_local_callers: true }
+        AuthConfig { realm: None, nonce_ttl_secs: 300, algorithms: vec!["MD5".into(), "SHA-256".into()], challenge_local_callers: true }
     }
 }
 
