@@ -587,14 +587,6 @@ impl Core {
             }
         } else if let Some(peer) = token_peer {
             targets.push(Target { request_uri: None, push_routes: vec![], dest: peer, out_token: false });
-        } else if popped > 0 {
-            match self.dest_for(&ruri_text) {
-                Some(dest) => targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false }),
-                None => {
-                    self.reject(now, sid, from, &msg, tv, 502, "Bad Gateway (unresolvable Request-URI)", "");
-                    return;
-                }
-            }
         } else if self.sh.is_local_uri(&ruri) {
             let user = crate::msg::uri::percent_decode(ruri.user.unwrap_or(""));
             if self.sh.auth.user(&user).is_none() {
@@ -609,6 +601,15 @@ impl Core {
             }
             for b in bindings {
                 targets.push(self.binding_target(&b));
+            }
+        } else if popped > 0 && in_dialog {
+            // A dialog we record-routed: the Request-URI is the remote target.
+            match self.dest_for(&ruri_text) {
+                Some(dest) => targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false }),
+                None => {
+                    self.reject(now, sid, from, &msg, tv, 502, "Bad Gateway (unresolvable Request-URI)", "");
+                    return;
+                }
             }
         } else if let Some(up) = self.sh.upstream.clone() {
             targets.push(Target { request_uri: None, push_routes: vec![], dest: up.dest, out_token: false });

@@ -161,3 +161,19 @@ CSeq: 2 BYE
     assert_eq!(out[0].1.header(HeaderName::Route), None, "our Route popped");
     assert_eq!(out[0].1.request_uri(), Some("sip:127.0.0.1:5090"));
 }
+
+#[test]
+fn preloaded_outbound_proxy_route_still_reaches_local_users() {
+    // Softphones configured with an outbound proxy send initial requests with a Route to it.
+    let (mut c, t0) = core();
+    bind_alice(&c, t0, 6001);
+    let inv = invite("pre-1", "sip:alice@edge.test", "sip:carol@example.net", "z9hG4bKp1")
+        .replace("Max-Forwards: 70", "Max-Forwards: 70\nRoute: <sip:127.0.0.1:5060;lr>");
+    feed(&mut c, t0, udp(CALLER), &inv);
+    let out = drain(&mut c);
+    let fwd: Vec<_> = out.iter().filter(|(_, m)| m.is_request()).collect();
+    assert_eq!(fwd.len(), 1, "{:?}", out.iter().map(|(_, m)| m.status()).collect::<Vec<_>>());
+    assert_eq!(fwd[0].0.to.addr.port(), 6001);
+    assert_eq!(fwd[0].1.request_uri(), Some("sip:alice@127.0.0.1:6001"));
+    assert_eq!(fwd[0].1.header(HeaderName::Route), None);
+}
