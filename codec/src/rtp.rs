@@ -94,7 +94,15 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let h = RtpHeader { marker: true, payload_type: 8, sequence: 65535, timestamp: 0xdeadbeef, ssrc: 7, payload_offset: 12, payload_end: 12 };
+        let h = RtpHeader {
+            marker: true,
+            payload_type: 8,
+            sequence: 65535,
+            timestamp: 0xdeadbeef,
+            ssrc: 7,
+            payload_offset: 12,
+            payload_end: 12,
+        };
         let mut b = [0u8; 172];
         assert_eq!(h.write_to(&mut b), 12);
         let p = RtpHeader::parse(&b).unwrap();

@@ -1,4 +1,13 @@
-//! SIP/RTP/WebRTC load generator.
+//! SIP load generator: outbound calls, answering, registrations, a power dialer and soak
+//! runs, with optional RTP media and call quality, live progress and reports.
 //!
-//! Not yet implemented: scenarios, scheduler and reports arrive with the loadgen issue.
-//! Until then, SIP load is generated with sipp (see `tests/` and `benches/`).
+//! Scenarios ([`scenario`]) are sans-IO state machines; [`rt`] drives them with an
+//! open-loop scheduler on tokio; [`stats`] and [`report`] turn events into figures.
+
+pub mod cli;
+pub mod digest;
+pub mod media;
+pub mod report;
+pub mod rt;
+pub mod scenario;
+pub mod stats;

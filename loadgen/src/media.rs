@@ -1,0 +1,302 @@
+//! Per-call RTP streams (G.711, 20 ms packets): sending with seeded impairments (random
+//! loss, Gilbert-Elliott burst loss, jitter, reordering) and measuring what comes back
+//! (RFC 3550 loss and interarrival jitter, ITU-T G.107 MOS from the `codec` crate).
+
+#![allow(clippy::disallowed_methods)] // media pacing runs on the real clock (runtime side)
+
+use codec::quality::{CodecImpairment, EModelInput, Jitter, SeqTracker, mos, r_factor};
+use codec::rtp::{RtpHeader, is_rtcp};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What one received stream measured.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct StreamReport {
+    pub call_id: String,
+    pub codec: String,
+    pub packets_sent: u64,
+    pub packets_expected: u64,
+    pub packets_received: u64,
+    pub loss_pct: f64,
+    pub jitter_ms: f64,
+    pub r_factor: f64,
+    pub mos: f64,
+}
+
+/// G.711 variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Codec {
+    Pcmu,
+    Pcma,
+}
+
+impl Codec {
+    pub fn pt(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+        }
+    }
+    fn silence(self) -> u8 {
+        match self {
+            Codec::Pcmu => codec::g711::linear_to_ulaw(0),
+            Codec::Pcma => codec::g711::linear_to_alaw(0),
+        }
+    }
+}
+
+/// Impairments applied on send (seeded, reproducible).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Impairment {
+    /// Random (Bernoulli) loss in percent.
+    pub loss_pct: f64,
+    /// Gilbert-Elliott: P(good->bad) and P(bad->good) per packet; all packets are lost in
+    /// the bad state. `None` disables it.
+    pub gilbert: Option<(f64, f64)>,
+    /// Extra send delay, uniform in 0..jitter_ms.
+    pub jitter_ms: f64,
+    /// Share (percent) of packets held back by 3 packet times (reordering).
+    pub reorder_pct: f64,
+}
+
+/// Media of a whole run: sockets per call, sender/receiver tasks, reports.
+pub struct MediaPlan {
+    codec: Codec,
+    imp: Impairment,
+    seed: u64,
+    ip: IpAddr,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: HashMap<u16, std::net::UdpSocket>,
+    calls: HashMap<String, Stream>,
+}
+
+struct Stream {
+    sock: Option<std::net::UdpSocket>,
+    stop: Arc<AtomicBool>,
+    rx: Arc<Mutex<RxStats>>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Default)]
+struct RxStats {
+    seq: SeqTracker,
+    jitter: Jitter,
+}
+
+/// One SDP media description: address and port of the first audio stream.
+pub fn sdp_audio_target(sdp: &[u8]) -> Option<SocketAddr> {
+    let s = std::str::from_utf8(sdp).ok()?;
+    let mut ip: Option<IpAddr> = None;
+    let mut port = None;
+    for line in s.lines() {
+        let line = line.trim();
+        if let Some(c) = line.strip_prefix("c=IN ") {
+            ip = c.split_whitespace().nth(1).and_then(|a| a.parse().ok()).or(ip);
+        } else if let Some(m) = line.strip_prefix("m=audio ") {
+            port = m.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
+        }
+    }
+    Some(SocketAddr::new(ip?, port?))
+}
+
+impl MediaPlan {
+    pub fn new(codec: Codec, imp: Impairment, seed: u64, ip: IpAddr) -> MediaPlan {
+        MediaPlan { codec, imp, seed, ip, inner: Mutex::new(Inner::default()) }
+    }
+
+    /// Binds an RTP socket and returns the SDP offer for it and its port.
+    pub fn offer(&self) -> (String, u16) {
+        let sock = std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0));
+        let Ok(sock) = sock else { return (String::new(), 0) };
+        let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+        let sdp = crate::scenario::sdp(&self.ip.to_string(), port, self.codec.pt(), self.codec.name(), 8000);
+        if let Ok(mut i) = self.inner.lock() {
+            i.pending.insert(port, sock);
+        }
+        (sdp, port)
+    }
+
+    /// Ties the socket offered on `port` to a call.
+    pub fn bind_call(&self, call_id: String, port: u16) {
+        let Ok(mut i) = self.inner.lock() else { return };
+        let sock = i.pending.remove(&port);
+        i.calls.insert(call_id, Stream { sock, stop: Arc::default(), rx: Arc::default(), sent: Arc::default() });
+    }
+
+    /// The call was answered with `answer` SDP: start sending and receiving.
+    pub fn start(&self, call_id: &str, answer: &[u8]) {
+        let Some(remote) = sdp_audio_target(answer) else { return };
+        let Ok(mut i) = self.inner.lock() else { return };
+        let Some(st) = i.calls.get_mut(call_id) else { return };
+        let Some(sock) = st.sock.take() else { return };
+        let _ = sock.set_nonblocking(true);
+        let Ok(sock) = tokio::net::UdpSocket::from_std(sock) else { return };
+        let sock = Arc::new(sock);
+        let mut h: u64 = self.seed ^ 0x9e37_79b9_7f4a_7c15;
+        for b in call_id.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        tokio::spawn(send_loop(sock.clone(), remote, self.codec, self.imp, h, st.stop.clone(), st.sent.clone()));
+        tokio::spawn(recv_loop(sock, st.rx.clone(), st.stop.clone()));
+    }
+
+    /// The call ended: stop its streams and report what was received.
+    pub fn stop(&self, call_id: &str) -> Option<StreamReport> {
+        let st = self.inner.lock().ok()?.calls.remove(call_id)?;
+        st.stop.store(true, Ordering::Relaxed);
+        if st.sock.is_some() {
+            return None; // never started (not answered)
+        }
+        let rx = st.rx.lock().ok()?;
+        let loss = rx.seq.loss_pct();
+        let jitter_ms = rx.jitter.ms(8000);
+        // Mouth-to-ear delay: packetisation (20 ms) + a jitter buffer of twice the jitter.
+        let input = EModelInput { codec: CodecImpairment::G711_PLC, loss_pct: loss, burst_ratio: 1.0, delay_ms: 20.0 + 2.0 * jitter_ms };
+        Some(StreamReport {
+            call_id: call_id.to_string(),
+            codec: self.codec.name().into(),
+            packets_sent: st.sent.load(Ordering::Relaxed),
+            packets_expected: rx.seq.expected(),
+            packets_received: rx.seq.received(),
+            loss_pct: loss,
+            jitter_ms,
+            r_factor: r_factor(input),
+            mos: mos(input),
+        })
+    }
+}
+
+async fn send_loop(
+    sock: Arc<tokio::net::UdpSocket>,
+    to: SocketAddr,
+    codec: Codec,
+    imp: Impairment,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ssrc: u32 = rng.r#gen();
+    let mut seq: u16 = rng.r#gen();
+    let mut ts: u32 = rng.r#gen();
+    let t0 = Instant::now();
+    let mut bad = false;
+    let mut queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+    let mut i: u64 = 0;
+    let silence = codec.silence();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        // Produce every packet due by now (20 ms each).
+        while t0 + Duration::from_millis(20 * i) <= now {
+            let mut pkt = vec![silence; 12 + 160];
+            RtpHeader {
+                marker: i == 0,
+                payload_type: codec.pt(),
+                sequence: seq,
+                timestamp: ts,
+                ssrc,
+                payload_offset: 12,
+                payload_end: 172,
+            }
+            .write_to(&mut pkt);
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(160);
+            let at = t0 + Duration::from_millis(20 * i);
+            i += 1;
+            let mut lost = imp.loss_pct > 0.0 && rng.r#gen::<f64>() * 100.0 < imp.loss_pct;
+            if let Some((p_gb, p_bg)) = imp.gilbert {
+                bad = if bad { rng.r#gen::<f64>() >= p_bg } else { rng.r#gen::<f64>() < p_gb };
+                lost |= bad;
+            }
+            if lost {
+                continue;
+            }
+            let mut delay =
+                if imp.jitter_ms > 0.0 { Duration::from_secs_f64(rng.r#gen::<f64>() * imp.jitter_ms / 1000.0) } else { Duration::ZERO };
+            if imp.reorder_pct > 0.0 && rng.r#gen::<f64>() * 100.0 < imp.reorder_pct {
+                delay += Duration::from_millis(60);
+            }
+            queue.push(Reverse((at + delay, i, pkt)));
+        }
+        while let Some(Reverse((at, _, _))) = queue.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, _, pkt))) = queue.pop()
+                && sock.send_to(&pkt, to).await.is_ok()
+            {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let next_gen = t0 + Duration::from_millis(20 * i);
+        let next = queue.peek().map(|Reverse((a, _, _))| (*a).min(next_gen)).unwrap_or(next_gen);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+}
+
+async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, stop: Arc<AtomicBool>) {
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let r = tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf)).await;
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(Ok((n, _))) = r else { continue };
+        let p = &buf[..n];
+        if is_rtcp(p) {
+            continue;
+        }
+        let Ok(h) = RtpHeader::parse(p) else { continue };
+        let arrival = (t0.elapsed().as_secs_f64() * 8000.0) as u64;
+        if let Ok(mut s) = rx.lock() {
+            s.seq.record(h.sequence);
+            s.jitter.record(arrival, h.timestamp);
+        }
+    }
+}
+
+/// A UDP socket that sends every packet back where it came from (an RTP echo for a UAS).
+pub async fn echo_socket(ip: IpAddr) -> std::io::Result<u16> {
+    let sock = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    let port = sock.local_addr()?.port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    });
+    Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdp_target() {
+        let s = crate::scenario::sdp("127.0.0.1", 40000, 0, "PCMU", 8000);
+        assert_eq!(sdp_audio_target(s.as_bytes()), Some("127.0.0.1:40000".parse().unwrap()));
+        assert_eq!(sdp_audio_target(b"v=0\r\n"), None);
+    }
+}

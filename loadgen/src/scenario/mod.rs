@@ -1,0 +1,139 @@
+//! Scenarios as sans-IO state machines with the edge's handle/poll shape: each takes
+//! `now` and received messages, and yields datagrams to send, timers and events.
+
+pub mod dialer;
+pub mod register;
+pub mod uac;
+pub mod uas;
+
+use bytes::Bytes;
+use edge::msg::{HeaderName, Message};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Where and how the scenario's messages travel (written into Via and Contact).
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Via transport token: UDP, TCP, TLS, WS, WSS.
+    pub transport: &'static str,
+    /// host:port written into Via/Contact.
+    pub addr: String,
+}
+
+impl Local {
+    /// `;transport=...` for Contact URIs (none for UDP).
+    pub fn uri_param(&self) -> String {
+        if self.transport == "UDP" { String::new() } else { format!(";transport={}", self.transport.to_ascii_lowercase()) }
+    }
+    pub fn reliable(&self) -> bool {
+        self.transport != "UDP"
+    }
+}
+
+/// A message to send. `to` is `None` for "the target" (the connection or the configured peer).
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub to: Option<SocketAddr>,
+    pub data: Bytes,
+}
+
+/// Something the runtime counts or reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A call (or dialer round leg) ended.
+    CallDone { call_id: String, ok: bool, reason: String, setup_ms: Option<f64>, pdd_ms: Option<f64> },
+    /// A registration transaction finished.
+    Registered { ok: bool, reason: String, ms: f64 },
+    /// The UAS side saw a call end.
+    Answered { ok: bool, reason: String },
+    /// A CANCEL was sent (dialer losers) or received (UAS).
+    Cancel,
+    /// A call was answered (2xx): the dialer cancels the other lines of the round.
+    Established { call_id: String },
+}
+
+/// RFC 3261 timer values used by the scenarios.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub t1: Duration,
+    pub t2: Duration,
+    /// Give up on a transaction after this long (64*T1 by default).
+    pub timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { t1: Duration::from_millis(500), t2: Duration::from_secs(4), timeout: Duration::from_secs(32) }
+    }
+}
+
+/// A timer heap keyed by `K` with lazy invalidation: the owner keeps the deadline it last
+/// scheduled per key and ignores heap entries that do not match.
+#[derive(Debug)]
+pub struct TimerHeap<K: Ord + Copy> {
+    heap: BinaryHeap<Reverse<(Instant, K)>>,
+}
+
+impl<K: Ord + Copy> Default for TimerHeap<K> {
+    fn default() -> Self {
+        TimerHeap { heap: BinaryHeap::new() }
+    }
+}
+
+impl<K: Ord + Copy> TimerHeap<K> {
+    pub fn push(&mut self, at: Instant, k: K) {
+        self.heap.push(Reverse((at, k)));
+    }
+    pub fn peek(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+    /// Pops the next entry due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
+        match self.heap.peek() {
+            Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(x)| x),
+            _ => None,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+/// A short random token (tags, branches).
+pub fn token(rng: &mut u64) -> String {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    format!("{:x}", *rng)
+}
+
+/// Route set of a UAC dialog: Record-Route of the 2xx, reversed (RFC 3261 12.1.2).
+pub fn uac_route_set(resp: &Message) -> Vec<String> {
+    let mut v: Vec<String> = resp.values(HeaderName::RecordRoute).map(str::to_string).collect();
+    v.reverse();
+    v
+}
+
+/// The Contact URI of a message, without brackets.
+pub fn contact_uri(m: &Message) -> Option<String> {
+    let c = m.values(HeaderName::Contact).next()?;
+    edge::msg::NameAddr::parse(c).map(|n| n.uri.to_string())
+}
+
+/// Milliseconds between two instants.
+pub fn ms(a: Instant, b: Instant) -> f64 {
+    b.saturating_duration_since(a).as_secs_f64() * 1000.0
+}
+
+/// Minimal SDP offer/answer for one audio stream.
+pub fn sdp(ip: &str, port: u16, pt: u8, codec: &str, rate: u32) -> String {
+    let ipv = if ip.contains(':') { "IP6" } else { "IP4" };
+    format!(
+        "v=0\r\no=loadgen 1 1 IN {ipv} {ip}\r\ns=-\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/{rate}\r\na=ptime:20\r\na=sendrecv\r\n"
+    )
+}
