@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, idempotently (Debian packages).
-#   sipp (sip-tester): end-to-end SIP tests and benchmarks
+#   sipp (sip-tester), kamailio: end-to-end SIP tests and benchmarks; fonts-dejavu-core: plot labels
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
-if [ "${WITH_BENCH_PEERS:-0}" = 1 ]; then
-  command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
-fi
+# Kamailio 5.6: loadgen is tested against a proxy nobody here wrote; side-by-side benches.
+command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+# A font for the labels of loadgen's PNG plots.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

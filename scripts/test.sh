@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build -p edge --bin edge
+cargo build -p edge --bin edge -p loadgen --bin loadgen
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

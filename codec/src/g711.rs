@@ -17,7 +17,7 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
         mask >>= 1;
     }
     let mant = (s >> (exp + 3)) & 0x0f;
-    !(sign | (exp << 4) as i32 | mant) as u8
+    !(sign | (exp << 4) | mant) as u8
 }
 
 /// Decodes mu-law to 16-bit linear.

@@ -175,6 +175,11 @@ pub struct AnswerArgs {
     pub reject_pct: f64,
     #[arg(long, default_value_t = 486)]
     pub reject_code: u16,
+    /// Percentage of calls that ring without answer until cancelled (480 after --no-answer-ms).
+    #[arg(long, default_value_t = 0.0)]
+    pub no_answer_pct: f64,
+    #[arg(long, default_value_t = 30000)]
+    pub no_answer_ms: u64,
     /// Answer with an SDP that points at an RTP echo (every packet is sent back).
     #[arg(long)]
     pub rtp_echo: bool,
@@ -345,6 +350,7 @@ fn local_for(proto: Proto, local: SocketAddr) -> Local {
 }
 
 /// Runs a client job on `threads` workers; returns the report.
+#[allow(clippy::too_many_arguments)]
 async fn run_client(
     common: &Common,
     mode: &str,
@@ -488,146 +494,140 @@ fn spawn_progress(
     })
 }
 
-fn call_job(a: &CallArgs, stop: Stop, watch: Option<Watch>) -> impl std::future::Future<Output = Result<Report, String>> + '_ {
-    async move {
-        if !(a.rate > 0.0) {
-            return Err("--rate must be above 0".into());
-        }
-        if a.calls == 0 && a.duration_s.is_none() {
-            return Err("--calls must be at least 1".into());
-        }
-        let creds = user_pool(&a.users, a.users_file.as_ref())?;
-        let threads = a.common.threads.max(1);
-        let target = resolve_target(&a.common).await?;
-        let to = a.to.clone().unwrap_or_else(|| format!("sip:service@{}", target.host));
-        edge::msg::SipUri::parse(&to).map_err(|e| format!("--to {to:?}: {e}"))?;
-        let imp = Impairment {
-            loss_pct: a.media.loss_pct,
-            gilbert: match &a.media.gilbert {
-                Some(g) => {
-                    let (x, y) = g.split_once(',').ok_or("--gilbert: expected P_GB,P_BG")?;
-                    Some((
-                        x.trim().parse::<f64>().map_err(|e| format!("--gilbert: {e}"))?,
-                        y.trim().parse::<f64>().map_err(|e| format!("--gilbert: {e}"))?,
-                    ))
-                }
-                None => None,
-            },
-            jitter_ms: a.media.jitter_ms,
-            reorder_pct: a.media.reorder_pct,
-        };
-        let media_ip = if target.addr.ip().is_loopback() { target.addr.ip() } else { IpAddr::from([0, 0, 0, 0]) };
-        let media = a.media.rtp.then(|| Arc::new(MediaPlan::new(a.media.codec, imp, a.common.seed, media_ip)));
-        let hold = Duration::from_millis(a.hold_ms);
-        let cfg = UacConfig {
-            to,
-            from: a.from.clone().unwrap_or_default(),
-            hold: if a.hold_exponential { Hold::Exponential(hold) } else { Hold::Fixed(hold) },
-            credentials: creds,
-            timing: timing(&a.common),
-            to_sequence: a.to_sequence,
-        };
-        let calls = if a.duration_s.is_some() && a.calls == 100 { u64::MAX } else { a.calls };
-        let duration = a.duration_s.map(Duration::from_secs_f64);
-        let expect = match duration {
-            Some(d) => d.as_secs_f64(),
-            None => a.calls as f64 / a.rate + a.ramp_s,
-        };
-        let hard = Duration::from_secs_f64(a.common.max_time_s.unwrap_or(
+async fn call_job(a: &CallArgs, stop: Stop, watch: Option<Watch>) -> Result<Report, String> {
+    if a.rate.is_nan() || a.rate <= 0.0 {
+        return Err("--rate must be above 0".into());
+    }
+    if a.calls == 0 && a.duration_s.is_none() {
+        return Err("--calls must be at least 1".into());
+    }
+    let creds = user_pool(&a.users, a.users_file.as_ref())?;
+    let threads = a.common.threads.max(1);
+    let target = resolve_target(&a.common).await?;
+    let to = a.to.clone().unwrap_or_else(|| format!("sip:service@{}", target.host));
+    edge::msg::SipUri::parse(&to).map_err(|e| format!("--to {to:?}: {e}"))?;
+    let imp = Impairment {
+        loss_pct: a.media.loss_pct,
+        gilbert: match &a.media.gilbert {
+            Some(g) => {
+                let (x, y) = g.split_once(',').ok_or("--gilbert: expected P_GB,P_BG")?;
+                Some((
+                    x.trim().parse::<f64>().map_err(|e| format!("--gilbert: {e}"))?,
+                    y.trim().parse::<f64>().map_err(|e| format!("--gilbert: {e}"))?,
+                ))
+            }
+            None => None,
+        },
+        jitter_ms: a.media.jitter_ms,
+        reorder_pct: a.media.reorder_pct,
+    };
+    let media_ip = if target.addr.ip().is_loopback() { target.addr.ip() } else { IpAddr::from([0, 0, 0, 0]) };
+    let media = a.media.rtp.then(|| Arc::new(MediaPlan::new(a.media.codec, imp, a.common.seed, media_ip)));
+    let hold = Duration::from_millis(a.hold_ms);
+    let cfg = UacConfig {
+        to,
+        from: a.from.clone().unwrap_or_default(),
+        hold: if a.hold_exponential { Hold::Exponential(hold) } else { Hold::Fixed(hold) },
+        credentials: creds,
+        timing: timing(&a.common),
+        to_sequence: a.to_sequence,
+    };
+    let calls = if a.duration_s.is_some() && a.calls == 100 { u64::MAX } else { a.calls };
+    let duration = a.duration_s.map(Duration::from_secs_f64);
+    let expect = match duration {
+        Some(d) => d.as_secs_f64(),
+        None => a.calls as f64 / a.rate + a.ramp_s,
+    };
+    let hard =
+        Duration::from_secs_f64(a.common.max_time_s.unwrap_or(
             expect + hold.as_secs_f64() * if a.hold_exponential { 10.0 } else { 1.0 } + a.common.timeout_ms as f64 / 1000.0 + 30.0,
         ));
-        let seed = a.common.seed;
-        let pid = std::process::id();
-        let make = |w: usize, local: Local, _t0: Instant| -> Result<(Engine, Plan, Box<dyn Starter>), String> {
-            let mut cfg = cfg.clone();
-            if cfg.from.is_empty() {
-                cfg.from = format!("sip:loadgen@{}", local.addr);
-            }
-            let share = |total: u64| {
-                if total == u64::MAX { u64::MAX } else { total / threads as u64 + u64::from((w as u64) < total % threads as u64) }
-            };
-            let plan = Plan {
-                rate: a.rate / threads as f64,
-                ramp: Duration::from_secs_f64(a.ramp_s),
-                ramp_steps: a.ramp_steps,
-                total: share(calls),
-                duration,
-                concurrency: (a.concurrency / threads).max(1),
-            };
-            let uac = Uac::new(cfg, local, format!("lg{pid}-{seed}-{w}"), seed.wrapping_add(w as u64 * 7919));
-            Ok((Engine::Uac(uac), plan, Box::new(CallStarter { media: media.clone() })))
+    let seed = a.common.seed;
+    let pid = std::process::id();
+    let make = |w: usize, local: Local, _t0: Instant| -> Result<(Engine, Plan, Box<dyn Starter>), String> {
+        let mut cfg = cfg.clone();
+        if cfg.from.is_empty() {
+            cfg.from = format!("sip:loadgen@{}", local.addr);
+        }
+        let share = |total: u64| {
+            if total == u64::MAX { u64::MAX } else { total / threads as u64 + u64::from((w as u64) < total % threads as u64) }
         };
-        run_client(&a.common, "call", a.rate, make, media.clone(), stop, hard, watch).await
-    }
+        let plan = Plan {
+            rate: a.rate / threads as f64,
+            ramp: Duration::from_secs_f64(a.ramp_s),
+            ramp_steps: a.ramp_steps,
+            total: share(calls),
+            duration,
+            concurrency: (a.concurrency / threads).max(1),
+        };
+        let uac = Uac::new(cfg, local, format!("lg{pid}-{seed}-{w}"), seed.wrapping_add(w as u64 * 7919));
+        Ok((Engine::Uac(uac), plan, Box::new(CallStarter { media: media.clone() })))
+    };
+    run_client(&a.common, "call", a.rate, make, media.clone(), stop, hard, watch).await
 }
 
-fn register_job(a: &RegisterArgs, stop: Stop, watch: Option<Watch>) -> impl std::future::Future<Output = Result<Report, String>> + '_ {
-    async move {
-        let users = user_pool(&a.users, a.users_file.as_ref())?;
-        if users.is_empty() {
-            return Err("register needs --user NAME:PASSWORD or --users-file".into());
-        }
-        if !(a.rate > 0.0) {
-            return Err("--rate must be above 0".into());
-        }
-        let threads = a.common.threads.max(1).min(users.len());
-        let target = resolve_target(&a.common).await?;
-        let domain = a.domain.clone().unwrap_or_else(|| target.host.clone());
-        let count = a.count.unwrap_or(users.len() as u64);
-        let duration = a.duration_s.map(Duration::from_secs_f64);
-        let expect = duration.map(|d| d.as_secs_f64()).unwrap_or(count as f64 / a.rate);
-        let hard = Duration::from_secs_f64(a.common.max_time_s.unwrap_or(expect + a.common.timeout_ms as f64 / 1000.0 + 30.0));
-        let seed = a.common.seed;
-        let pid = std::process::id();
-        let make = |w: usize, local: Local, t0: Instant| -> Result<(Engine, Plan, Box<dyn Starter>), String> {
-            let mine: Vec<(String, String)> = users.iter().enumerate().filter(|(i, _)| i % threads == w).map(|(_, u)| u.clone()).collect();
-            let cfg = RegisterConfig { domain: domain.clone(), users: mine, expires: a.expires, timing: timing(&a.common) };
-            let total = count / threads as u64 + u64::from((w as u64) < count % threads as u64);
-            let plan =
-                Plan { rate: a.rate / threads as f64, ramp: Duration::ZERO, ramp_steps: 0, total, duration, concurrency: usize::MAX };
-            let r = Registrar::new(t0, cfg, local, &format!("lg{pid}-{seed}-{w}"), seed.wrapping_add(w as u64));
-            Ok((Engine::Register(r), plan, Box::new(RegStarter { next: 0 })))
-        };
-        run_client(&a.common, "register", a.rate, make, None, stop, hard, watch).await
+async fn register_job(a: &RegisterArgs, stop: Stop, watch: Option<Watch>) -> Result<Report, String> {
+    let users = user_pool(&a.users, a.users_file.as_ref())?;
+    if users.is_empty() {
+        return Err("register needs --user NAME:PASSWORD or --users-file".into());
     }
+    if a.rate.is_nan() || a.rate <= 0.0 {
+        return Err("--rate must be above 0".into());
+    }
+    let threads = a.common.threads.max(1).min(users.len());
+    let target = resolve_target(&a.common).await?;
+    let domain = a.domain.clone().unwrap_or_else(|| target.host.clone());
+    let count = a.count.unwrap_or(users.len() as u64);
+    let duration = a.duration_s.map(Duration::from_secs_f64);
+    let expect = duration.map(|d| d.as_secs_f64()).unwrap_or(count as f64 / a.rate);
+    let hard = Duration::from_secs_f64(a.common.max_time_s.unwrap_or(expect + a.common.timeout_ms as f64 / 1000.0 + 30.0));
+    let seed = a.common.seed;
+    let pid = std::process::id();
+    let make = |w: usize, local: Local, t0: Instant| -> Result<(Engine, Plan, Box<dyn Starter>), String> {
+        let mine: Vec<(String, String)> = users.iter().enumerate().filter(|(i, _)| i % threads == w).map(|(_, u)| u.clone()).collect();
+        let cfg = RegisterConfig { domain: domain.clone(), users: mine, expires: a.expires, timing: timing(&a.common) };
+        let total = count / threads as u64 + u64::from((w as u64) < count % threads as u64);
+        let plan = Plan { rate: a.rate / threads as f64, ramp: Duration::ZERO, ramp_steps: 0, total, duration, concurrency: usize::MAX };
+        let r = Registrar::new(t0, cfg, local, &format!("lg{pid}-{seed}-{w}"), seed.wrapping_add(w as u64));
+        Ok((Engine::Register(r), plan, Box::new(RegStarter { next: 0 })))
+    };
+    run_client(&a.common, "register", a.rate, make, None, stop, hard, watch).await
 }
 
-fn dialer_job(a: &DialerArgs, stop: Stop, watch: Option<Watch>) -> impl std::future::Future<Output = Result<Report, String>> + '_ {
-    async move {
-        if a.agents == 0 || a.lines == 0 || a.rounds == 0 {
-            return Err("--agents, --lines and --rounds must be at least 1".into());
-        }
-        let threads = a.common.threads.max(1).min(a.agents);
-        let target = resolve_target(&a.common).await?;
-        let to = a.to.clone().unwrap_or_else(|| format!("sip:555@{}", target.host));
-        edge::msg::SipUri::parse(&to).map_err(|e| format!("--to {to:?}: {e}"))?;
-        let duration = a.duration_s.map(Duration::from_secs_f64);
-        let hold = Duration::from_millis(a.hold_ms);
-        let hard = Duration::from_secs_f64(a.common.max_time_s.unwrap_or(
-            duration.map(|d| d.as_secs_f64()).unwrap_or(0.0)
-                + (a.rounds as f64 / a.agents as f64) * (hold.as_secs_f64() + 2.0)
-                + a.common.timeout_ms as f64 / 1000.0
-                + 60.0,
-        ));
-        let seed = a.common.seed;
-        let pid = std::process::id();
-        let make = |w: usize, local: Local, _t0: Instant| -> Result<(Engine, Plan, Box<dyn Starter>), String> {
-            let cfg = UacConfig {
-                to: to.clone(),
-                from: a.from.clone().unwrap_or_else(|| format!("sip:dialer@{}", local.addr)),
-                hold: Hold::Fixed(hold),
-                credentials: vec![],
-                timing: timing(&a.common),
-                to_sequence: true,
-            };
-            let agents = a.agents / threads + usize::from(w < a.agents % threads);
-            let total = a.rounds / threads as u64 + u64::from((w as u64) < a.rounds % threads as u64);
-            let d = Dialer::new(cfg, local, format!("lg{pid}-{seed}-{w}"), seed.wrapping_add(w as u64), agents, a.lines);
-            let plan = Plan { rate: 100_000.0, ramp: Duration::ZERO, ramp_steps: 0, total, duration, concurrency: usize::MAX };
-            Ok((Engine::Dialer(d), plan, Box::new(DialStarter)))
-        };
-        run_client(&a.common, "dialer", 0.0, make, None, stop, hard, watch).await
+async fn dialer_job(a: &DialerArgs, stop: Stop, watch: Option<Watch>) -> Result<Report, String> {
+    if a.agents == 0 || a.lines == 0 || a.rounds == 0 {
+        return Err("--agents, --lines and --rounds must be at least 1".into());
     }
+    let threads = a.common.threads.max(1).min(a.agents);
+    let target = resolve_target(&a.common).await?;
+    let to = a.to.clone().unwrap_or_else(|| format!("sip:555@{}", target.host));
+    edge::msg::SipUri::parse(&to).map_err(|e| format!("--to {to:?}: {e}"))?;
+    let duration = a.duration_s.map(Duration::from_secs_f64);
+    let hold = Duration::from_millis(a.hold_ms);
+    let hard = Duration::from_secs_f64(a.common.max_time_s.unwrap_or(
+        duration.map(|d| d.as_secs_f64()).unwrap_or(0.0)
+            + (a.rounds as f64 / a.agents as f64) * (hold.as_secs_f64() + 2.0)
+            + a.common.timeout_ms as f64 / 1000.0
+            + 60.0,
+    ));
+    let seed = a.common.seed;
+    let pid = std::process::id();
+    let make = |w: usize, local: Local, _t0: Instant| -> Result<(Engine, Plan, Box<dyn Starter>), String> {
+        let cfg = UacConfig {
+            to: to.clone(),
+            from: a.from.clone().unwrap_or_else(|| format!("sip:dialer@{}", local.addr)),
+            hold: Hold::Fixed(hold),
+            credentials: vec![],
+            timing: timing(&a.common),
+            to_sequence: true,
+        };
+        let agents = a.agents / threads + usize::from(w < a.agents % threads);
+        let total = a.rounds / threads as u64 + u64::from((w as u64) < a.rounds % threads as u64);
+        let d = Dialer::new(cfg, local, format!("lg{pid}-{seed}-{w}"), seed.wrapping_add(w as u64), agents, a.lines);
+        let plan = Plan { rate: 100_000.0, ramp: Duration::ZERO, ramp_steps: 0, total, duration, concurrency: usize::MAX };
+        Ok((Engine::Dialer(d), plan, Box::new(DialStarter)))
+    };
+    run_client(&a.common, "dialer", 0.0, make, None, stop, hard, watch).await
 }
 
 async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
@@ -651,6 +651,8 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
         answer: Duration::from_millis(a.answer_ms),
         reject_share: (a.reject_pct / 100.0).clamp(0.0, 1.0),
         reject_code: a.reject_code,
+        no_answer_share: (a.no_answer_pct / 100.0).clamp(0.0, 1.0),
+        no_answer: Duration::from_millis(a.no_answer_ms),
         sdp,
         contact,
         timing: Timing::default(),
@@ -682,6 +684,7 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
     report.calls_succeeded = snap.answered_ok;
     report.calls_failed = snap.answered_failed;
     report.calls_attempted = snap.answered_ok + snap.answered_failed;
+    report.failure_pct = if report.calls_attempted == 0 { 0.0 } else { report.calls_failed as f64 * 100.0 / report.calls_attempted as f64 };
     finish_report(&report, a.report_json.as_ref(), None)?;
     Ok(report)
 }

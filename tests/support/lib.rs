@@ -23,6 +23,14 @@ pub fn edge_bin() -> PathBuf {
     p
 }
 
+/// Path of the `loadgen` binary built by `cargo build -p loadgen` (scripts/test.sh does).
+pub fn loadgen_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let p = target.join("debug").join("loadgen");
+    assert!(p.exists(), "{} is missing: build it first with `cargo build -p loadgen` (scripts/test.sh does)", p.display());
+    p
+}
+
 /// A scenario file kept in tests/scenarios.
 pub fn scenario(name: &str) -> String {
     root().join("tests").join("scenarios").join(name).display().to_string()

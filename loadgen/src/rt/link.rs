@@ -379,6 +379,8 @@ pub async fn listen(proto: Proto, addr: SocketAddr, tls: &TlsOpts) -> Result<Ser
             let itx = itx.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                // The callback's error type is fixed by tungstenite's `Callback` trait.
+                #[allow(clippy::result_large_err)]
                 let ws_check = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                                 mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
                     let _ = req;

@@ -372,22 +372,23 @@ impl Uac {
                 let ack = build_ack_non2xx(c, &msg);
                 self.out.push_back(Transmit { to: None, data: ack });
                 let Some(c) = self.calls.get_mut(&id) else { return };
-                if (code == 401 || code == 407) && c.auth_tries < 2 {
-                    if let Some((user, pass)) = c.cred.clone() {
-                        let hdr = if code == 401 { HeaderName::WwwAuthenticate } else { HeaderName::ProxyAuthenticate };
-                        if let Some(ch) = digest::first_supported(msg.header_lines(hdr)) {
-                            c.auth_tries += 1;
-                            c.cseq += 1;
-                            let cnonce = token(&mut self.rng);
-                            let v = ch.answer(&user, &pass, "INVITE", &c.ruri, 1, &cnonce);
-                            let which = if code == 401 { HeaderName::Authorization } else { HeaderName::ProxyAuthorization };
-                            let mut call = self.calls.remove(&id).expect("present");
-                            self.send_invite(now, &mut call, Some((which, v)));
-                            let at = call.deadline;
-                            self.calls.insert(id, call);
-                            self.schedule(id, at);
-                            return;
-                        }
+                if (code == 401 || code == 407)
+                    && c.auth_tries < 2
+                    && let Some((user, pass)) = c.cred.clone()
+                {
+                    let hdr = if code == 401 { HeaderName::WwwAuthenticate } else { HeaderName::ProxyAuthenticate };
+                    if let Some(ch) = digest::first_supported(msg.header_lines(hdr)) {
+                        c.auth_tries += 1;
+                        c.cseq += 1;
+                        let cnonce = token(&mut self.rng);
+                        let v = ch.answer(&user, &pass, "INVITE", &c.ruri, 1, &cnonce);
+                        let which = if code == 401 { HeaderName::Authorization } else { HeaderName::ProxyAuthorization };
+                        let mut call = self.calls.remove(&id).expect("present");
+                        self.send_invite(now, &mut call, Some((which, v)));
+                        let at = call.deadline;
+                        self.calls.insert(id, call);
+                        self.schedule(id, at);
+                        return;
                     }
                 }
                 let cancelled = self.calls.get(&id).is_some_and(|c| c.cancel != CancelState::None);

@@ -20,6 +20,10 @@ pub struct UasConfig {
     /// Share of calls rejected (0.0 to 1.0) and the code used.
     pub reject_share: f64,
     pub reject_code: u16,
+    /// Share of calls (0.0 to 1.0) that ring without an answer until CANCEL, or until
+    /// `no_answer` passes (then 480).
+    pub no_answer_share: f64,
+    pub no_answer: Duration,
     /// SDP answer to send in the 200 (media on).
     pub sdp: Option<String>,
     /// Contact written into 2xx (`sip:host:port;transport=...`).
@@ -212,7 +216,11 @@ impl Uas {
         self.calls += 1;
         let id = self.next;
         let to_tag = token(&mut self.rng);
-        let reject = (self.cfg.reject_share > 0.0 && self.rand_unit() < self.cfg.reject_share).then_some(self.cfg.reject_code);
+        let mut reject = (self.cfg.reject_share > 0.0 && self.rand_unit() < self.cfg.reject_share).then_some(self.cfg.reject_code);
+        let silent = reject.is_none() && self.cfg.no_answer_share > 0.0 && self.rand_unit() < self.cfg.no_answer_share;
+        if silent {
+            reject = Some(480);
+        }
         let trying = self.reply(from, &msg, 100, None, "", b"");
         let leg = Leg {
             invite: msg,
@@ -221,7 +229,7 @@ impl Uas {
             state: State::Trying,
             last: Some(trying),
             ring_at: now + self.cfg.ring,
-            answer_at: now + self.cfg.answer.max(self.cfg.ring),
+            answer_at: now + if silent { self.cfg.no_answer.max(self.cfg.ring) } else { self.cfg.answer.max(self.cfg.ring) },
             reject,
             interval: self.cfg.timing.t1,
             final_at: now,
