@@ -702,7 +702,13 @@ pub fn main_with(cli: Cli) -> i32 {
         },
         Cmd::Answer(_) => 1,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads.clamp(1, 64)).enable_all().build() {
+    // One worker: a current-thread runtime (no cross-thread wake-ups per message).
+    let built = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads.clamp(1, 64)).enable_all().build()
+    };
+    let rt = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen: {e}");
