@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, idempotently (Debian packages).
-#   sipp (sip-tester), kamailio: end-to-end SIP tests and benchmarks; fonts-dejavu-core: plot labels
+#   sipp (sip-tester), kamailio: end-to-end SIP tests and benchmarks; libopus-dev, cmake,
+#   pkg-config: the opus crate; fonts-dejavu-core: plot labels
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 # Kamailio 5.6: loadgen is tested against a proxy nobody here wrote; side-by-side benches.
 command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+# libopus for the `opus` crate (loadgen --codec opus): pkg-config finds the system library,
+# cmake builds it from source when it is missing.
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 # A font for the labels of loadgen's PNG plots.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then

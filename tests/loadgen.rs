@@ -330,6 +330,36 @@ fn rtp_quality_follows_the_e_model() {
         mos.push(mean_mos);
     }
     assert!(mos[1] < mos[0] - 0.3, "MOS falls with loss: {mos:?}");
+    // Opus (libopus-encoded 20 ms frames, payload type 111, 48 kHz clock) through the same path.
+    let rj = dir.path().join("opus.json");
+    let o = run(
+        &[
+            "call",
+            "--target",
+            &target,
+            "--to",
+            "sip:service@example.net",
+            "--rate",
+            "10",
+            "--calls",
+            "5",
+            "--hold-ms",
+            "1000",
+            "--rtp",
+            "--codec",
+            "opus",
+            "--quiet",
+            "--report-json",
+            rj.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let r = json(&rj);
+    let s = &r["media"]["per_stream"][0];
+    assert_eq!(s["codec"], "opus", "{r}");
+    assert!(s["packets_received"].as_u64().unwrap() >= 40, "{r}");
+    assert!(r["media"]["mos_mean"].as_f64().unwrap() >= 4.3, "{r}");
 }
 
 #[test]

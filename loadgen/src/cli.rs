@@ -635,9 +635,9 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
     let tls = TlsOpts { cert: a.cert.clone(), key: a.key.clone(), ..Default::default() };
     let l = link::listen(a.transport, a.listen, &tls).await?;
     println!("loadgen: answering on {} {}", a.transport.via().to_ascii_lowercase(), l.local);
-    let sdp = if a.rtp_echo {
+    let media = if a.rtp_echo {
         let port = crate::media::echo_socket(a.listen.ip()).await.map_err(|e| format!("RTP echo socket: {e}"))?;
-        Some(crate::scenario::sdp(&a.listen.ip().to_string(), port, 0, "PCMU", 8000))
+        Some((a.listen.ip().to_string(), port))
     } else {
         None
     };
@@ -653,7 +653,7 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
         reject_code: a.reject_code,
         no_answer_share: (a.no_answer_pct / 100.0).clamp(0.0, 1.0),
         no_answer: Duration::from_millis(a.no_answer_ms),
-        sdp,
+        media,
         contact,
         timing: Timing::default(),
     };

@@ -35,6 +35,9 @@ pub struct StreamReport {
 pub enum Codec {
     Pcmu,
     Pcma,
+    /// Opus (RFC 7587: dynamic payload type 111, 48 kHz clock, `opus/48000/2`), mono
+    /// 20 ms frames of a 440 Hz tone encoded with libopus.
+    Opus,
 }
 
 impl Codec {
@@ -42,18 +45,71 @@ impl Codec {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::Opus => 111,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::Opus => "opus",
         }
     }
-    fn silence(self) -> u8 {
+    /// The `a=rtpmap` encoding of this codec.
+    pub fn rtpmap(self) -> &'static str {
         match self {
-            Codec::Pcmu => codec::g711::linear_to_ulaw(0),
-            Codec::Pcma => codec::g711::linear_to_alaw(0),
+            Codec::Pcmu => "PCMU/8000",
+            Codec::Pcma => "PCMA/8000",
+            Codec::Opus => "opus/48000/2",
+        }
+    }
+    /// RTP clock rate.
+    pub fn clock(self) -> u32 {
+        match self {
+            Codec::Opus => 48000,
+            _ => 8000,
+        }
+    }
+    /// E-model impairment values (see `codec::quality`).
+    pub fn impairment(self) -> CodecImpairment {
+        match self {
+            Codec::Opus => CodecImpairment::OPUS,
+            _ => CodecImpairment::G711_PLC,
+        }
+    }
+}
+
+/// Produces one 20 ms payload per call.
+enum PayloadSource {
+    G711(Vec<u8>),
+    Opus { enc: Box<opus::Encoder>, phase: f64, pcm: Vec<i16>, out: Vec<u8> },
+}
+
+impl PayloadSource {
+    fn new(c: Codec) -> Option<PayloadSource> {
+        Some(match c {
+            Codec::Pcmu => PayloadSource::G711(vec![codec::g711::linear_to_ulaw(0); 160]),
+            Codec::Pcma => PayloadSource::G711(vec![codec::g711::linear_to_alaw(0); 160]),
+            Codec::Opus => PayloadSource::Opus {
+                enc: Box::new(opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).ok()?),
+                phase: 0.0,
+                pcm: vec![0; 960],
+                out: vec![0; 1500],
+            },
+        })
+    }
+
+    fn next(&mut self) -> &[u8] {
+        match self {
+            PayloadSource::G711(b) => b,
+            PayloadSource::Opus { enc, phase, pcm, out } => {
+                for s in pcm.iter_mut() {
+                    *s = (phase.sin() * 8000.0) as i16;
+                    *phase += 2.0 * std::f64::consts::PI * 440.0 / 48000.0;
+                }
+                let n = enc.encode(pcm, out).unwrap_or(0);
+                &out[..n]
+            }
         }
     }
 }
@@ -126,7 +182,7 @@ impl MediaPlan {
         let sock = std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0));
         let Ok(sock) = sock else { return (String::new(), 0) };
         let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
-        let sdp = crate::scenario::sdp(&self.ip.to_string(), port, self.codec.pt(), self.codec.name(), 8000);
+        let sdp = crate::scenario::sdp(&self.ip.to_string(), port, self.codec.pt(), self.codec.rtpmap());
         if let Ok(mut i) = self.inner.lock() {
             i.pending.insert(port, sock);
         }
@@ -154,7 +210,7 @@ impl MediaPlan {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
         tokio::spawn(send_loop(sock.clone(), remote, self.codec, self.imp, h, st.stop.clone(), st.sent.clone()));
-        tokio::spawn(recv_loop(sock, st.rx.clone(), st.stop.clone()));
+        tokio::spawn(recv_loop(sock, st.rx.clone(), st.stop.clone(), self.codec.clock()));
     }
 
     /// The call ended: stop its streams and report what was received.
@@ -166,9 +222,9 @@ impl MediaPlan {
         }
         let rx = st.rx.lock().ok()?;
         let loss = rx.seq.loss_pct();
-        let jitter_ms = rx.jitter.ms(8000);
+        let jitter_ms = rx.jitter.ms(self.codec.clock());
         // Mouth-to-ear delay: packetisation (20 ms) + a jitter buffer of twice the jitter.
-        let input = EModelInput { codec: CodecImpairment::G711_PLC, loss_pct: loss, burst_ratio: 1.0, delay_ms: 20.0 + 2.0 * jitter_ms };
+        let input = EModelInput { codec: self.codec.impairment(), loss_pct: loss, burst_ratio: 1.0, delay_ms: 20.0 + 2.0 * jitter_ms };
         Some(StreamReport {
             call_id: call_id.to_string(),
             codec: self.codec.name().into(),
@@ -200,7 +256,8 @@ async fn send_loop(
     let mut bad = false;
     let mut queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
     let mut i: u64 = 0;
-    let silence = codec.silence();
+    let Some(mut source) = PayloadSource::new(codec) else { return };
+    let step = codec.clock() / 50;
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -208,7 +265,10 @@ async fn send_loop(
         let now = Instant::now();
         // Produce every packet due by now (20 ms each).
         while t0 + Duration::from_millis(20 * i) <= now {
-            let mut pkt = vec![silence; 12 + 160];
+            let payload = source.next();
+            let mut pkt = vec![0u8; 12 + payload.len()];
+            pkt[12..].copy_from_slice(payload);
+            let end = pkt.len();
             RtpHeader {
                 marker: i == 0,
                 payload_type: codec.pt(),
@@ -216,11 +276,11 @@ async fn send_loop(
                 timestamp: ts,
                 ssrc,
                 payload_offset: 12,
-                payload_end: 172,
+                payload_end: end,
             }
             .write_to(&mut pkt);
             seq = seq.wrapping_add(1);
-            ts = ts.wrapping_add(160);
+            ts = ts.wrapping_add(step);
             let at = t0 + Duration::from_millis(20 * i);
             i += 1;
             let mut lost = imp.loss_pct > 0.0 && rng.r#gen::<f64>() * 100.0 < imp.loss_pct;
@@ -254,7 +314,7 @@ async fn send_loop(
     }
 }
 
-async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, stop: Arc<AtomicBool>) {
+async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, stop: Arc<AtomicBool>, clock: u32) {
     let t0 = Instant::now();
     let mut buf = vec![0u8; 2048];
     loop {
@@ -268,7 +328,7 @@ async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, st
             continue;
         }
         let Ok(h) = RtpHeader::parse(p) else { continue };
-        let arrival = (t0.elapsed().as_secs_f64() * 8000.0) as u64;
+        let arrival = (t0.elapsed().as_secs_f64() * clock as f64) as u64;
         if let Ok(mut s) = rx.lock() {
             s.seq.record(h.sequence);
             s.jitter.record(arrival, h.timestamp);
@@ -295,7 +355,7 @@ mod tests {
 
     #[test]
     fn sdp_target() {
-        let s = crate::scenario::sdp("127.0.0.1", 40000, 0, "PCMU", 8000);
+        let s = crate::scenario::sdp("127.0.0.1", 40000, 0, "PCMU/8000");
         assert_eq!(sdp_audio_target(s.as_bytes()), Some("127.0.0.1:40000".parse().unwrap()));
         assert_eq!(sdp_audio_target(b"v=0\r\n"), None);
     }

@@ -30,7 +30,7 @@ fn uas(answer_ms: u64) -> Uas {
         reject_code: 486,
         no_answer_share: 0.0,
         no_answer: Duration::from_secs(30),
-        sdp: None,
+        media: None,
         contact: "sip:127.0.0.1:5090".into(),
         timing: Timing::default(),
     };

@@ -130,10 +130,27 @@ pub fn ms(a: Instant, b: Instant) -> f64 {
     b.saturating_duration_since(a).as_secs_f64() * 1000.0
 }
 
-/// Minimal SDP offer/answer for one audio stream.
-pub fn sdp(ip: &str, port: u16, pt: u8, codec: &str, rate: u32) -> String {
+/// Minimal SDP offer/answer for one audio stream (`rtpmap` is e.g. `PCMU/8000`, `opus/48000/2`).
+pub fn sdp(ip: &str, port: u16, pt: u8, rtpmap: &str) -> String {
     let ipv = if ip.contains(':') { "IP6" } else { "IP4" };
     format!(
-        "v=0\r\no=loadgen 1 1 IN {ipv} {ip}\r\ns=-\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {codec}/{rate}\r\na=ptime:20\r\na=sendrecv\r\n"
+        "v=0\r\no=loadgen 1 1 IN {ipv} {ip}\r\ns=-\r\nc=IN {ipv} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\na=ptime:20\r\na=sendrecv\r\n"
     )
+}
+
+/// An SDP answer accepting the first format of `offer` (RFC 3264 6), on `ip:port`.
+pub fn answer_sdp(offer: &[u8], ip: &str, port: u16) -> String {
+    let text = std::str::from_utf8(offer).unwrap_or("");
+    let pt: u8 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("m=audio "))
+        .and_then(|m| m.split_whitespace().nth(2))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let rtpmap =
+        text.lines().find_map(|l| l.trim().strip_prefix(&format!("a=rtpmap:{pt} ")).map(str::to_string)).unwrap_or_else(|| match pt {
+            8 => "PCMA/8000".into(),
+            _ => "PCMU/8000".into(),
+        });
+    sdp(ip, port, pt, &rtpmap)
 }

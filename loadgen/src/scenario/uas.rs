@@ -24,8 +24,8 @@ pub struct UasConfig {
     /// `no_answer` passes (then 480).
     pub no_answer_share: f64,
     pub no_answer: Duration,
-    /// SDP answer to send in the 200 (media on).
-    pub sdp: Option<String>,
+    /// Media address for SDP answers (media on): the answer accepts the offer's first format.
+    pub media: Option<(String, u16)>,
     /// Contact written into 2xx (`sip:host:port;transport=...`).
     pub contact: String,
     pub timing: Timing,
@@ -259,7 +259,10 @@ impl Uas {
             let (code, extra, body) = match l.reject {
                 Some(c) => (c, String::new(), String::new()),
                 None => {
-                    let body = self.cfg.sdp.clone().unwrap_or_default();
+                    let body = match &self.cfg.media {
+                        Some((ip, port)) => super::answer_sdp(&l.invite.body(), ip, *port),
+                        None => String::new(),
+                    };
                     let mut extra = format!("Contact: <{}>\r\n", self.cfg.contact);
                     for rr in l.invite.header_lines(edge::msg::HeaderName::RecordRoute) {
                         extra.push_str(&format!("Record-Route: {rr}\r\n"));
