@@ -436,6 +436,52 @@ fn call_through_kamailio() {
 }
 
 #[test]
+fn target_domain_resolved_through_dns_srv() {
+    // A private dnsmasq on loopback: _sip._udp.lg.test -> two targets, the lower priority wins.
+    let (dns, p_good, p_backup) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("dns.conf");
+    std::fs::write(&conf, format!("srv-host=_sip._udp.lg.test,gw1.lg.test,{p_good},10,100\nsrv-host=_sip._udp.lg.test,gw2.lg.test,{p_backup},20,100\nhost-record=gw1.lg.test,127.0.0.1\nhost-record=gw2.lg.test,127.0.0.1\n")).unwrap();
+    let bin = if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" };
+    let mut d = Command::new(bin)
+        .args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--listen-address=127.0.0.1",
+            &format!("--port={dns}"),
+            "--bind-interfaces",
+            &format!("--conf-file={}", conf.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq (scripts/setup.sh installs it)");
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{p_good}")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let o = run(
+        &[
+            "call",
+            "--target",
+            "sip:lg.test",
+            "--dns",
+            &format!("127.0.0.1:{dns}"),
+            "--calls",
+            "20",
+            "--rate",
+            "20",
+            "--quiet",
+            "--fail-above",
+            "0",
+        ],
+        Duration::from_secs(60),
+    );
+    let _ = d.kill();
+    let _ = d.wait();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
 fn clear_errors_and_bounded_time() {
     // Bad arguments.
     let o = run(&["call", "--target", "http://x", "--quiet"], Duration::from_secs(10));

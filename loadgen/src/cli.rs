@@ -61,6 +61,9 @@ pub struct Common {
     /// TLS server name to verify (default: the target host).
     #[arg(long)]
     pub tls_name: Option<String>,
+    /// DNS server for target names (e.g. 127.0.0.1:5353); default: the system's.
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
     /// Allow targets outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     pub allow_remote: bool,
@@ -325,11 +328,13 @@ pub async fn resolve_target(c: &Common) -> Result<Target, String> {
         _ => 5060,
     });
     let host = u.host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("--target {}: cannot resolve {host}: {e}", c.target))?
-        .next()
-        .ok_or_else(|| format!("--target {}: {host} has no address", c.target))?;
+    let addr = match u.ip() {
+        Some(ip) => SocketAddr::new(ip, port),
+        // A name: SRV for the transport when no port is given, then A/AAAA (RFC 3263 4.2).
+        None => {
+            crate::resolve::resolve(&host, u.port, port, proto, c.dns, c.seed).await.map_err(|e| format!("--target {}: {e}", c.target))?
+        }
+    };
     check_address(addr.ip(), c.allow_remote)?;
     Ok(Target { uri: c.target.clone(), host: u.host.to_string(), addr, proto })
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod digest;
 pub mod media;
 pub mod report;
+pub mod resolve;
 pub mod rt;
 pub mod scenario;
 pub mod stats;
