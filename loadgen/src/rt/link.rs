@@ -66,6 +66,31 @@ pub enum Tx {
 }
 
 impl Tx {
+    /// Sends everything in `batch`: over UDP with one `sendmmsg` per 64 datagrams, else one
+    /// by one. Datagrams the socket could not take at once are sent asynchronously.
+    pub fn send_all(&self, batch: Vec<(Option<SocketAddr>, Bytes)>) {
+        let (sock, target) = match self {
+            Tx::Udp { sock, target } => (sock, *target),
+            Tx::Server { udp: Some(sock), conns } if conns.lock().map(|c| c.is_empty()).unwrap_or(false) => (sock, None),
+            _ => {
+                for (to, d) in batch {
+                    let _ = self.send(to, d);
+                }
+                return;
+            }
+        };
+        use std::os::fd::AsRawFd;
+        let msgs: Vec<(SocketAddr, Bytes)> = batch.into_iter().filter_map(|(to, d)| to.or(target).map(|a| (a, d))).collect();
+        let refs: Vec<(SocketAddr, &[u8])> = msgs.iter().map(|(a, d)| (*a, &d[..])).collect();
+        let n = super::sendmmsg::send_batch(sock.as_raw_fd(), &refs).unwrap_or(0);
+        for (a, d) in msgs.into_iter().skip(n) {
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                let _ = sock.send_to(&d, a).await;
+            });
+        }
+    }
+
     /// Sends to `to`, or to the link's target. Returns `false` if it cannot.
     pub fn send(&self, to: Option<SocketAddr>, data: Bytes) -> bool {
         match self {

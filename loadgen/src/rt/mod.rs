@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
 
 pub mod link;
+pub mod sendmmsg;
 
 use crate::scenario::dialer::Dialer;
 use crate::scenario::register::Registrar;
@@ -296,8 +297,12 @@ fn handle_bytes(engine: &mut Engine, now: Instant, from: SocketAddr, data: Bytes
 }
 
 fn flush(engine: &mut Engine, tx: &Tx, stats: &Stats, now: Instant, media: Option<&crate::media::MediaPlan>) {
+    let mut batch = Vec::new();
     while let Some(t) = engine.poll_transmit() {
-        let _ = tx.send(t.to, t.data);
+        batch.push((t.to, t.data));
+    }
+    if !batch.is_empty() {
+        tx.send_all(batch);
     }
     while let Some(ev) = engine.poll_event() {
         if let (Some(m), Engine::Uac(u)) = (media, &*engine) {
