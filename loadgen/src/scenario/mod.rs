@@ -112,6 +112,15 @@ pub fn token(rng: &mut u64) -> String {
     format!("{:x}", *rng)
 }
 
+/// The credentials header line (with CRLF) answering a 401 or 407 (RFC 3261 22.2), or "".
+pub fn credentials_line(auth: Option<(edge::msg::HeaderName, String)>) -> String {
+    match auth {
+        Some((HeaderName::ProxyAuthorization, v)) => format!("Proxy-Authorization: {v}\r\n"),
+        Some((_, v)) => format!("Authorization: {v}\r\n"),
+        None => String::new(),
+    }
+}
+
 /// Route set of a UAC dialog: Record-Route of the 2xx, reversed (RFC 3261 12.1.2).
 pub fn uac_route_set(resp: &Message) -> Vec<String> {
     let mut v: Vec<String> = resp.values(HeaderName::RecordRoute).map(str::to_string).collect();

@@ -114,11 +114,7 @@ impl Registrar {
         let r = &mut self.regs[i];
         r.cseq += 1;
         r.branch = branch;
-        let auth = match auth {
-            Some((HeaderName::ProxyAuthorization, v)) => format!("Proxy-Authorization: {v}\r\n"),
-            Some((_, v)) => format!("Authorization: {v}\r\n"),
-            None => String::new(),
-        };
+        let auth = super::credentials_line(auth);
         let msg = format!(
             "REGISTER sip:{d} SIP/2.0\r\nVia: SIP/2.0/{t} {a};branch={b};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{d}>;tag={tag}\r\nTo: <sip:{user}@{d}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{a}{tp}>;expires={expires}\r\n{auth}User-Agent: loadgen\r\nContent-Length: 0\r\n\r\n",
             t = l.transport,

@@ -199,11 +199,7 @@ impl Uac {
         c.branch = format!("z9hG4bK{}", token(&mut self.rng));
         let body = c.sdp.clone().unwrap_or_default();
         let ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
-        let auth = match auth {
-            Some((HeaderName::ProxyAuthorization, v)) => format!("Proxy-Authorization: {v}\r\n"),
-            Some((_, v)) => format!("Authorization: {v}\r\n"),
-            None => String::new(),
-        };
+        let auth = super::credentials_line(auth);
         let l = &self.local;
         let msg = format!(
             "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {a};branch={b};rport\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag={ft}\r\nTo: <{to}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:loadgen@{a}{tp}>\r\n{auth}User-Agent: loadgen\r\n{ctype}Content-Length: {len}\r\n\r\n{body}",
