@@ -207,6 +207,57 @@ fn register_with_digest_against_the_edge() {
 }
 
 #[test]
+fn calls_from_local_users_answer_the_407_challenge() {
+    let uas = free_port();
+    let edge = Edge::start("[[user]]\nname = \"u1\"\npassword = \"p1\"\n", &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}")]);
+    let target = format!("sip:{}", edge.udp);
+    let ok = run(
+        &[
+            "call",
+            "--target",
+            &target,
+            "--to",
+            "sip:svc@example.net",
+            "--from",
+            "sip:u1@edge.test",
+            "--user",
+            "u1:p1",
+            "--calls",
+            "20",
+            "--rate",
+            "20",
+            "--quiet",
+            "--fail-above",
+            "0",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+    let bad = run(
+        &[
+            "call",
+            "--target",
+            &target,
+            "--to",
+            "sip:svc@example.net",
+            "--from",
+            "sip:u1@edge.test",
+            "--user",
+            "u1:nope",
+            "--calls",
+            "2",
+            "--rate",
+            "10",
+            "--quiet",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("failure 403: 2"), "{}", text(&bad));
+}
+
+#[test]
 fn dialer_cancels_the_losing_lines() {
     let uas = free_port();
     let edge = Edge::start("", &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
