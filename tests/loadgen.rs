@@ -122,6 +122,40 @@ fn call_through_edge_to_answer_1000_calls_with_reports() {
         assert!(r["setup_ms"][k].as_f64().unwrap() > 0.0, "setup_ms.{k}");
     }
     assert!(r["failures_by_reason"].as_object().unwrap().is_empty());
+    // Live counters for Prometheus while a run is going.
+    let mport = free_port();
+    let target2 = target.clone();
+    let h = std::thread::spawn(move || {
+        run(
+            &[
+                "call",
+                "--target",
+                &target2,
+                "--to",
+                "sip:service@example.net",
+                "--rate",
+                "50",
+                "--calls",
+                "150",
+                "--quiet",
+                "--metrics",
+                &format!("127.0.0.1:{mport}"),
+            ],
+            Duration::from_secs(60),
+        )
+    });
+    let mut scraped = String::new();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", mport)) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+            let _ = s.read_to_string(&mut scraped);
+            break;
+        }
+    }
+    assert!(h.join().unwrap().status.success());
+    assert!(scraped.contains("loadgen_started_total") && scraped.contains("loadgen_active"), "{scraped}");
     // The HTML report opens and every PNG it references exists and is a PNG.
     let index = std::fs::read_to_string(html.join("index.html")).expect("index.html");
     let imgs: Vec<&str> = index.split("<img src=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();

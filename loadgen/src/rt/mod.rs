@@ -330,3 +330,24 @@ pub fn rss_mb(pid: u32) -> Option<f64> {
     let pages: f64 = s.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096.0 / 1048576.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_loop_plan_with_ramp_and_bounds() {
+        let p = Plan { rate: 100.0, ramp: Duration::ZERO, ramp_steps: 0, total: 1000, duration: None, concurrency: 10 };
+        assert_eq!(p.due(Duration::from_millis(0)), 0);
+        assert_eq!(p.due(Duration::from_millis(1500)), 150);
+        assert_eq!(p.due(Duration::from_secs(60)), 1000, "bounded by total");
+        // Ramp to 100/s in 4 steps over 4 s: 25, 50, 75, 100 per second.
+        let r = Plan { ramp: Duration::from_secs(4), ramp_steps: 4, ..p };
+        assert_eq!(r.due(Duration::from_secs(1)), 25);
+        assert_eq!(r.due(Duration::from_secs(4)), 250);
+        assert_eq!(r.due(Duration::from_secs(5)), 350);
+        // Duration bound: nothing more after 2 s.
+        let d = Plan { duration: Some(Duration::from_secs(2)), total: u64::MAX, ..p };
+        assert_eq!(d.due(Duration::from_secs(10)), 200);
+    }
+}
