@@ -83,6 +83,86 @@ impl RtpHeader {
     }
 }
 
+/// Header extension elements (RFC 8285): one-byte (profile 0xBEDE) or two-byte
+/// (0x100X) form. Yields (id, data); padding bytes are skipped; a malformed element ends
+/// the iteration.
+pub fn extensions(b: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = vec![];
+    if b.len() < 12 || b[0] & 0x10 == 0 {
+        return out;
+    }
+    let off = 12 + 4 * (b[0] & 0x0f) as usize;
+    if b.len() < off + 4 {
+        return out;
+    }
+    let profile = u16::from_be_bytes([b[off], b[off + 1]]);
+    let len = 4 * u16::from_be_bytes([b[off + 2], b[off + 3]]) as usize;
+    let Some(data) = b.get(off + 4..off + 4 + len) else { return out };
+    let mut i = 0;
+    if profile == 0xBEDE {
+        while i < data.len() {
+            let id = data[i] >> 4;
+            if data[i] == 0 {
+                i += 1;
+                continue;
+            }
+            if id == 15 {
+                break;
+            }
+            let l = (data[i] & 0x0f) as usize + 1;
+            let Some(v) = data.get(i + 1..i + 1 + l) else { break };
+            out.push((id, v));
+            i += 1 + l;
+        }
+    } else if profile & 0xfff0 == 0x1000 {
+        while i + 1 < data.len() {
+            if data[i] == 0 {
+                i += 1;
+                continue;
+            }
+            let (id, l) = (data[i], data[i + 1] as usize);
+            let Some(v) = data.get(i + 2..i + 2 + l) else { break };
+            out.push((id, v));
+            i += 2 + l;
+        }
+    }
+    out
+}
+
+/// Extends 16-bit sequence numbers (or 32-bit timestamps) to 64 bits across wrap-around,
+/// choosing the value nearest to the previous one (RFC 3550 A.1 idea).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unwrapper {
+    last: Option<u64>,
+}
+
+impl Unwrapper {
+    /// Unwraps a 16-bit sequence number.
+    pub fn seq(&mut self, v: u16) -> u64 {
+        self.unwrap(v as u64, 1 << 16)
+    }
+
+    /// Unwraps a 32-bit timestamp.
+    pub fn timestamp(&mut self, v: u32) -> u64 {
+        self.unwrap(v as u64, 1 << 32)
+    }
+
+    fn unwrap(&mut self, v: u64, modulus: u64) -> u64 {
+        let r = match self.last {
+            None => v + modulus, // start one cycle up so early reordering stays positive
+            Some(last) => {
+                let base = last - last % modulus;
+                let candidates = [base.saturating_sub(modulus) + v, base + v, base + modulus + v];
+                *candidates.iter().min_by_key(|c| c.abs_diff(last)).unwrap_or(&(base + v))
+            }
+        };
+        if self.last.is_none_or(|l| r > l) {
+            self.last = Some(r);
+        }
+        r
+    }
+}
+
 /// `true` if the second byte marks RTCP (payload types 64-95 after masking: RFC 5761 4).
 pub fn is_rtcp(b: &[u8]) -> bool {
     b.len() >= 2 && (192..=223).contains(&b[1])
@@ -116,5 +196,30 @@ mod tests {
         // RTCP SR (PT 200) is recognised before RTP parsing (RFC 5761).
         assert!(is_rtcp(&[0x80, 200, 0, 6]));
         assert!(!is_rtcp(&[0x80, 0, 0, 6]));
+    }
+
+    #[test]
+    fn one_and_two_byte_extensions() {
+        // One-byte: id 1 len 1 (2 bytes), padding, id 3 len 0 (1 byte); 2 words.
+        let mut p = vec![0x90, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0xBE, 0xDE, 0, 2, 0x11, 0xaa, 0xbb, 0x00, 0x30, 0xcc, 0, 0];
+        assert_eq!(extensions(&p), vec![(1, &[0xaa, 0xbb][..]), (3, &[0xcc][..])]);
+        assert_eq!(RtpHeader::parse(&p).unwrap().payload_offset, 24);
+        // Two-byte: id 5 len 3.
+        p[12..16].copy_from_slice(&[0x10, 0x00, 0, 2]);
+        p[16..24].copy_from_slice(&[5, 3, 1, 2, 3, 0, 0, 0]);
+        assert_eq!(extensions(&p), vec![(5, &[1, 2, 3][..])]);
+    }
+
+    #[test]
+    fn unwrapping() {
+        let mut u = Unwrapper::default();
+        let a = u.seq(65534);
+        assert_eq!(u.seq(65535), a + 1);
+        assert_eq!(u.seq(0), a + 2);
+        assert_eq!(u.seq(65535), a + 1, "late packet from before the wrap");
+        assert_eq!(u.seq(1), a + 3);
+        let mut t = Unwrapper::default();
+        let b = t.timestamp(u32::MAX - 80);
+        assert_eq!(t.timestamp(80), b + 161);
     }
 }

@@ -1,0 +1,52 @@
+//! RTP and RTCP parsing never panics on arbitrary bytes, and written packets parse back.
+
+use codec::rtcp::{self, ReportBlock, Rtcp};
+use codec::rtp::{RtpHeader, extensions};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(h) = RtpHeader::parse(&data) {
+            prop_assert!(h.payload_offset <= h.payload_end && h.payload_end <= data.len());
+        }
+        let _ = extensions(&data);
+        for p in rtcp::packets(&data) {
+            match p {
+                Ok(Rtcp::Nack { fci, .. }) => { let _ = rtcp::nack_lost(fci).count(); }
+                Ok(Rtcp::Sdes { chunks, .. }) => { let _ = rtcp::sdes_items(chunks); }
+                Ok(Rtcp::Xr { blocks, .. }) => { let _ = rtcp::voip_metrics(blocks); }
+                Ok(Rtcp::SenderReport { reports, .. }) | Ok(Rtcp::ReceiverReport { reports, .. }) => { let _ = reports.iter().count(); }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn rtp_round_trip(pt in 0u8..128, seq: u16, ts: u32, ssrc: u32, marker: bool, payload in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut b = vec![0u8; 12 + payload.len()];
+        b[12..].copy_from_slice(&payload);
+        let end = b.len();
+        RtpHeader { marker, payload_type: pt, sequence: seq, timestamp: ts, ssrc, payload_offset: 12, payload_end: end }.write_to(&mut b);
+        let h = RtpHeader::parse(&b).unwrap();
+        prop_assert_eq!((h.payload_type, h.sequence, h.timestamp, h.ssrc, h.marker), (pt, seq, ts, ssrc, marker));
+        prop_assert_eq!(&b[h.payload_offset..h.payload_end], &payload[..]);
+    }
+
+    #[test]
+    fn rr_round_trip(ssrc: u32, blocks in proptest::collection::vec((any::<u32>(), any::<u8>(), -0x80_0000i32..0x80_0000, any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()), 0..31)) {
+        let rbs: Vec<ReportBlock> = blocks.iter().map(|&(s, f, c, h, j, l, d)| ReportBlock { ssrc: s, fraction_lost: f, cumulative_lost: c, highest_seq: h, jitter: j, lsr: l, dlsr: d }).collect();
+        let mut b = vec![0u8; 8 + 24 * rbs.len()];
+        let n = rtcp::write_rr(&mut b, ssrc, &rbs);
+        prop_assert_eq!(n, b.len());
+        match rtcp::packets(&b).next().unwrap().unwrap() {
+            Rtcp::ReceiverReport { ssrc: s, reports } => {
+                prop_assert_eq!(s, ssrc);
+                prop_assert_eq!(reports.iter().collect::<Vec<_>>(), rbs);
+            }
+            p => prop_assert!(false, "{:?}", p),
+        }
+    }
+}
