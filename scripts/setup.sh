@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, idempotently (Debian packages).
 #   sipp (sip-tester), kamailio: end-to-end SIP tests and benchmarks; libopus-dev, cmake,
-#   pkg-config: the opus crate; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels
+#   pkg-config: the opus crate; libsrtp2-dev: SRTP interop; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
@@ -12,6 +12,8 @@ command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
+# libsrtp2: the SRTP interoperability test's peer.
+[ -f /usr/include/srtp2/srtp.h ] || need+=(libsrtp2-dev)
 # A private DNS server for RFC 3263 (SRV) tests.
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
 # A font for the labels of loadgen's PNG plots.
