@@ -3,8 +3,8 @@
 //! Pure: no sockets, no clock. Present so far: RTP header view, RFC 8285 extensions and
 //! sequence/timestamp unwrapping ([`rtp`]), RTCP compound packets and feedback ([`rtcp`]),
 //! G.711 ([`g711`]) and call quality ([`quality`]: RFC 3550 jitter and loss, ITU-T G.107
-//! E-model), SRTP/SRTCP with AES-CM + HMAC-SHA1 ([`srtp`]). AEAD-GCM SRTP and the jitter
-//! buffer arrive with the rest of the media issue.
+//! E-model), SRTP/SRTCP with AES-CM + HMAC-SHA1 and AEAD-AES-128-GCM ([`srtp`]). The
+//! jitter buffer arrives with the rest of the media issue.
 
 pub mod g711;
 pub mod quality;

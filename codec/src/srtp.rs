@@ -1,6 +1,7 @@
 //! SRTP and SRTCP (RFC 3711) with AES_CM_128_HMAC_SHA1_80 and _32 (RFC 4568 crypto
-//! suites): key derivation (4.3), AES counter mode (4.1.1), HMAC-SHA1 authentication (4.2),
-//! rollover counter estimation (3.3.1, appendix A) and a 64-packet replay window (3.3.2).
+//! suites) and AEAD_AES_128_GCM (RFC 7714): key derivation (4.3), AES counter mode (4.1.1),
+//! HMAC-SHA1 authentication (4.2), AES-GCM with the RTP header as associated data (RFC 7714
+//! 8-9), rollover counter estimation (3.3.1, appendix A) and a 64-packet replay window (3.3.2).
 //! Packets are processed in place in a caller's `Vec` (the tag is appended or removed).
 
 use aes::Aes128;
@@ -20,6 +21,8 @@ pub enum Profile {
     Aes128CmSha1_80,
     /// AES_CM_128_HMAC_SHA1_32: 32-bit RTP tags (SRTCP keeps 80 bits, RFC 4568 6.2.2).
     Aes128CmSha1_32,
+    /// AEAD_AES_128_GCM (RFC 7714): 16-byte tag, 12-byte master salt.
+    AeadAes128Gcm,
 }
 
 impl Profile {
@@ -28,12 +31,14 @@ impl Profile {
         match self {
             Profile::Aes128CmSha1_80 => "AES_CM_128_HMAC_SHA1_80",
             Profile::Aes128CmSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+            Profile::AeadAes128Gcm => "AEAD_AES_128_GCM",
         }
     }
     pub fn from_name(s: &str) -> Option<Profile> {
         match s {
             "AES_CM_128_HMAC_SHA1_80" => Some(Profile::Aes128CmSha1_80),
             "AES_CM_128_HMAC_SHA1_32" => Some(Profile::Aes128CmSha1_32),
+            "AEAD_AES_128_GCM" => Some(Profile::AeadAes128Gcm),
             _ => None,
         }
     }
@@ -41,6 +46,15 @@ impl Profile {
         match self {
             Profile::Aes128CmSha1_80 => 10,
             Profile::Aes128CmSha1_32 => 4,
+            Profile::AeadAes128Gcm => 16,
+        }
+    }
+
+    /// Master salt length: 14 bytes for AES-CM, 12 for GCM (RFC 7714 12).
+    pub fn salt_len(self) -> usize {
+        match self {
+            Profile::AeadAes128Gcm => 12,
+            _ => 14,
         }
     }
 }
@@ -65,6 +79,47 @@ struct Keys {
     enc: [u8; 16],
     salt: [u8; 14],
     auth: HmacSha1,
+}
+
+/// AES-GCM session key and salt of one of RTP or RTCP (RFC 7714).
+#[derive(Clone)]
+struct GcmKeys {
+    cipher: aes_gcm::Aes128Gcm,
+    salt: [u8; 12],
+}
+
+impl GcmKeys {
+    /// Session keys from the master key and 12-byte salt: the RFC 3711 KDF with the salt
+    /// padded to 112 bits (RFC 7714 12, as libsrtp does).
+    fn new(master_key: &[u8; 16], master_salt: &[u8; 12], base_label: u8) -> GcmKeys {
+        let mut ms = [0u8; 14];
+        ms[..12].copy_from_slice(master_salt);
+        let mut enc = [0u8; 16];
+        let mut salt = [0u8; 14];
+        derive(master_key, &ms, base_label, &mut enc);
+        derive(master_key, &ms, base_label + 2, &mut salt);
+        let mut s12 = [0u8; 12];
+        s12.copy_from_slice(&salt[..12]);
+        GcmKeys::from_session(&enc, &s12)
+    }
+
+    fn from_session(key: &[u8; 16], salt: &[u8; 12]) -> GcmKeys {
+        use aes_gcm::KeyInit;
+        GcmKeys { cipher: aes_gcm::Aes128Gcm::new(key.into()), salt: *salt }
+    }
+
+    /// IV = salt XOR (00 00 || SSRC || ROC || SEQ) for RTP, (00 00 || SSRC || 00 00 || index)
+    /// for RTCP (RFC 7714 8.1, 9.1).
+    fn iv(&self, ssrc: u32, hi: u16, lo: u32) -> [u8; 12] {
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..8].copy_from_slice(&hi.to_be_bytes());
+        iv[8..12].copy_from_slice(&lo.to_be_bytes());
+        for (d, s) in iv.iter_mut().zip(self.salt) {
+            *d ^= s;
+        }
+        iv
+    }
 }
 
 /// AES-CM keystream PRF of the key derivation (RFC 3711 4.3.3).
@@ -207,6 +262,8 @@ pub struct Srtp {
     profile: Profile,
     rtp: Keys,
     rtcp: Keys,
+    /// AEAD keys (GCM profile only; then `rtp`/`rtcp` are unused).
+    gcm: Option<(GcmKeys, GcmKeys)>,
     /// Per-SSRC rollover and replay state (RFC 3711 3.2.1: one context per SSRC).
     states: HashMap<u32, RtpState>,
     /// Sender's SRTCP index.
@@ -224,24 +281,37 @@ impl Srtp {
     /// A context from the 16-byte master key and 14-byte master salt (RFC 4568 inline key
     /// is the 30 bytes key || salt).
     pub fn new(profile: Profile, master_key: &[u8; 16], master_salt: &[u8; 14]) -> Srtp {
+        let gcm = (profile == Profile::AeadAes128Gcm).then(|| {
+            let s12: [u8; 12] = master_salt[..12].try_into().unwrap_or([0; 12]);
+            (GcmKeys::new(master_key, &s12, 0), GcmKeys::new(master_key, &s12, 3))
+        });
         Srtp {
             profile,
             rtp: Keys::new(master_key, master_salt, 0),
             rtcp: Keys::new(master_key, master_salt, 3),
+            gcm,
             states: HashMap::new(),
             srtcp_index: 0,
             rtcp_replay: HashMap::new(),
         }
     }
 
-    /// From the 30-byte key||salt of an `a=crypto` inline key.
+    /// From the master key||salt of an `a=crypto` inline key (30 bytes; 28 for GCM).
     pub fn from_inline(profile: Profile, key_salt: &[u8]) -> Option<Srtp> {
-        if key_salt.len() != 30 {
+        if key_salt.len() != 16 + profile.salt_len() {
             return None;
         }
         let k: [u8; 16] = key_salt[..16].try_into().ok()?;
-        let s: [u8; 14] = key_salt[16..].try_into().ok()?;
+        let mut s = [0u8; 14];
+        s[..profile.salt_len()].copy_from_slice(&key_salt[16..]);
         Some(Srtp::new(profile, &k, &s))
+    }
+
+    /// A GCM context from session key and salt directly (no KDF; RFC 7714 test vectors).
+    pub fn gcm_from_session_keys(key: &[u8; 16], salt: &[u8; 12]) -> Srtp {
+        let mut s = Srtp::new(Profile::AeadAes128Gcm, key, &[0; 14]);
+        s.gcm = Some((GcmKeys::from_session(key, salt), GcmKeys::from_session(key, salt)));
+        s
     }
 
     pub fn profile(&self) -> Profile {
@@ -264,6 +334,14 @@ impl Srtp {
         st.started = true;
         let roc = st.roc;
         let index = ((roc as u64) << 16) | seq as u64;
+        if let Some((g, _)) = &self.gcm {
+            use aes_gcm::aead::AeadInPlace;
+            let iv = g.iv(ssrc, (roc >> 16) as u16, (roc << 16) | seq as u32);
+            let (head, body) = pkt.split_at_mut(hl);
+            let tag = g.cipher.encrypt_in_place_detached(&iv.into(), head, body).map_err(|_| SrtpError::Auth)?;
+            pkt.extend_from_slice(&tag);
+            return Ok(());
+        }
         self.rtp.crypt(ssrc, index, &mut pkt[hl..]);
         let tag = self.rtp.tag(&[pkt, &roc.to_be_bytes()]);
         pkt.extend_from_slice(&tag[..self.profile.rtp_tag()]);
@@ -283,6 +361,18 @@ impl Srtp {
         let st = self.states.get(&ssrc).copied().unwrap_or_default();
         let (v, index) = st.estimate(seq);
         st.replay.check(index)?;
+        if let Some((g, _)) = &self.gcm {
+            use aes_gcm::aead::AeadInPlace;
+            let iv = g.iv(ssrc, (v >> 16) as u16, (v << 16) | seq as u32);
+            let tag: [u8; 16] = pkt[body_len..].try_into().map_err(|_| SrtpError::Truncated)?;
+            let (head, body) = pkt[..body_len].split_at_mut(hl);
+            g.cipher.decrypt_in_place_detached(&iv.into(), head, body, &tag.into()).map_err(|_| SrtpError::Auth)?;
+            pkt.truncate(body_len);
+            let st = self.states.entry(ssrc).or_default();
+            st.update(v, seq);
+            st.replay.accept(index);
+            return Ok(());
+        }
         let tag = self.rtp.tag(&[&pkt[..body_len], &v.to_be_bytes()]);
         if !constant_time_eq(&tag[..tl], &pkt[body_len..]) {
             return Err(SrtpError::Auth);
@@ -303,6 +393,20 @@ impl Srtp {
         let ssrc = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
         let index = self.srtcp_index & 0x7fff_ffff;
         self.srtcp_index = self.srtcp_index.wrapping_add(1) & 0x7fff_ffff;
+        if let Some((_, g)) = &self.gcm {
+            // RFC 7714 9: AAD = the 8-byte header || E flag and index; output
+            // header || ciphertext || tag || E|index.
+            use aes_gcm::aead::AeadInPlace;
+            let e_index = (index | 0x8000_0000).to_be_bytes();
+            let mut aad = [0u8; 12];
+            aad[..8].copy_from_slice(&pkt[..8]);
+            aad[8..].copy_from_slice(&e_index);
+            let iv = g.iv(ssrc, 0, index);
+            let tag = g.cipher.encrypt_in_place_detached(&iv.into(), &aad, &mut pkt[8..]).map_err(|_| SrtpError::Auth)?;
+            pkt.extend_from_slice(&tag);
+            pkt.extend_from_slice(&e_index);
+            return Ok(());
+        }
         self.rtcp.crypt(ssrc, index as u64, &mut pkt[8..]);
         pkt.extend_from_slice(&(index | 0x8000_0000).to_be_bytes());
         let tag = self.rtcp.tag(&[pkt]);
@@ -314,6 +418,27 @@ impl Srtp {
     pub fn unprotect_rtcp(&mut self, pkt: &mut Vec<u8>) -> Result<(), SrtpError> {
         if pkt.len() < 8 + 4 + RTCP_TAG {
             return Err(SrtpError::Truncated);
+        }
+        if let Some((_, g)) = &self.gcm {
+            use aes_gcm::aead::AeadInPlace;
+            if pkt.len() < 8 + 16 + 4 {
+                return Err(SrtpError::Truncated);
+            }
+            let n = pkt.len();
+            let e_index: [u8; 4] = pkt[n - 4..].try_into().map_err(|_| SrtpError::Truncated)?;
+            let index = u32::from_be_bytes(e_index) & 0x7fff_ffff;
+            let ssrc = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+            let w = self.rtcp_replay.entry(ssrc).or_default();
+            w.check(index as u64)?;
+            let tag: [u8; 16] = pkt[n - 20..n - 4].try_into().map_err(|_| SrtpError::Truncated)?;
+            let mut aad = [0u8; 12];
+            aad[..8].copy_from_slice(&pkt[..8]);
+            aad[8..].copy_from_slice(&e_index);
+            let iv = g.iv(ssrc, 0, index);
+            g.cipher.decrypt_in_place_detached(&iv.into(), &aad, &mut pkt[8..n - 20], &tag.into()).map_err(|_| SrtpError::Auth)?;
+            w.accept(index as u64);
+            pkt.truncate(n - 20);
+            return Ok(());
         }
         let tag_at = pkt.len() - RTCP_TAG;
         let tag = self.rtcp.tag(&[&pkt[..tag_at]]);
@@ -420,6 +545,37 @@ mod tests {
         rx.unprotect_rtcp(&mut q).unwrap();
         assert_eq!(q, plain);
         assert_eq!(rx.unprotect_rtcp(&mut p.clone()), Err(SrtpError::Replay));
+    }
+
+    #[test]
+    fn rfc7714_16_aead_aes_128_gcm_rtp() {
+        let key: [u8; 16] = hex("000102030405060708090a0b0c0d0e0f").try_into().unwrap();
+        let salt: [u8; 12] = hex("517569642070726f2071756f").try_into().unwrap();
+        let plain = hex("8040f17b 8041f8d3 5501a0b2 47616c6c 69612065 7374206f 6d6e6973 20646976 69736120 696e2070 61727465 73207472 6573");
+        let expected = hex(
+            "8040f17b 8041f8d3 5501a0b2 f24de3a3 fb34de6c acba861c 9d7e4bca be633bd5 0d294e6f 42a5f47a 51c7d19b 36de3adf 8833 899d7f27 beb16a91 52cf765e e4390cce",
+        );
+        let mut tx = Srtp::gcm_from_session_keys(&key, &salt);
+        assert_eq!(tx.gcm.as_ref().unwrap().0.iv(0x5501a0b2, 0, 0xf17b).to_vec(), hex("51753c6580c2726f20718414"));
+        let mut p = plain.clone();
+        tx.protect_rtp(&mut p).unwrap();
+        assert_eq!(p, expected);
+        let mut rx = Srtp::gcm_from_session_keys(&key, &salt);
+        rx.unprotect_rtp(&mut p).unwrap();
+        assert_eq!(p, plain);
+        let mut bad = expected.clone();
+        bad[20] ^= 1;
+        assert_eq!(Srtp::gcm_from_session_keys(&key, &salt).unprotect_rtp(&mut bad), Err(SrtpError::Auth));
+        // SRTCP round trip (RFC 7714 9) and replay.
+        let rtcp =
+            hex("81c8000d 4d617273 4e545031 4e545032 52545020 0000042a 0000e930 4c756e61 deadbeef deadbeef deadbeef deadbeef deadbeef");
+        let mut c = rtcp.clone();
+        tx.protect_rtcp(&mut c).unwrap();
+        assert_eq!(c.len(), rtcp.len() + 20);
+        let mut d = c.clone();
+        rx.unprotect_rtcp(&mut d).unwrap();
+        assert_eq!(d, rtcp);
+        assert_eq!(rx.unprotect_rtcp(&mut c.clone()), Err(SrtpError::Replay));
     }
 
     #[test]

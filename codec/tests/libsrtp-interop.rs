@@ -56,17 +56,19 @@ fn interoperates_with_libsrtp2_both_ways() {
     let hexkey: String = keysalt.iter().map(|b| format!("{b:02x}")).collect();
     // Sequence numbers crossing the 16-bit wrap exercise the rollover counter.
     let plain: Vec<Vec<u8>> = (65500u32..65600).map(|s| rtp(s as u16)).collect();
-    for (profile, tag) in [(Profile::Aes128CmSha1_80, "80"), (Profile::Aes128CmSha1_32, "32")] {
+    for (profile, tag) in [(Profile::Aes128CmSha1_80, "80"), (Profile::Aes128CmSha1_32, "32"), (Profile::AeadAes128Gcm, "gcm")] {
+        let keysalt = &keysalt[..16 + profile.salt_len()];
+        let hexkey: String = keysalt.iter().map(|b| format!("{b:02x}")).collect();
         // libsrtp protects, we unprotect.
         let theirs = run(&tool, &["protect", "rtp", tag, &hexkey], frame(&plain));
-        let mut rx = Srtp::from_inline(profile, &keysalt).unwrap();
+        let mut rx = Srtp::from_inline(profile, keysalt).unwrap();
         for (i, p) in theirs.into_iter().enumerate() {
             let mut p = p;
             rx.unprotect_rtp(&mut p).unwrap_or_else(|e| panic!("{tag}: packet {i}: {e}"));
             assert_eq!(p, plain[i]);
         }
         // We protect, libsrtp unprotects.
-        let mut tx = Srtp::from_inline(profile, &keysalt).unwrap();
+        let mut tx = Srtp::from_inline(profile, keysalt).unwrap();
         let ours: Vec<Vec<u8>> = plain
             .iter()
             .map(|p| {
@@ -76,6 +78,27 @@ fn interoperates_with_libsrtp2_both_ways() {
             })
             .collect();
         assert_eq!(run(&tool, &["unprotect", "rtp", tag, &hexkey], frame(&ours)), plain);
+        if profile == Profile::AeadAes128Gcm {
+            // SRTCP with GCM both ways.
+            let mut buf = [0u8; 64];
+            let n = codec::rtcp::write_rr(&mut buf, 0xdeadbeef, &[]);
+            let rtcp: Vec<Vec<u8>> = (0..3).map(|_| buf[..n].to_vec()).collect();
+            let mut rx = Srtp::from_inline(profile, keysalt).unwrap();
+            for mut p in run(&tool, &["protect", "rtcp", tag, &hexkey], frame(&rtcp)) {
+                rx.unprotect_rtcp(&mut p).unwrap();
+                assert_eq!(p, rtcp[0]);
+            }
+            let mut tx = Srtp::from_inline(profile, keysalt).unwrap();
+            let ours: Vec<Vec<u8>> = rtcp
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    tx.protect_rtcp(&mut p).unwrap();
+                    p
+                })
+                .collect();
+            assert_eq!(run(&tool, &["unprotect", "rtcp", tag, &hexkey], frame(&ours)), rtcp);
+        }
     }
     // SRTCP both ways.
     let mut buf = [0u8; 128];

@@ -1,5 +1,5 @@
 /* libsrtp2 peer for codec's SRTP interop test.
- * usage: srtp_tool protect|unprotect rtp|rtcp 80|32 HEXKEYSALT(60 hex digits)
+ * usage: srtp_tool protect|unprotect rtp|rtcp 80|32|gcm HEXKEYSALT (60 hex digits; 56 for gcm)
  * stdin/stdout: packets framed by a 2-byte big-endian length. Exit 1 on any error. */
 #include <srtp2/srtp.h>
 #include <stdio.h>
@@ -9,16 +9,22 @@
 static int read_exact(unsigned char *b, size_t n) { return fread(b, 1, n, stdin) == n; }
 
 int main(int argc, char **argv) {
-  if (argc != 5 || strlen(argv[4]) != 60) return 2;
+  if (argc != 5 || (strlen(argv[4]) != 60 && strlen(argv[4]) != 56)) return 2;
   int protect = strcmp(argv[1], "protect") == 0, rtcp = strcmp(argv[2], "rtcp") == 0;
   unsigned char key[30];
-  for (int i = 0; i < 30; i++) sscanf(argv[4] + 2 * i, "%2hhx", &key[i]);
+  int klen = (int)strlen(argv[4]) / 2;
+  for (int i = 0; i < klen; i++) sscanf(argv[4] + 2 * i, "%2hhx", &key[i]);
   if (srtp_init() != srtp_err_status_ok) return 1;
   srtp_policy_t p;
   memset(&p, 0, sizeof p);
-  if (strcmp(argv[3], "32") == 0) srtp_crypto_policy_set_aes_cm_128_hmac_sha1_32(&p.rtp);
-  else srtp_crypto_policy_set_rtp_default(&p.rtp);
-  srtp_crypto_policy_set_rtcp_default(&p.rtcp);
+  if (strcmp(argv[3], "gcm") == 0) {
+    srtp_crypto_policy_set_aes_gcm_128_16_auth(&p.rtp);
+    srtp_crypto_policy_set_aes_gcm_128_16_auth(&p.rtcp);
+  } else {
+    if (strcmp(argv[3], "32") == 0) srtp_crypto_policy_set_aes_cm_128_hmac_sha1_32(&p.rtp);
+    else srtp_crypto_policy_set_rtp_default(&p.rtp);
+    srtp_crypto_policy_set_rtcp_default(&p.rtcp);
+  }
   p.ssrc.type = protect ? ssrc_any_outbound : ssrc_any_inbound;
   p.key = key;
   p.window_size = 128;
