@@ -1,0 +1,3 @@
+//! Media anchoring (issue #4, in progress): SDP parsing and rewriting for the relay.
+
+pub mod sdp;
