@@ -178,9 +178,6 @@ impl Stats {
             Event::CallDone { ok, reason, setup_ms, pdd_ms, .. } => {
                 if *ok {
                     i.succeeded += 1;
-                    if reason != "ok" {
-                        *i.failures.entry(format!("ok:{reason}")).or_default() += 0;
-                    }
                 } else {
                     i.failed += 1;
                     *i.failures.entry(reason.clone()).or_default() += 1;

@@ -189,8 +189,9 @@ impl Worker {
         loop {
             let next = self.core.borrow_mut().poll_output();
             let Some(Output::Transmit(t)) = next else { break };
-            if !self.transmit(t.clone())
-                && let Some(id) = t.tsx
+            let tsx = t.tsx;
+            if !self.transmit(t)
+                && let Some(id) = tsx
             {
                 failed.push(id);
             }
