@@ -41,6 +41,17 @@ fn run(tool: &std::path::Path, args: &[&str], input: Vec<u8>) -> Vec<Vec<u8>> {
     unframe(&o.stdout)
 }
 
+/// Protects every packet with `ctx` (RTP or RTCP).
+fn protect_all(ctx: &mut Srtp, pkts: &[Vec<u8>], rtcp: bool) -> Vec<Vec<u8>> {
+    pkts.iter()
+        .map(|p| {
+            let mut p = p.clone();
+            if rtcp { ctx.protect_rtcp(&mut p) } else { ctx.protect_rtp(&mut p) }.unwrap();
+            p
+        })
+        .collect()
+}
+
 fn rtp(seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 0, 0, 0, 0, 0, 0x12, 0x34, 0xde, 0xad, 0xbe, 0xef];
     p[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -69,14 +80,7 @@ fn interoperates_with_libsrtp2_both_ways() {
         }
         // We protect, libsrtp unprotects.
         let mut tx = Srtp::from_inline(profile, keysalt).unwrap();
-        let ours: Vec<Vec<u8>> = plain
-            .iter()
-            .map(|p| {
-                let mut p = p.clone();
-                tx.protect_rtp(&mut p).unwrap();
-                p
-            })
-            .collect();
+        let ours = protect_all(&mut tx, &plain, false);
         assert_eq!(run(&tool, &["unprotect", "rtp", tag, &hexkey], frame(&ours)), plain);
         if profile == Profile::AeadAes128Gcm {
             // SRTCP with GCM both ways.
@@ -89,14 +93,7 @@ fn interoperates_with_libsrtp2_both_ways() {
                 assert_eq!(p, rtcp[0]);
             }
             let mut tx = Srtp::from_inline(profile, keysalt).unwrap();
-            let ours: Vec<Vec<u8>> = rtcp
-                .iter()
-                .map(|p| {
-                    let mut p = p.clone();
-                    tx.protect_rtcp(&mut p).unwrap();
-                    p
-                })
-                .collect();
+            let ours = protect_all(&mut tx, &rtcp, true);
             assert_eq!(run(&tool, &["unprotect", "rtcp", tag, &hexkey], frame(&ours)), rtcp);
         }
     }
@@ -112,14 +109,7 @@ fn interoperates_with_libsrtp2_both_ways() {
         assert_eq!(p, rtcp[0]);
     }
     let mut tx = Srtp::from_inline(Profile::Aes128CmSha1_80, &keysalt).unwrap();
-    let ours: Vec<Vec<u8>> = rtcp
-        .iter()
-        .map(|p| {
-            let mut p = p.clone();
-            tx.protect_rtcp(&mut p).unwrap();
-            p
-        })
-        .collect();
+    let ours = protect_all(&mut tx, &rtcp, true);
     assert_eq!(run(&tool, &["unprotect", "rtcp", "80", &hexkey], frame(&ours)), rtcp);
     let _ = std::fs::remove_file(tool);
 }
