@@ -201,21 +201,9 @@ impl Uac {
         let ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
         let auth = super::credentials_line(auth);
         let l = &self.local;
-        let msg = format!(
-            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {a};branch={b};rport\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag={ft}\r\nTo: <{to}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:loadgen@{a}{tp}>\r\n{auth}User-Agent: loadgen\r\n{ctype}Content-Length: {len}\r\n\r\n{body}",
-            ruri = c.ruri,
-            t = l.transport,
-            a = l.addr,
-            b = c.branch,
-            from = c.from,
-            ft = c.from_tag,
-            to = c.to,
-            cid = c.call_id,
-            cseq = c.cseq,
-            tp = l.uri_param(),
-            len = body.len(),
-        );
-        c.request = Bytes::from(msg);
+        let extra = format!("Contact: <sip:loadgen@{}{}>\r\n{auth}User-Agent: loadgen\r\n{ctype}", l.addr, l.uri_param());
+        let msg = dialog_request(l, c, "INVITE", &c.branch, &format!("<{}>", c.to), "", &extra, &body);
+        c.request = msg;
         c.state = State::Calling;
         c.sent_at = now;
         c.interval = self.cfg.timing.t1;
@@ -294,19 +282,8 @@ impl Uac {
         c.branch = format!("z9hG4bK{}", token(&mut self.rng));
         let l = &self.local;
         let routes = &c.routes;
-        let msg = format!(
-            "BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {a};branch={b};rport\r\nMax-Forwards: 70\r\n{routes}From: <{from}>;tag={ft}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} BYE\r\nUser-Agent: loadgen\r\nContent-Length: 0\r\n\r\n",
-            ruri = c.ruri,
-            t = l.transport,
-            a = l.addr,
-            b = c.branch,
-            from = c.from,
-            ft = c.from_tag,
-            to = c.to,
-            cid = c.call_id,
-            cseq = c.cseq,
-        );
-        c.request = Bytes::from(msg);
+        let msg = dialog_request(l, c, "BYE", &c.branch, &c.to, routes, "User-Agent: loadgen\r\n", "");
+        c.request = msg;
         c.state = State::Byeing;
         c.sent_at = now;
         c.interval = self.cfg.timing.t1;
@@ -468,8 +445,15 @@ fn build_ack_2xx(l: &Local, c: &mut Call, resp: &Message, rng: &mut u64) -> Byte
     c.routes = uac_route_set(resp).iter().map(|r| format!("Route: {r}\r\n")).collect();
     let routes = &c.routes;
     let b = format!("z9hG4bK{}", token(rng));
+    dialog_request(l, c, "ACK", &b, &c.to, routes, "", "")
+}
+
+/// A request of the call from this UAC: Via (with rport), Max-Forwards, the route set,
+/// From, To, Call-ID, CSeq, `extra` header lines (each ending CRLF) and the body.
+#[allow(clippy::too_many_arguments)]
+fn dialog_request(l: &Local, c: &Call, method: &str, branch: &str, to: &str, routes: &str, extra: &str, body: &str) -> Bytes {
     Bytes::from(format!(
-        "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {a};branch={b};rport\r\nMax-Forwards: 70\r\n{routes}From: <{from}>;tag={ft}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {a};branch={branch};rport\r\nMax-Forwards: 70\r\n{routes}From: <{from}>;tag={ft}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
         ruri = c.ruri,
         t = l.transport,
         a = l.addr,
@@ -477,6 +461,7 @@ fn build_ack_2xx(l: &Local, c: &mut Call, resp: &Message, rng: &mut u64) -> Byte
         ft = c.from_tag,
         cid = c.call_id,
         cseq = c.cseq,
+        len = body.len(),
     ))
 }
 
