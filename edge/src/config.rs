@@ -24,6 +24,80 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    pub media: MediaConfig,
+    pub admin: AdminConfig,
+}
+
+/// SRTP handling of one leg (RFC 4568 SDES).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SrtpPolicy {
+    /// Pass RTP/AVP or RTP/SAVP through as the endpoints negotiate it (end to end).
+    Keep,
+    /// This leg gets plain RTP/AVP: SRTP from the other leg is decrypted by the relay.
+    Plain,
+    /// This leg must use SDES-SRTP (RTP/SAVP): plain RTP from the other leg is encrypted
+    /// by the relay, and a plain offer from this leg is refused with 488.
+    Sdes,
+}
+
+/// Media anchoring (the RTP relay).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Anchor the media of every call (overridable per user and per upstream).
+    pub anchor: bool,
+    /// Address the relay sockets bind to.
+    pub bind: std::net::IpAddr,
+    /// Address written into SDP (`c=`); defaults to `bind`.
+    pub advertise: Option<std::net::IpAddr>,
+    /// Relay port range (even RTP port + odd RTCP port per leg).
+    pub port_min: u16,
+    pub port_max: u16,
+    /// After latching, ignore packets from other sources.
+    pub strict_latching: bool,
+    /// Seconds without media after which a call is torn down (BYE both ways).
+    pub inactivity_secs: u64,
+    /// The same while a leg is on hold.
+    pub hold_inactivity_secs: u64,
+    /// SRTP policy of legs to local users over UDP/TCP/WS.
+    pub srtp: SrtpPolicy,
+    /// SRTP policy of legs to local users over TLS/WSS.
+    pub srtp_secure: SrtpPolicy,
+    /// Call records (JSON lines); relative paths are under `data_dir`.
+    pub cdr_file: PathBuf,
+}
+
+/// The admin HTTP listener (Prometheus `/metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listening address; empty list = no admin listener.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))] }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            anchor: true,
+            bind: std::net::IpAddr::from([127, 0, 0, 1]),
+            advertise: None,
+            port_min: 30000,
+            port_max: 39999,
+            strict_latching: true,
+            inactivity_secs: 60,
+            hold_inactivity_secs: 3600,
+            srtp: SrtpPolicy::Keep,
+            srtp_secure: SrtpPolicy::Keep,
+            cdr_file: PathBuf::from("cdr.jsonl"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +181,8 @@ pub struct UserConfig {
     pub ha1_sha256: Option<String>,
     /// Overrides registrar.max_contacts for this user.
     pub max_contacts: Option<usize>,
+    /// Overrides media.anchor for calls from or to this user.
+    pub anchor_media: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +190,10 @@ pub struct UserConfig {
 pub struct UpstreamConfig {
     /// Next hop for requests to non-local domains, e.g. `sip:10.0.0.5:5060;transport=tcp`.
     pub uri: Spanned<String>,
+    /// Overrides media.anchor for calls through this upstream.
+    pub anchor_media: Option<bool>,
+    /// SRTP policy of the leg towards this upstream (e.g. `plain` for a trunk).
+    pub srtp: Option<SrtpPolicy>,
 }
 
 impl Default for Config {
@@ -127,6 +207,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             users: vec![],
             upstreams: vec![],
+            media: MediaConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -260,7 +342,18 @@ impl Config {
                 err(Some(up.uri.span()), format!("key `upstream.uri`: expected a sip: URI ({e}), got {:?}", up.uri.get_ref()))
             })?;
         }
+        if self.media.port_min < 1024 || self.media.port_max < self.media.port_min.saturating_add(3) {
+            return Err(err(None, "keys `media.port_min`/`media.port_max`: expected 1024 <= port_min and at least 4 ports".into()));
+        }
+        if self.media.inactivity_secs == 0 || self.media.hold_inactivity_secs == 0 {
+            return Err(err(None, "keys `media.inactivity_secs`/`hold_inactivity_secs`: expected at least 1".into()));
+        }
         Ok(())
+    }
+
+    /// The call-record file.
+    pub fn cdr_path(&self) -> PathBuf {
+        if self.media.cdr_file.is_absolute() { self.media.cdr_file.clone() } else { self.data_dir.join(&self.media.cdr_file) }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Inputs, outputs and the state shared by every worker's sans-IO core.
 
 use crate::auth::{Algorithm, Authenticator, Credentials};
-use crate::config::{Config, RegistrarConfig};
+use crate::config::{Config, RegistrarConfig, SrtpPolicy};
+use crate::media::relay::RelayConfig;
 use crate::location::Location;
 use crate::msg::{Message, SipUri};
 use crate::transport::{FlowId, Transport};
@@ -55,6 +56,29 @@ pub enum Output {
 pub struct Upstream {
     pub uri: String,
     pub dest: Peer,
+    /// Media anchoring override for calls through it.
+    pub anchor_media: Option<bool>,
+    /// SRTP policy of the leg towards it.
+    pub srtp: Option<SrtpPolicy>,
+}
+
+/// Media anchoring policy (from `[media]`, `[[user]]` and `[[upstream]]`).
+#[derive(Debug, Clone)]
+pub struct MediaPolicy {
+    pub anchor: bool,
+    pub srtp: SrtpPolicy,
+    pub srtp_secure: SrtpPolicy,
+    /// Users with their own `anchor_media`.
+    pub user_anchor: HashMap<String, bool>,
+    pub advertise: IpAddr,
+    pub relay: RelayConfig,
+}
+
+impl MediaPolicy {
+    /// `true` if any call may be anchored (globally on, or on for some user or upstream).
+    pub fn anchor_possible(&self) -> bool {
+        self.anchor || self.user_anchor.values().any(|v| *v)
+    }
 }
 
 /// Configuration and state shared by all workers (read-mostly; location and nonce-counts
@@ -71,6 +95,7 @@ pub struct Shared {
     pub challenge_local_callers: bool,
     pub location: Location,
     pub upstream: Option<Upstream>,
+    pub media: MediaPolicy,
     token_key: [u8; 32],
 }
 
@@ -110,8 +135,23 @@ impl Shared {
             let transport = uri_transport(&parsed);
             let addr =
                 upstream_addr.or_else(|| parsed.ip().map(|ip| SocketAddr::new(ip, parsed.port.unwrap_or(transport.default_port()))))?;
-            Some(Upstream { uri, dest: Peer { transport, addr, flow: None } })
+            Some(Upstream { uri, dest: Peer { transport, addr, flow: None }, anchor_media: u.anchor_media, srtp: u.srtp })
         });
+        let m = &cfg.media;
+        let media = MediaPolicy {
+            anchor: m.anchor,
+            srtp: m.srtp,
+            srtp_secure: m.srtp_secure,
+            user_anchor: cfg.users.iter().filter_map(|u| Some((u.name.get_ref().clone(), u.anchor_media?))).collect(),
+            advertise: m.advertise.unwrap_or(m.bind),
+            relay: RelayConfig {
+                ports: m.port_min..=m.port_max,
+                shard: (0, 1),
+                strict_latching: m.strict_latching,
+                inactivity: Duration::from_secs(m.inactivity_secs),
+                hold_inactivity: Duration::from_secs(m.hold_inactivity_secs),
+            },
+        };
         Shared {
             domain: cfg.sip.domain.clone(),
             aliases: cfg.sip.aliases.clone(),
@@ -127,6 +167,7 @@ impl Shared {
             challenge_local_callers: cfg.auth.challenge_local_callers,
             location: Location::new(),
             upstream,
+            media,
             token_key: key,
         }
     }

@@ -64,11 +64,12 @@ fn apply_flags(
             ha1_md5: None,
             ha1_sha256: None,
             max_contacts: None,
+            anchor_media: None,
         });
     }
     if let Some(up) = upstream {
         edge::msg::SipUri::parse(&up).map_err(|e| format!("--upstream {up:?}: {e}"))?;
-        cfg.upstreams = vec![UpstreamConfig { uri: toml::Spanned::new(0..0, up) }];
+        cfg.upstreams = vec![UpstreamConfig { uri: toml::Spanned::new(0..0, up), anchor_media: None, srtp: None }];
     }
     Ok(())
 }

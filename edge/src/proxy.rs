@@ -9,6 +9,8 @@
 use crate::auth::Verdict;
 use crate::core::{Input, Output, Peer, Shared, Transmit, uri_transport};
 use crate::location::Binding;
+use crate::media::anchor::{Anchor, CallRecord, DialogEnds, EndReason, SdpKind};
+use crate::media::relay::{Forward as MediaForward, Side};
 use crate::msg::text::trim;
 use crate::msg::via::MAGIC_COOKIE;
 use crate::msg::write::{Forward, response};
@@ -81,6 +83,20 @@ struct ClientTsx {
     scheduled: Option<Instant>,
     /// A final response was seen on this branch.
     done: bool,
+    /// The INVITE/UPDATE belongs to an anchored dialog.
+    media: Option<MediaTsx>,
+}
+
+/// Media context of a forwarded INVITE/UPDATE of an anchored dialog.
+#[derive(Clone)]
+struct MediaTsx {
+    call_id: String,
+    /// Who sent the request (the response comes from the other side).
+    requester: Side,
+    /// The request carried an offer (so an SDP in a response is the answer).
+    offer_sent: bool,
+    /// The dialog-creating INVITE.
+    initial: bool,
 }
 
 struct ProxyCtx {
@@ -91,6 +107,8 @@ struct ProxyCtx {
     invite: bool,
     timer_c: Option<Instant>,
     scheduled: Option<Instant>,
+    /// Anchored call started by this (initial) INVITE: ended if it fails.
+    media_call: Option<String>,
 }
 
 /// Where a forwarded request goes.
@@ -116,13 +134,15 @@ pub struct Core {
     next_id: u64,
     rng: u64,
     next_sweep: Option<Instant>,
+    anchor: Option<Anchor>,
+    records: VecDeque<CallRecord>,
+    next_media_sweep: Option<Instant>,
 }
 
 impl Core {
     /// A core for worker number `worker` (used to make branches unique across workers).
     pub fn new(sh: Arc<Shared>, worker: u32, seed: u64) -> Core {
         Core {
-            sh,
             worker,
             servers: HashMap::new(),
             server_index: HashMap::new(),
@@ -134,7 +154,32 @@ impl Core {
             next_id: 1,
             rng: seed | 1,
             next_sweep: None,
+            anchor: sh.media.anchor_possible().then(|| Anchor::detached(sh.media.relay.clone(), sh.media.advertise)),
+            records: VecDeque::new(),
+            next_media_sweep: None,
+            sh,
         }
+    }
+
+    /// Replaces the media anchor (the runtime gives each worker one with real sockets and
+    /// its share of the port range).
+    pub fn set_anchor(&mut self, anchor: Option<Anchor>) {
+        self.anchor = anchor;
+    }
+
+    pub fn anchor(&self) -> Option<&Anchor> {
+        self.anchor.as_ref()
+    }
+
+    /// A datagram on a relay port (the media hot path): where to send it, if anywhere.
+    #[inline]
+    pub fn handle_media(&mut self, now: Instant, port: u16, src: SocketAddr, pkt: &mut Vec<u8>) -> Option<MediaForward> {
+        self.anchor.as_mut()?.handle_packet(now, port, src, pkt)
+    }
+
+    /// Next finished call record (media figures for the CDR, metrics and log).
+    pub fn poll_record(&mut self) -> Option<CallRecord> {
+        self.records.pop_front()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -154,10 +199,7 @@ impl Core {
     /// When [`Core::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.timers.peek().map(|Reverse((at, _))| *at);
-        match (t, self.next_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [t, self.next_sweep, self.next_media_sweep].into_iter().flatten().min()
     }
 
     fn id(&mut self) -> u64 {
@@ -208,6 +250,9 @@ impl Core {
             self.sh.location.sweep(now);
             self.sh.auth.sweep(now);
             self.next_sweep = Some(now + std::time::Duration::from_secs(5));
+        }
+        if self.next_media_sweep.is_some_and(|s| s <= now) {
+            self.media_sweep(now);
         }
         while let Some(Reverse((at, key))) = self.timers.peek().copied() {
             if at > now {
@@ -618,12 +663,22 @@ impl Core {
             return;
         }
 
+        // Media anchoring (issue #4): rewrite the SDP of anchored dialogs.
+        let (body, media) = match self.media_request(now, &msg, &from, &targets, in_dialog, sid.is_some()) {
+            Ok(x) => x,
+            Err((code, reason)) => {
+                self.reject(now, sid, from, &msg, tv, code, reason, "");
+                return;
+            }
+        };
+        let body = body.as_deref();
+
         let new_mf = Some(mf.map(|m| m.saturating_sub(1)).unwrap_or(70));
         if method == Method::Ack || sid.is_none() {
             // Stateless forward (ACK for 2xx).
             if let Some(t) = targets.into_iter().next() {
                 let branch = format!("{lh}.{:x}", self.rand());
-                if let Some(data) = self.build_forward(&msg, &from, &t, tv, &branch, popped, new_mf, false) {
+                if let Some(data) = self.build_forward(&msg, &from, &t, tv, &branch, popped, new_mf, false, body) {
                     self.send(t.dest, data, None);
                 }
             }
@@ -633,7 +688,9 @@ impl Core {
         let ctx_id = self.id();
         let invite = method == Method::Invite;
         let record_route = !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify);
-        let mut ctx = ProxyCtx { server: sid, branches: vec![], best: None, final_sent: false, invite, timer_c: None, scheduled: None };
+        let media_call = media.as_ref().filter(|m| m.initial).map(|m| m.call_id.clone());
+        let mut ctx =
+            ProxyCtx { server: sid, branches: vec![], best: None, final_sent: false, invite, timer_c: None, scheduled: None, media_call };
         if invite {
             ctx.timer_c = Some(now + self.sh.timer_c);
         }
@@ -644,7 +701,7 @@ impl Core {
         for t in targets {
             let r = self.rand();
             let branch = format!("{lh}.{:x}{r:x}", self.worker);
-            let Some(data) = self.build_forward(&msg, &from, &t, tv, &branch, popped, new_mf, record_route) else {
+            let Some(data) = self.build_forward(&msg, &from, &t, tv, &branch, popped, new_mf, record_route, body) else {
                 continue;
             };
             let cid = self.id();
@@ -670,6 +727,7 @@ impl Core {
                     cancel_reason: None,
                     scheduled: None,
                     done: false,
+                    media: media.clone(),
                 },
             );
             self.client_index.insert(index_key, cid);
@@ -682,6 +740,9 @@ impl Core {
         let no_branch = self.ctxs.get(&ctx_id).is_none_or(|c| c.branches.is_empty());
         if no_branch {
             self.server_reply(now, sid, 503, "Service Unavailable (no usable transport)", "");
+            if let Some(m) = media.filter(|m| m.initial) {
+                self.end_call(now, &m.call_id, EndReason::Failed(503));
+            }
             self.ctxs.remove(&ctx_id);
             if let Some(st) = self.servers.get_mut(&sid) {
                 st.ctx = None;
@@ -746,6 +807,7 @@ impl Core {
         popped: usize,
         mf: Option<u32>,
         record_route: bool,
+        body: Option<&[u8]>,
     ) -> Option<Bytes> {
         let local = self.sh.local_addr(t.dest.transport)?;
         let mut prepend = String::with_capacity(256);
@@ -775,6 +837,7 @@ impl Core {
                 push_routes: &t.push_routes,
                 max_forwards: mf,
                 append: "",
+                body,
             }
             .write(msg),
         )
@@ -856,7 +919,8 @@ impl Core {
                     ctx.timer_c = Some(now + self.sh.timer_c);
                 }
                 if !ctx.final_sent {
-                    let data = Forward { drop_vias: 1, ..Default::default() }.write(&msg);
+                    let body = self.media_response(now, cid, &msg, code);
+                    let data = Forward { drop_vias: 1, body: body.as_deref(), ..Default::default() }.write(&msg);
                     self.server_send(now, sid, code, data);
                 }
             }
@@ -868,7 +932,8 @@ impl Core {
             let first = !ctx.final_sent;
             let invite = ctx.invite;
             ctx.final_sent = true;
-            let data = Forward { drop_vias: 1, ..Default::default() }.write(&msg);
+            let body = self.media_response(now, cid, &msg, code);
+            let data = Forward { drop_vias: 1, body: body.as_deref(), ..Default::default() }.write(&msg);
             self.server_send(now, sid, code, data);
             if first && invite {
                 self.cancel_branches(now, ctx_id, Some(cid), Some("SIP;cause=200;text=\"Call completed elsewhere\""));
@@ -901,6 +966,7 @@ impl Core {
         let sid = ctx.server;
         if !ctx.final_sent {
             let best = ctx.best.clone();
+            let code = best.as_ref().and_then(|b| b.status()).unwrap_or(487);
             if let Some(c) = self.ctxs.get_mut(&ctx_id) {
                 c.final_sent = true;
             }
@@ -912,6 +978,10 @@ impl Core {
                     self.server_send(now, sid, code, data);
                 }
                 None => self.server_reply(now, sid, 487, "Request Terminated", ""),
+            }
+            if let Some(call) = self.ctxs.get(&ctx_id).and_then(|c| c.media_call.clone()) {
+                let reason = if code == 487 { EndReason::Cancelled } else { EndReason::Failed(code) };
+                self.end_call(now, &call, reason);
             }
         }
         if let Some(c) = self.ctxs.get_mut(&ctx_id) {
@@ -969,6 +1039,7 @@ impl Core {
                 cancel_reason: None,
                 scheduled: None,
                 done: false,
+                media: None,
             },
         );
         self.client_index.insert(index_key, id);
@@ -1000,6 +1071,239 @@ impl Core {
         if let Ok(m) = Message::parse(fake) {
             self.deliver(now, cid, m, code);
         }
+    }
+
+    // ---------------------------------------------------------------- media
+
+    /// SRTP policy of a leg reached through `p`.
+    fn leg_policy(&self, p: &Peer) -> crate::config::SrtpPolicy {
+        if let Some(up) = &self.sh.upstream
+            && up.dest.addr == p.addr
+        {
+            return up.srtp.unwrap_or(crate::config::SrtpPolicy::Keep);
+        }
+        if matches!(p.transport, Transport::Tls | Transport::Wss) { self.sh.media.srtp_secure } else { self.sh.media.srtp }
+    }
+
+    /// Whether a new call is anchored: `[media] anchor`, overridden by the caller's or
+    /// callee's `[[user]] anchor_media` and by the upstream's.
+    fn should_anchor(&self, msg: &Message, from: &Peer, targets: &[Target]) -> bool {
+        let m = &self.sh.media;
+        let mut on = m.anchor;
+        let user_of = |uri: &str| SipUri::parse(uri).ok().filter(|u| self.sh.is_local_uri(u)).and_then(|u| u.user.map(String::from));
+        for user in [msg.from_hdr().and_then(|f| user_of(f.uri)), msg.request_uri().and_then(user_of)].into_iter().flatten() {
+            if let Some(v) = m.user_anchor.get(&user) {
+                on = *v;
+            }
+        }
+        if let Some(up) = &self.sh.upstream
+            && let Some(v) = up.anchor_media
+            && (up.dest.addr == from.addr || targets.iter().any(|t| t.dest.addr == up.dest.addr))
+        {
+            on = v;
+        }
+        on
+    }
+
+    /// Media handling of a request about to be forwarded: the rewritten body, if any, and
+    /// the media context of its client transactions. `Err` is a rejection (status, reason).
+    fn media_request(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        from: &Peer,
+        targets: &[Target],
+        in_dialog: bool,
+        stateful: bool,
+    ) -> Result<(Option<Vec<u8>>, Option<MediaTsx>), (u16, &'static str)> {
+        if self.anchor.is_none() {
+            return Ok((None, None));
+        }
+        let method = msg.method();
+        let call_id = msg.call_id().unwrap_or("").to_string();
+        let from_tag = msg.from_hdr().and_then(|f| f.tag()).unwrap_or("").to_string();
+        let sdp = is_sdp(msg);
+        if method == Method::Invite && !in_dialog && stateful {
+            if !self.should_anchor(msg, from, targets) {
+                return Ok((None, None));
+            }
+            let policy = (self.leg_policy(from), targets.first().map(|t| self.leg_policy(&t.dest)).unwrap_or(crate::config::SrtpPolicy::Keep));
+            let (f, t) = (msg.from_hdr().map(|f| f.uri.to_string()).unwrap_or_default(), msg.request_uri().unwrap_or("").to_string());
+            let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
+            an.start(now, &call_id, &from_tag, policy, &f, &t);
+            an.note_cseq(&call_id, Side::A, msg.cseq().map(|c| c.seq).unwrap_or(0));
+            let tsx = MediaTsx { call_id: call_id.clone(), requester: Side::A, offer_sent: sdp, initial: true };
+            if !sdp {
+                return Ok((None, Some(tsx)));
+            }
+            return match an.handle_sdp(now, &call_id, Side::A, SdpKind::Offer, &msg.body()) {
+                Ok(b) => Ok((Some(b), Some(tsx))),
+                Err(e) => {
+                    tracing::info!(call_id, error = %e, "media: offer refused");
+                    let st = e.status();
+                    self.end_call(now, &call_id, EndReason::Failed(st.0));
+                    Err(st)
+                }
+            };
+        }
+        let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
+        if !in_dialog || !an.has(&call_id) {
+            return Ok((None, None));
+        }
+        let Some(side) = an.side_of(&call_id, &from_tag) else { return Ok((None, None)) };
+        if method != Method::Ack {
+            an.note_cseq(&call_id, side, msg.cseq().map(|c| c.seq).unwrap_or(0));
+        }
+        match method {
+            Method::Bye => {
+                let reason = if side == Side::A { EndReason::ByeFromCaller } else { EndReason::ByeFromCallee };
+                self.end_call(now, &call_id, reason);
+                Ok((None, None))
+            }
+            Method::Invite | Method::Update => {
+                let tsx = MediaTsx { call_id: call_id.clone(), requester: side, offer_sent: sdp, initial: false };
+                if !sdp {
+                    return Ok((None, Some(tsx)));
+                }
+                match an.handle_sdp(now, &call_id, side, SdpKind::Offer, &msg.body()) {
+                    Ok(b) => Ok((Some(b), Some(tsx))),
+                    Err(e) => {
+                        tracing::info!(call_id, error = %e, "media: re-offer refused");
+                        Err(e.status())
+                    }
+                }
+            }
+            Method::Ack | Method::Prack if sdp => match an.handle_sdp(now, &call_id, side, SdpKind::Answer, &msg.body()) {
+                Ok(b) => Ok((Some(b), None)),
+                Err(e) => {
+                    tracing::info!(call_id, error = %e, "media: answer in ACK/PRACK not anchored");
+                    Ok((None, None))
+                }
+            },
+            _ => Ok((None, None)),
+        }
+    }
+
+    /// Media handling of a 1xx/2xx about to be forwarded upstream: the rewritten body.
+    fn media_response(&mut self, now: Instant, cid: u64, msg: &Message, code: u16) -> Option<Vec<u8>> {
+        let ct = self.clients.get(&cid)?;
+        let m = ct.media.clone()?;
+        let callee_peer = ct.to;
+        let caller_contact = ct.sent.as_ref().and_then(|s| contact_uri(s));
+        if (200..300).contains(&code) && m.initial {
+            let caller_peer = self.ctxs.get(&ct.ctx?).and_then(|c| self.servers.get(&c.server)).map(|s| s.reply_to);
+            let rr: Vec<String> = msg.values(HeaderName::RecordRoute).map(String::from).collect();
+            let ours = |v: &str| {
+                NameAddr::parse(v).and_then(|n| SipUri::parse(n.uri).ok()).is_some_and(|u| self.sh.is_own_address(u.host, u.port))
+            };
+            let first_own = rr.iter().position(|v| ours(v));
+            let last_own = rr.iter().rposition(|v| ours(v));
+            let (to_callee, to_caller) = match (first_own, last_own) {
+                (Some(f), Some(l)) => (rr[..f].to_vec(), rr[l + 1..].iter().rev().cloned().collect()),
+                _ => (vec![], vec![]),
+            };
+            if let (Some(caller_peer), Some(caller_contact), Some(callee_contact)) = (caller_peer, caller_contact, contact_uri(msg)) {
+                let ends = DialogEnds {
+                    caller_peer,
+                    callee_peer,
+                    caller_contact,
+                    callee_contact,
+                    from: msg.header(HeaderName::From).unwrap_or("").to_string(),
+                    to: msg.header(HeaderName::To).unwrap_or("").to_string(),
+                    routes_to_caller: to_caller,
+                    routes_to_callee: to_callee,
+                };
+                if let Some(an) = self.anchor.as_mut() {
+                    an.answered(now, &m.call_id, ends);
+                }
+            }
+        }
+        if !(101..300).contains(&code) || !is_sdp(msg) {
+            return None;
+        }
+        let kind = if m.offer_sent { SdpKind::Answer } else { SdpKind::Offer };
+        let an = self.anchor.as_mut()?;
+        match an.handle_sdp(now, &m.call_id, m.requester.other(), kind, &msg.body()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(call_id = m.call_id, error = %e, "media: SDP in response not anchored");
+                None
+            }
+        }
+    }
+
+    /// Ends an anchored call (ports released) and queues its record.
+    fn end_call(&mut self, now: Instant, call_id: &str, reason: EndReason) {
+        let Some(an) = self.anchor.as_mut() else { return };
+        if let Some(rec) = an.end(now, call_id, reason) {
+            self.records.push_back(rec);
+        }
+        if an.calls() == 0 {
+            self.next_media_sweep = None;
+        } else if self.next_media_sweep.is_none() {
+            self.next_media_sweep = Some(now + Anchor::sweep_interval());
+        }
+    }
+
+    /// Tears down calls whose media stopped: BYE to both ends (RFC 3261 15), record says why.
+    fn media_sweep(&mut self, now: Instant) {
+        let Some(an) = self.anchor.as_ref() else {
+            self.next_media_sweep = None;
+            return;
+        };
+        for call_id in an.inactive(now) {
+            let Some((ends, cseq)) = self.anchor.as_ref().and_then(|a| a.dialog(&call_id)).map(|(d, c)| (d.clone(), c)) else { continue };
+            tracing::info!(call_id, "media: inactivity timeout, sending BYE to both ends");
+            let reason = "Reason: Q.850;cause=102;text=\"media timeout\"\r\n";
+            // To the callee as if from the caller, and to the caller as if from the callee.
+            let legs = [
+                (ends.callee_peer, &ends.callee_contact, &ends.routes_to_callee, &ends.from, &ends.to, cseq[0] + 1),
+                (ends.caller_peer, &ends.caller_contact, &ends.routes_to_caller, &ends.to, &ends.from, cseq[1] + 1),
+            ];
+            for (peer, target, routes, from, to, seq) in legs {
+                self.send_bye(now, peer, target, routes, from, to, &call_id, seq, reason);
+            }
+            self.end_call(now, &call_id, EndReason::MediaTimeout);
+        }
+        let active = self.anchor.as_ref().is_some_and(|a| a.calls() > 0);
+        self.next_media_sweep = active.then(|| now + Anchor::sweep_interval());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_bye(&mut self, now: Instant, peer: Peer, target: &str, routes: &[String], from: &str, to: &str, call_id: &str, seq: u32, extra: &str) {
+        let Some(local) = self.sh.local_addr(peer.transport) else { return };
+        let r = self.rand();
+        let branch = format!("{MAGIC_COOKIE}e{:x}{r:x}", self.worker);
+        let mut s = String::with_capacity(512);
+        let _ = write!(s, "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch}\r\nMax-Forwards: 70\r\n", peer.transport.via_token());
+        if !routes.is_empty() {
+            let _ = write!(s, "Route: {}\r\n", routes.join(", "));
+        }
+        let _ = write!(s, "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} BYE\r\n{extra}Content-Length: 0\r\n\r\n");
+        let data = Bytes::from(s);
+        let id = self.id();
+        let index_key = format!("{branch}|BYE");
+        let kind = CKind::Non(client::ClientNonInvite::new(now, peer.transport.reliable(), self.sh.timers));
+        self.clients.insert(
+            id,
+            ClientTsx {
+                index_key: index_key.clone(),
+                kind,
+                to: peer,
+                request: data.clone(),
+                sent: None,
+                ack: None,
+                ctx: None,
+                cancel: CancelState::None,
+                cancel_reason: None,
+                scheduled: None,
+                done: false,
+                media: None,
+            },
+        );
+        self.client_index.insert(index_key, id);
+        self.send(peer, data, Some(id));
+        self.reschedule_client(id);
     }
 
     // ---------------------------------------------------------------- timers
@@ -1150,6 +1454,24 @@ impl Core {
         }
         self.maybe_finish(now, id);
     }
+}
+
+/// `true` if the message carries an SDP body (RFC 3261 20.15; a missing Content-Type with a
+/// body that starts `v=0` counts, as some phones omit it).
+fn is_sdp(msg: &Message) -> bool {
+    let r = msg.body_range();
+    if r.is_empty() {
+        return false;
+    }
+    match msg.header(HeaderName::ContentType) {
+        Some(ct) => ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp")),
+        None => msg.bytes()[r].starts_with(b"v=0"),
+    }
+}
+
+/// The URI of a message's first Contact.
+fn contact_uri(msg: &Message) -> Option<String> {
+    msg.values(HeaderName::Contact).next().and_then(NameAddr::parse).map(|n| n.uri.to_string())
 }
 
 /// Preference of a final response (RFC 3261 16.7 step 6): 6xx first, then the lowest class.

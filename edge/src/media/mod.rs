@@ -1,4 +1,7 @@
-//! Media anchoring (issue #4, in progress): SDP parsing and rewriting for the relay.
+//! Media anchoring: SDP parsing and rewriting (`sdp`), the sans-IO RTP/RTCP relay with
+//! latching, SRTP bridging and quality (`relay`), and per-dialog offer/answer handling and
+//! call records (`anchor`).
 
+pub mod anchor;
 pub mod relay;
 pub mod sdp;

@@ -1,12 +1,15 @@
 //! The media relay core (sans-IO): sessions of two legs, relay ports from a range,
 //! symmetric-RTP latching (each leg latches to the source of its first packet and, when
 //! strict, ignores other sources afterwards), forwarding decisions for RTP and RTCP
-//! (rtcp-mux aware), per-direction counters and quality (RFC 3550 loss and jitter), and
-//! inactivity detection. The runtime owns the sockets and asks `handle_packet` where a
-//! datagram goes; nothing here allocates per packet.
+//! (rtcp-mux aware, RFC 5761), SDES-SRTP bridging per leg (RFC 3711, RFC 4568),
+//! per-direction counters and quality (RFC 3550 loss and jitter, RTT from SR/RR, G.107
+//! MOS), and inactivity detection. The runtime owns the sockets (through [`Ports`]) and
+//! asks [`Relay::handle_packet`] where a datagram goes; nothing here allocates per packet.
 
 use codec::quality::{CodecImpairment, EModelInput, Jitter, SeqTracker, mos};
+use codec::rtcp::{self, Rtcp};
 use codec::rtp::{RtpHeader, is_rtcp};
+use codec::srtp::Srtp;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -17,17 +20,46 @@ use std::time::{Duration, Instant};
 pub struct RelayConfig {
     /// UDP ports the relay may use (RTP on even ports, RTCP on the next odd one).
     pub ports: RangeInclusive<u16>,
+    /// This relay uses the pairs `i` with `i % shard.1 == shard.0` (one relay per worker).
+    pub shard: (usize, usize),
     /// After latching, drop packets from any other source (protects a call from injected
     /// or stray traffic).
     pub strict_latching: bool,
     /// A session with no packet in either direction for this long is reported inactive.
     pub inactivity: Duration,
+    /// The same while the call is on hold (a leg set sendonly, recvonly or inactive).
+    pub hold_inactivity: Duration,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        RelayConfig { ports: 30000..=39999, strict_latching: true, inactivity: Duration::from_secs(60) }
+        RelayConfig {
+            ports: 30000..=39999,
+            shard: (0, 1),
+            strict_latching: true,
+            inactivity: Duration::from_secs(60),
+            hold_inactivity: Duration::from_secs(3600),
+        }
     }
+}
+
+/// Binds and releases the relay's sockets (implemented by the runtime; tests accept all).
+pub trait Ports {
+    /// Opens a socket on `port`; `false` if the port cannot be used (taken by another process).
+    fn bind(&mut self, port: u16) -> bool;
+    /// Closes the socket on `port`.
+    fn release(&mut self, port: u16);
+}
+
+/// [`Ports`] that opens nothing (sans-IO tests, benchmarks).
+#[derive(Debug, Default)]
+pub struct NoSockets;
+
+impl Ports for NoSockets {
+    fn bind(&mut self, _: u16) -> bool {
+        true
+    }
+    fn release(&mut self, _: u16) {}
 }
 
 /// Which leg of a session.
@@ -38,7 +70,8 @@ pub enum Side {
 }
 
 impl Side {
-    fn other(self) -> Side {
+    /// The other leg.
+    pub fn other(self) -> Side {
         match self {
             Side::A => Side::B,
             Side::B => Side::A,
@@ -57,19 +90,38 @@ pub enum RelayError {
 }
 
 /// What one direction (packets received on a leg) measured.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct DirectionStats {
     pub packets: u64,
     pub bytes: u64,
     pub rtcp_packets: u64,
     /// Packets from a foreign source dropped after latching.
     pub foreign_dropped: u64,
+    /// SRTP/SRTCP packets that failed authentication or replay checks.
+    pub srtp_errors: u64,
+    /// Packets expected from the sequence numbers but never received.
+    pub lost: u64,
     pub loss_pct: f64,
     pub jitter_ms: f64,
+    /// Round-trip time between the relay and this leg (RTCP SR/RR), when measured.
+    pub rtt_ms: Option<f64>,
     pub mos: f64,
 }
 
-#[derive(Debug, Default)]
+/// Where a leg is reached and what it sends (from its SDP).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RemoteMedia {
+    pub rtp: SocketAddr,
+    pub rtcp: Option<SocketAddr>,
+    pub mux: bool,
+    pub clock_rate: u32,
+    pub codec: CodecImpairment,
+}
+
+/// SRs forwarded towards a leg, to match its RRs (LSR) for the RTT.
+const SR_MEMORY: usize = 4;
+
+#[derive(Default)]
 struct Leg {
     rtp_port: u16,
     /// Where to send to this leg before it has sent anything (from its SDP).
@@ -79,22 +131,32 @@ struct Leg {
     latched_rtcp: Option<SocketAddr>,
     rtcp_mux: bool,
     clock_rate: u32,
+    codec: Option<CodecImpairment>,
     seq: SeqTracker,
     jitter: Jitter,
+    /// Decrypts what this leg sends (its own SDES key).
+    srtp_in: Option<Box<Srtp>>,
+    /// Encrypts what is sent to this leg (the key the relay gave it).
+    srtp_out: Option<Box<Srtp>>,
+    /// (LSR, when forwarded) of SRs sent towards this leg.
+    srs: [(u32, Option<Instant>); SR_MEMORY],
+    sr_next: usize,
+    rtt_sum: f64,
+    rtt_n: u32,
     stats: DirectionStats,
 }
 
 impl Leg {
     fn report(&self) -> DirectionStats {
         let mut s = self.stats.clone();
+        s.lost = self.seq.lost();
         s.loss_pct = self.seq.loss_pct();
         s.jitter_ms = self.jitter.ms(self.clock_rate.max(1));
-        s.mos = mos(EModelInput {
-            codec: CodecImpairment::G711_PLC,
-            loss_pct: s.loss_pct,
-            burst_ratio: 1.0,
-            delay_ms: 20.0 + 2.0 * s.jitter_ms,
-        });
+        s.rtt_ms = (self.rtt_n > 0).then(|| self.rtt_sum / self.rtt_n as f64);
+        // Mouth-to-ear delay: one packet time, the jitter buffer (twice the jitter) and half
+        // the measured round trip.
+        let delay = 20.0 + 2.0 * s.jitter_ms + s.rtt_ms.unwrap_or(0.0) / 2.0;
+        s.mos = mos(EModelInput { codec: self.codec.unwrap_or(CodecImpairment::G711_PLC), loss_pct: s.loss_pct, burst_ratio: 1.0, delay_ms: delay });
         s
     }
 }
@@ -104,6 +166,7 @@ struct Session {
     b: Leg,
     created: Instant,
     last_activity: Instant,
+    held: bool,
 }
 
 impl Session {
@@ -111,6 +174,12 @@ impl Session {
         match s {
             Side::A => &mut self.a,
             Side::B => &mut self.b,
+        }
+    }
+    fn legs(&mut self, from: Side) -> (&mut Leg, &mut Leg) {
+        match from {
+            Side::A => (&mut self.a, &mut self.b),
+            Side::B => (&mut self.b, &mut self.a),
         }
     }
 }
@@ -123,7 +192,7 @@ pub struct Forward {
 }
 
 /// End-of-session figures (for the call record).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SessionReport {
     /// Received from A (sent towards B), and received from B.
     pub from_a: DirectionStats,
@@ -131,7 +200,12 @@ pub struct SessionReport {
     pub duration: Duration,
 }
 
-/// All relay sessions of one runtime.
+/// The middle 32 bits of an NTP timestamp (the LSR field of a report block).
+fn ntp_mid(ntp: u64) -> u32 {
+    (ntp >> 16) as u32
+}
+
+/// All relay sessions of one worker.
 pub struct Relay {
     cfg: RelayConfig,
     free: BTreeSet<u16>,
@@ -143,8 +217,9 @@ pub struct Relay {
 impl Relay {
     pub fn new(cfg: RelayConfig) -> Relay {
         let start = cfg.ports.start() + (cfg.ports.start() % 2);
-        // Even RTP ports whose RTCP port (p + 1) is still inside the range.
-        let free = (start..*cfg.ports.end()).step_by(2).collect();
+        let (idx, n) = (cfg.shard.0, cfg.shard.1.max(1));
+        // Even RTP ports whose RTCP port (p + 1) is still inside the range, this shard's share.
+        let free = (start..*cfg.ports.end()).step_by(2).enumerate().filter(|(i, _)| i % n == idx).map(|(_, p)| p).collect();
         Relay { cfg, free, by_port: HashMap::new(), sessions: HashMap::new(), next: 0 }
     }
 
@@ -153,20 +228,48 @@ impl Relay {
         self.by_port.len()
     }
 
+    /// Port pairs still free.
+    pub fn pairs_free(&self) -> usize {
+        self.free.len()
+    }
+
     pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
 
-    fn take_pair(&mut self) -> Option<u16> {
-        let p = *self.free.iter().next()?;
-        self.free.remove(&p);
-        Some(p)
+    /// `true` if `port` belongs to a live session (the runtime routes its packets here).
+    pub fn owns_port(&self, port: u16) -> bool {
+        self.by_port.contains_key(&port)
     }
 
-    /// Opens a session: two RTP/RTCP port pairs. Returns (session, A's RTP port, B's RTP port).
-    pub fn open(&mut self, now: Instant) -> Result<(u64, u16, u16), RelayError> {
-        let pa = self.take_pair().ok_or(RelayError::NoPorts)?;
-        let Some(pb) = self.take_pair() else {
+    fn take_pair(&mut self, ports: &mut dyn Ports) -> Option<u16> {
+        // Skip pairs another process holds; they go back to the pool for later.
+        let mut skipped = Vec::new();
+        let mut got = None;
+        while let Some(p) = self.free.pop_first() {
+            if ports.bind(p) {
+                if ports.bind(p + 1) {
+                    got = Some(p);
+                    break;
+                }
+                ports.release(p);
+            }
+            skipped.push(p);
+            if skipped.len() >= 64 {
+                break;
+            }
+        }
+        self.free.extend(skipped);
+        got
+    }
+
+    /// Opens a session: two RTP/RTCP port pairs, bound through `ports`.
+    /// Returns (session, A's RTP port, B's RTP port).
+    pub fn open(&mut self, now: Instant, ports: &mut dyn Ports) -> Result<(u64, u16, u16), RelayError> {
+        let pa = self.take_pair(ports).ok_or(RelayError::NoPorts)?;
+        let Some(pb) = self.take_pair(ports) else {
+            ports.release(pa);
+            ports.release(pa + 1);
             self.free.insert(pa);
             return Err(RelayError::NoPorts);
         };
@@ -177,76 +280,156 @@ impl Relay {
             self.by_port.insert(p + 1, (id, side, true));
         }
         let leg = |p| Leg { rtp_port: p, clock_rate: 8000, ..Default::default() };
-        self.sessions.insert(id, Session { a: leg(pa), b: leg(pb), created: now, last_activity: now });
+        self.sessions.insert(id, Session { a: leg(pa), b: leg(pb), created: now, last_activity: now, held: false });
         Ok((id, pa, pb))
     }
 
-    /// Sets where a leg is expected (from its SDP): RTP address, RTCP address, rtcp-mux,
-    /// clock rate. Latching resets when the address changes (re-INVITE to a new endpoint).
-    pub fn set_remote(
-        &mut self,
-        id: u64,
-        side: Side,
-        rtp: SocketAddr,
-        rtcp: Option<SocketAddr>,
-        mux: bool,
-        clock_rate: u32,
-    ) -> Result<(), RelayError> {
+    /// The RTP port of a leg (what its peer is told to send to).
+    pub fn port(&self, id: u64, side: Side) -> Option<u16> {
+        let s = self.sessions.get(&id)?;
+        Some(match side {
+            Side::A => s.a.rtp_port,
+            Side::B => s.b.rtp_port,
+        })
+    }
+
+    /// Sets where a leg is expected (from its SDP). Latching resets when the address
+    /// changes (re-INVITE to a new endpoint).
+    pub fn set_remote(&mut self, id: u64, side: Side, m: RemoteMedia) -> Result<(), RelayError> {
         let s = self.sessions.get_mut(&id).ok_or(RelayError::UnknownSession)?;
         let l = s.leg(side);
-        if l.expected_rtp != Some(rtp) {
+        if l.expected_rtp != Some(m.rtp) {
             l.latched_rtp = None;
             l.latched_rtcp = None;
         }
-        l.expected_rtp = Some(rtp);
-        l.expected_rtcp = rtcp.or(Some(SocketAddr::new(rtp.ip(), if mux { rtp.port() } else { rtp.port().wrapping_add(1) })));
-        l.rtcp_mux = mux;
-        l.clock_rate = clock_rate;
+        l.expected_rtp = Some(m.rtp);
+        l.expected_rtcp =
+            m.rtcp.or(Some(SocketAddr::new(m.rtp.ip(), if m.mux { m.rtp.port() } else { m.rtp.port().wrapping_add(1) })));
+        l.rtcp_mux = m.mux;
+        l.clock_rate = m.clock_rate;
+        l.codec = Some(m.codec);
         Ok(())
     }
 
-    /// A datagram arrived on relay port `port` from `src`: where it goes, if anywhere.
-    pub fn handle_packet(&mut self, now: Instant, port: u16, src: SocketAddr, data: &[u8]) -> Option<Forward> {
+    /// Restarts a session's inactivity clock (e.g. when the call is answered).
+    pub fn touch(&mut self, id: u64, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.last_activity = now;
+        }
+    }
+
+    /// Marks a session on hold (longer inactivity timeout) or not.
+    pub fn set_hold(&mut self, id: u64, held: bool) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.held = held;
+        }
+    }
+
+    /// Sets the SRTP contexts of a leg: `inbound` decrypts what the leg sends, `outbound`
+    /// encrypts what is sent to it. `None` leaves that direction plain.
+    pub fn set_srtp(&mut self, id: u64, side: Side, inbound: Option<Srtp>, outbound: Option<Srtp>) -> Result<(), RelayError> {
+        let s = self.sessions.get_mut(&id).ok_or(RelayError::UnknownSession)?;
+        let l = s.leg(side);
+        l.srtp_in = inbound.map(Box::new);
+        l.srtp_out = outbound.map(Box::new);
+        Ok(())
+    }
+
+    /// Updates one SRTP direction of a leg, keeping the other.
+    pub fn set_srtp_direction(&mut self, id: u64, side: Side, inbound: bool, ctx: Option<Srtp>) -> Result<(), RelayError> {
+        let s = self.sessions.get_mut(&id).ok_or(RelayError::UnknownSession)?;
+        let l = s.leg(side);
+        if inbound {
+            l.srtp_in = ctx.map(Box::new);
+        } else {
+            l.srtp_out = ctx.map(Box::new);
+        }
+        Ok(())
+    }
+
+    /// A datagram arrived on relay port `port` from `src`; `pkt` holds it and may be
+    /// rewritten in place (SRTP bridging). Returns where it goes, if anywhere.
+    pub fn handle_packet(&mut self, now: Instant, port: u16, src: SocketAddr, pkt: &mut Vec<u8>) -> Option<Forward> {
         let &(id, side, on_rtcp_port) = self.by_port.get(&port)?;
         let strict = self.cfg.strict_latching;
         let s = self.sessions.get_mut(&id)?;
-        let rtcp = on_rtcp_port || is_rtcp(data);
-        let since = now.saturating_duration_since(s.created).as_secs_f64();
-        {
-            let l = s.leg(side);
-            let latched = if rtcp { &mut l.latched_rtcp } else { &mut l.latched_rtp };
-            match latched {
-                None => *latched = Some(src),
-                Some(a) if *a != src => {
-                    if strict {
-                        l.stats.foreign_dropped += 1;
-                        return None;
-                    }
-                    *latched = Some(src);
-                }
-                _ => {}
-            }
-            if rtcp {
-                l.stats.rtcp_packets += 1;
-            } else {
-                l.stats.packets += 1;
-                l.stats.bytes += data.len() as u64;
-                if let Ok(h) = RtpHeader::parse(data) {
-                    l.seq.record(h.sequence);
-                    let arrival = (since * l.clock_rate as f64) as u64;
-                    l.jitter.record(arrival, h.timestamp);
-                }
+        let rtcp = on_rtcp_port || is_rtcp(pkt);
+        let since = now.saturating_duration_since(s.created);
+        let (l, out) = s.legs(side);
+        let latched = if rtcp { l.latched_rtcp } else { l.latched_rtp };
+        if strict && latched.is_some_and(|a| a != src) {
+            l.stats.foreign_dropped += 1;
+            return None;
+        }
+        if let Some(c) = l.srtp_in.as_deref_mut() {
+            let r = if rtcp { c.unprotect_rtcp(pkt) } else { c.unprotect_rtp(pkt) };
+            if r.is_err() {
+                l.stats.srtp_errors += 1;
+                return None;
             }
         }
-        s.last_activity = now;
-        let out = s.leg(side.other());
+        if latched != Some(src) {
+            // First packet (or a move when latching is not strict).
+            if rtcp {
+                l.latched_rtcp = Some(src);
+            } else {
+                l.latched_rtp = Some(src);
+            }
+        }
+        if rtcp {
+            l.stats.rtcp_packets += 1;
+            Self::observe_rtcp(now, l, out, pkt);
+        } else {
+            l.stats.packets += 1;
+            l.stats.bytes += pkt.len() as u64;
+            if let Ok(h) = RtpHeader::parse(pkt) {
+                l.seq.record(h.sequence);
+                let arrival = since.as_nanos() as u64 * l.clock_rate as u64 / 1_000_000_000;
+                l.jitter.record(arrival, h.timestamp);
+            }
+        }
         let (to, from_port) = if rtcp {
-            let to = out.latched_rtcp.or(out.expected_rtcp)?;
-            (to, if out.rtcp_mux { out.rtp_port } else { out.rtp_port + 1 })
+            (out.latched_rtcp.or(out.expected_rtcp)?, if out.rtcp_mux { out.rtp_port } else { out.rtp_port + 1 })
         } else {
             (out.latched_rtp.or(out.expected_rtp)?, out.rtp_port)
         };
+        if let Some(c) = out.srtp_out.as_deref_mut() {
+            let r = if rtcp { c.protect_rtcp(pkt) } else { c.protect_rtp(pkt) };
+            r.ok()?;
+        }
+        s.last_activity = now;
         Some(Forward { from_port, to })
+    }
+
+    /// RTT bookkeeping (RFC 3550 6.4.1): SRs going towards `out` are remembered; RRs from
+    /// `l` that report on an SR we forwarded give the round trip between relay and `l`.
+    fn observe_rtcp(now: Instant, l: &mut Leg, out: &mut Leg, pkt: &[u8]) {
+        for p in rtcp::packets(pkt) {
+            let Ok(p) = p else { break };
+            let reports = match p {
+                Rtcp::SenderReport { ntp, reports, .. } => {
+                    let slot = out.sr_next % SR_MEMORY;
+                    out.srs[slot] = (ntp_mid(ntp), Some(now));
+                    out.sr_next += 1;
+                    reports
+                }
+                Rtcp::ReceiverReport { reports, .. } => reports,
+                _ => continue,
+            };
+            for rb in reports.iter() {
+                if rb.lsr == 0 {
+                    continue;
+                }
+                if let Some((_, Some(at))) = l.srs.iter().find(|(lsr, at)| *lsr == rb.lsr && at.is_some()) {
+                    let held = now.saturating_duration_since(*at).as_secs_f64();
+                    let rtt = held - rb.dlsr as f64 / 65536.0;
+                    if (0.0..10.0).contains(&rtt) {
+                        l.rtt_sum += rtt * 1000.0;
+                        l.rtt_n += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// Live figures of a session.
@@ -255,26 +438,32 @@ impl Relay {
         Some(SessionReport { from_a: s.a.report(), from_b: s.b.report(), duration: now.saturating_duration_since(s.created) })
     }
 
-    /// Closes a session and frees its ports.
-    pub fn close(&mut self, id: u64, now: Instant) -> Option<SessionReport> {
+    /// Closes a session and frees its ports (released through `ports`).
+    pub fn close(&mut self, id: u64, now: Instant, ports: &mut dyn Ports) -> Option<SessionReport> {
         let r = self.report(id, now);
         let s = self.sessions.remove(&id)?;
         for p in [s.a.rtp_port, s.b.rtp_port] {
             self.by_port.remove(&p);
             self.by_port.remove(&(p + 1));
+            ports.release(p);
+            ports.release(p + 1);
             self.free.insert(p);
         }
         r
     }
 
+    fn timeout_of(&self, s: &Session) -> Instant {
+        s.last_activity + if s.held { self.cfg.hold_inactivity } else { self.cfg.inactivity }
+    }
+
     /// When the next session may become inactive.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.values().map(|s| s.last_activity + self.cfg.inactivity).min()
+        self.sessions.values().map(|s| self.timeout_of(s)).min()
     }
 
     /// Sessions idle for the inactivity time at `now` (the call should be torn down).
     pub fn inactive(&self, now: Instant) -> Vec<u64> {
-        self.sessions.iter().filter(|(_, s)| now >= s.last_activity + self.cfg.inactivity).map(|(id, _)| *id).collect()
+        self.sessions.iter().filter(|(_, s)| now >= self.timeout_of(s)).map(|(id, _)| *id).collect()
     }
 }
 
@@ -295,28 +484,32 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn remote(s: &str) -> RemoteMedia {
+        RemoteMedia { rtp: a(s), rtcp: None, mux: false, clock_rate: 8000, codec: CodecImpairment::G711_PLC }
+    }
+
     #[test]
     fn forwards_both_ways_latches_and_ignores_foreign_sources() {
         let t0 = Instant::now();
         let mut r = Relay::new(RelayConfig { ports: 40000..=40007, ..Default::default() });
-        let (id, pa, pb) = r.open(t0).unwrap();
+        let (id, pa, pb) = r.open(t0, &mut NoSockets).unwrap();
         assert_eq!(r.ports_in_use(), 4);
-        r.set_remote(id, Side::A, a("10.0.0.1:5000"), None, false, 8000).unwrap();
-        r.set_remote(id, Side::B, a("10.0.0.2:6000"), None, false, 8000).unwrap();
+        r.set_remote(id, Side::A, remote("10.0.0.1:5000")).unwrap();
+        r.set_remote(id, Side::B, remote("10.0.0.2:6000")).unwrap();
         // A sends from behind NAT (a different address than its SDP): latched there.
         let nat_a = a("198.51.100.7:31000");
-        assert_eq!(r.handle_packet(t0, pa, nat_a, &rtp(1)), Some(Forward { from_port: pb, to: a("10.0.0.2:6000") }));
+        assert_eq!(r.handle_packet(t0, pa, nat_a, &mut rtp(1)), Some(Forward { from_port: pb, to: a("10.0.0.2:6000") }));
         // B answers: goes to A's latched address, from A's port.
-        assert_eq!(r.handle_packet(t0, pb, a("10.0.0.2:6000"), &rtp(100)), Some(Forward { from_port: pa, to: nat_a }));
+        assert_eq!(r.handle_packet(t0, pb, a("10.0.0.2:6000"), &mut rtp(100)), Some(Forward { from_port: pa, to: nat_a }));
         // 10k packets from a foreign source on A's port are dropped and do not move the latch.
         for i in 0..10_000u16 {
-            assert_eq!(r.handle_packet(t0, pa, a("203.0.113.66:9999"), &rtp(i)), None);
+            assert_eq!(r.handle_packet(t0, pa, a("203.0.113.66:9999"), &mut rtp(i)), None);
         }
-        assert_eq!(r.handle_packet(t0, pb, a("10.0.0.2:6000"), &rtp(101)), Some(Forward { from_port: pa, to: nat_a }));
+        assert_eq!(r.handle_packet(t0, pb, a("10.0.0.2:6000"), &mut rtp(101)), Some(Forward { from_port: pa, to: nat_a }));
         // RTCP on the odd port goes out of the other leg's RTCP port.
         let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 7];
-        assert_eq!(r.handle_packet(t0, pa + 1, a("198.51.100.7:31001"), &rr), Some(Forward { from_port: pb + 1, to: a("10.0.0.2:6001") }));
-        let rep = r.close(id, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(r.handle_packet(t0, pa + 1, a("198.51.100.7:31001"), &mut rr.to_vec()), Some(Forward { from_port: pb + 1, to: a("10.0.0.2:6001") }));
+        let rep = r.close(id, t0 + Duration::from_secs(1), &mut NoSockets).unwrap();
         assert_eq!(rep.from_a.packets, 1);
         assert_eq!(rep.from_a.foreign_dropped, 10_000);
         assert_eq!(rep.from_b.packets, 2);
@@ -328,14 +521,14 @@ mod tests {
     fn loss_and_quality_per_direction() {
         let t0 = Instant::now();
         let mut r = Relay::new(RelayConfig::default());
-        let (id, pa, _) = r.open(t0).unwrap();
-        r.set_remote(id, Side::B, a("10.0.0.2:6000"), None, false, 8000).unwrap();
+        let (id, pa, _) = r.open(t0, &mut NoSockets).unwrap();
+        r.set_remote(id, Side::B, remote("10.0.0.2:6000")).unwrap();
         for i in 0..1000u16 {
             if i % 20 == 7 {
                 continue; // 5% lost
             }
             let now = t0 + Duration::from_millis(20 * i as u64);
-            r.handle_packet(now, pa, a("10.0.0.1:5000"), &rtp(i));
+            r.handle_packet(now, pa, a("10.0.0.1:5000"), &mut rtp(i));
         }
         let rep = r.report(id, t0 + Duration::from_secs(20)).unwrap();
         assert!((rep.from_a.loss_pct - 5.0).abs() < 0.2, "{}", rep.from_a.loss_pct);
@@ -347,12 +540,12 @@ mod tests {
     fn ports_run_out_cleanly_and_inactivity_is_reported() {
         let t0 = Instant::now();
         let mut r = Relay::new(RelayConfig { ports: 40000..=40003, inactivity: Duration::from_secs(30), ..Default::default() });
-        let (id, _, _) = r.open(t0).unwrap();
-        assert_eq!(r.open(t0), Err(RelayError::NoPorts));
+        let (id, _, _) = r.open(t0, &mut NoSockets).unwrap();
+        assert_eq!(r.open(t0, &mut NoSockets), Err(RelayError::NoPorts));
         assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(30)));
         assert!(r.inactive(t0 + Duration::from_secs(29)).is_empty());
         assert_eq!(r.inactive(t0 + Duration::from_secs(30)), vec![id]);
-        r.close(id, t0);
-        assert!(r.open(t0).is_ok(), "ports are reusable after close");
+        r.close(id, t0, &mut NoSockets);
+        assert!(r.open(t0, &mut NoSockets).is_ok(), "ports are reusable after close");
     }
 }

@@ -256,6 +256,12 @@ impl Sdp {
         }
     }
 
+    /// Appends a line at the end of media section `index` (e.g. an `a=crypto`).
+    pub fn push_media_line(&mut self, index: usize, line: (char, String)) {
+        let Some(end) = self.media.get(index).map(|m| m.end) else { return };
+        self.insert(end, line);
+    }
+
     fn insert(&mut self, at: usize, line: (char, String)) {
         self.lines.insert(at, line);
         self.shift(at, 1);

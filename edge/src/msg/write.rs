@@ -157,13 +157,18 @@ pub struct Forward<'a> {
     pub max_forwards: Option<u32>,
     /// Header lines appended after the copied headers (each ending CRLF).
     pub append: &'a str,
+    /// Replaces the body (Content-Length follows), e.g. SDP rewritten for the media relay.
+    pub body: Option<&'a [u8]>,
 }
 
 impl Forward<'_> {
     /// Writes the forwarded message.
     pub fn write(&self, msg: &Message) -> Bytes {
         let raw = msg.bytes();
-        let body = msg.body_range();
+        let body: &[u8] = match self.body {
+            Some(b) => b,
+            None => &raw[msg.body_range()],
+        };
         let mut out = BytesMut::with_capacity(raw.len() + self.prepend.len() + self.append.len() + 64);
         match msg.start_line() {
             StartLine::Request { method_range, uri, .. } => {
@@ -266,7 +271,7 @@ impl Forward<'_> {
             let _ = write!(out, "Content-Length: {}\r\n", body.len());
         }
         out.put_slice(b"\r\n");
-        out.put_slice(&raw[body]);
+        out.put_slice(body);
         out.freeze()
     }
 }

@@ -1,0 +1,577 @@
+//! Media anchoring of calls (sans-IO): the proxy hands every SDP body of an anchored
+//! dialog here; each `m=` line gets a relay session, the body is rewritten to the relay's
+//! address and ports (RFC 3264 offer/answer, RFC 3605 `a=rtcp`), SDES-SRTP is bridged per
+//! leg policy (RFC 4568), and at the end a call record with per-direction quality is made.
+
+use super::relay::{Forward, NoSockets, Ports, Relay, RelayConfig, RelayError, RemoteMedia, SessionReport, Side};
+use super::sdp::{Direction, Sdp};
+use crate::config::SrtpPolicy;
+use crate::core::Peer;
+use base64::Engine as _;
+use codec::quality::CodecImpairment;
+use codec::srtp::{Profile, Srtp};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Whether an SDP body is an offer or an answer (RFC 3264).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpKind {
+    Offer,
+    Answer,
+}
+
+/// Why a body could not be anchored (mapped to a SIP response by the proxy).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    #[error("malformed SDP: {0}")]
+    Sdp(#[from] super::sdp::SdpError),
+    #[error("{0}")]
+    Relay(#[from] RelayError),
+    #[error("SRTP (RTP/SAVP with a=crypto) required on this leg")]
+    SrtpRequired,
+    #[error("no supported a=crypto suite offered")]
+    NoCryptoSuite,
+}
+
+impl MediaError {
+    /// The SIP status for this failure.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            MediaError::Relay(_) => (503, "Service Unavailable (no media relay ports)"),
+            MediaError::Sdp(_) => (400, "Bad Request (malformed SDP)"),
+            _ => (488, "Not Acceptable Here"),
+        }
+    }
+}
+
+/// Why a call ended (in the call record).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// A BYE from the caller (A) or the callee (B).
+    ByeFromCaller,
+    ByeFromCallee,
+    /// CANCEL before an answer (487).
+    Cancelled,
+    /// The INVITE failed with this final status.
+    Failed(u16),
+    /// No media in either direction for the inactivity time: the edge sent BYE both ways.
+    MediaTimeout,
+}
+
+/// What the edge needs to end a confirmed dialog by itself (BYE to both ends).
+#[derive(Debug, Clone)]
+pub struct DialogEnds {
+    /// Previous hop towards the caller and next hop towards the callee.
+    pub caller_peer: Peer,
+    pub callee_peer: Peer,
+    /// Remote targets (Contact URIs).
+    pub caller_contact: String,
+    pub callee_contact: String,
+    /// From of the INVITE (caller's tag) and To of the 2xx (callee's tag), full values.
+    pub from: String,
+    pub to: String,
+    /// Route sets towards each end (Record-Route entries beyond us).
+    pub routes_to_caller: Vec<String>,
+    pub routes_to_callee: Vec<String>,
+}
+
+/// One leg's SDES state of one media line.
+#[derive(Default, Clone)]
+struct Keys {
+    /// The key (key||salt) the relay gave this leg, with its suite.
+    ours: Option<(Profile, Vec<u8>)>,
+    /// The key this leg announced for what it sends.
+    theirs: Option<Vec<u8>>,
+}
+
+/// What was done to an offer's media line, applied again to its answer.
+#[derive(Debug, Clone, PartialEq)]
+enum Bridge {
+    None,
+    /// The offerer sends SRTP, the answerer gets plain RTP.
+    DecryptOfferer { tag: String, profile: Profile, proto: String },
+    /// The offerer sends plain RTP, the answerer gets SDES-SRTP.
+    EncryptAnswerer { proto: String },
+}
+
+struct MLine {
+    session: Option<u64>,
+    keys: [Keys; 2],
+    held: [bool; 2],
+}
+
+struct Call {
+    caller_tag: String,
+    policy: [SrtpPolicy; 2],
+    lines: Vec<MLine>,
+    last_offer: Option<(Side, Vec<Bridge>)>,
+    started: Instant,
+    answered: Option<Instant>,
+    from_uri: String,
+    to_uri: String,
+    dialog: Option<DialogEnds>,
+    cseq: [u32; 2],
+}
+
+/// End-of-call record: written as one JSON line by the runtime, logged, and fed into the
+/// Prometheus histograms.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    pub reason: EndReason,
+    /// Seconds from INVITE to the end, and from the answer to the end (0 if never answered).
+    pub duration_secs: f64,
+    pub talk_secs: f64,
+    /// One entry per anchored media line.
+    pub media: Vec<SessionReport>,
+}
+
+fn idx(s: Side) -> usize {
+    match s {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+/// Per-worker media anchoring.
+pub struct Anchor {
+    relay: Relay,
+    ports: Box<dyn Ports>,
+    advertise: IpAddr,
+    calls: HashMap<String, Call>,
+    by_session: HashMap<u64, String>,
+}
+
+impl Anchor {
+    /// An anchor writing `advertise` into SDP, binding relay sockets through `ports`.
+    pub fn new(cfg: RelayConfig, advertise: IpAddr, ports: Box<dyn Ports>) -> Anchor {
+        Anchor { relay: Relay::new(cfg), ports, advertise, calls: HashMap::new(), by_session: HashMap::new() }
+    }
+
+    /// An anchor without sockets (tests).
+    pub fn detached(cfg: RelayConfig, advertise: IpAddr) -> Anchor {
+        Anchor::new(cfg, advertise, Box::new(NoSockets))
+    }
+
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Calls currently anchored.
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn has(&self, call_id: &str) -> bool {
+        self.calls.contains_key(call_id)
+    }
+
+    /// Starts anchoring a dialog at its initial INVITE. `policy` is (caller leg, callee leg).
+    pub fn start(&mut self, now: Instant, call_id: &str, caller_tag: &str, policy: (SrtpPolicy, SrtpPolicy), from: &str, to: &str) {
+        self.calls.entry(call_id.to_string()).or_insert_with(|| Call {
+            caller_tag: caller_tag.to_string(),
+            policy: [policy.0, policy.1],
+            lines: Vec::new(),
+            last_offer: None,
+            started: now,
+            answered: None,
+            from_uri: from.to_string(),
+            to_uri: to.to_string(),
+            dialog: None,
+            cseq: [0, 0],
+        });
+    }
+
+    /// Which side sent an in-dialog request, from its From tag.
+    pub fn side_of(&self, call_id: &str, from_tag: &str) -> Option<Side> {
+        let c = self.calls.get(call_id)?;
+        Some(if c.caller_tag == from_tag { Side::A } else { Side::B })
+    }
+
+    /// Notes a request's CSeq (for BYEs the edge may have to send itself).
+    pub fn note_cseq(&mut self, call_id: &str, side: Side, cseq: u32) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            let v = &mut c.cseq[idx(side)];
+            *v = (*v).max(cseq);
+        }
+    }
+
+    /// The dialog was answered (2xx to the initial INVITE).
+    pub fn answered(&mut self, now: Instant, call_id: &str, ends: DialogEnds) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            if c.answered.is_none() {
+                for s in c.lines.iter().filter_map(|l| l.session) {
+                    self.relay.touch(s, now);
+                }
+            }
+            c.answered.get_or_insert(now);
+            c.dialog.get_or_insert(ends);
+        }
+    }
+
+    /// The dialog data and next CSeq per side, for the edge's own BYEs.
+    pub fn dialog(&self, call_id: &str) -> Option<(&DialogEnds, [u32; 2])> {
+        let c = self.calls.get(call_id)?;
+        Some((c.dialog.as_ref()?, c.cseq))
+    }
+
+    /// Rewrites an SDP body sent by `from` in dialog `call_id` for the other leg, and
+    /// updates the relay. Returns the new body.
+    pub fn handle_sdp(&mut self, now: Instant, call_id: &str, from: Side, kind: SdpKind, body: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let mut sdp = Sdp::parse(body)?;
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(body.to_vec()) };
+        let to = from.other();
+        let mut bridges = Vec::with_capacity(sdp.media.len());
+        let prior = match kind {
+            SdpKind::Answer => call.last_offer.clone().filter(|(s, _)| *s == to).map(|(_, b)| b),
+            SdpKind::Offer => None,
+        };
+        for i in 0..sdp.media.len() {
+            let m = sdp.media[i].clone();
+            let anchorable = m.port != 0 && m.proto.starts_with("RTP/") && m.kind != "application";
+            if !anchorable {
+                bridges.push(Bridge::None);
+                continue;
+            }
+            while call.lines.len() <= i {
+                call.lines.push(MLine { session: None, keys: Default::default(), held: [false; 2] });
+            }
+            let sid = match call.lines[i].session {
+                Some(s) => s,
+                None => {
+                    let (s, _, _) = self.relay.open(now, self.ports.as_mut())?;
+                    self.by_session.insert(s, call_id.to_string());
+                    call.lines[i].session = Some(s);
+                    s
+                }
+            };
+            // Where this leg is and what it sends.
+            let conn = sdp.connection(&m);
+            let unspecified = conn.is_none_or(|ip| ip.is_unspecified());
+            if let Some(ip) = conn.filter(|_| !unspecified) {
+                let rtcp_port = sdp.rtcp_port(&m);
+                let (clock_rate, codec) = codec_of(&sdp, &m);
+                let mux = sdp.rtcp_mux(&m);
+                self.relay.set_remote(
+                    sid,
+                    from,
+                    RemoteMedia {
+                        rtp: SocketAddr::new(ip, m.port),
+                        rtcp: Some(SocketAddr::new(ip, rtcp_port)),
+                        mux,
+                        clock_rate,
+                        codec,
+                    },
+                )?;
+            }
+            call.lines[i].held[idx(from)] = unspecified || sdp.direction(&m) != Direction::SendRecv;
+            let held = call.lines[i].held.iter().any(|h| *h);
+            self.relay.set_hold(sid, held);
+
+            // SDES-SRTP.
+            let crypto: Vec<String> = sdp.media_attrs(&m, "crypto").map(String::from).collect();
+            let secure = m.proto.contains("SAVP") && !crypto.is_empty();
+            let bridge = match kind {
+                SdpKind::Offer => {
+                    if call.policy[idx(from)] == SrtpPolicy::Sdes && !secure {
+                        return Err(MediaError::SrtpRequired);
+                    }
+                    if secure && call.policy[idx(to)] == SrtpPolicy::Plain {
+                        let (tag, profile, key) = pick_crypto(&crypto).ok_or(MediaError::NoCryptoSuite)?;
+                        set_theirs(&mut self.relay, sid, from, &mut call.lines[i].keys[idx(from)], profile, key)?;
+                        sdp.remove_attr(i, "crypto");
+                        set_proto(&mut sdp, i, &m.proto.replace("SAVP", "AVP"));
+                        Bridge::DecryptOfferer { tag, profile, proto: m.proto.clone() }
+                    } else if !m.proto.contains("SAVP") && call.policy[idx(to)] == SrtpPolicy::Sdes {
+                        let key = ours(&mut self.relay, sid, to, &mut call.lines[i].keys[idx(to)], Profile::Aes128CmSha1_80)?;
+                        set_proto(&mut sdp, i, &m.proto.replace("AVP", "SAVP"));
+                        add_attr(&mut sdp, i, format!("crypto:1 {} inline:{key}", Profile::Aes128CmSha1_80.name()));
+                        Bridge::EncryptAnswerer { proto: m.proto.clone() }
+                    } else {
+                        self.relay.set_srtp(sid, from, None, None)?;
+                        self.relay.set_srtp(sid, to, None, None)?;
+                        Bridge::None
+                    }
+                }
+                SdpKind::Answer => match prior.as_ref().and_then(|p| p.get(i)).cloned().unwrap_or(Bridge::None) {
+                    Bridge::DecryptOfferer { tag, profile, proto } => {
+                        // The answerer (plain) is `from`; the offerer `to` gets our key.
+                        let key = ours(&mut self.relay, sid, to, &mut call.lines[i].keys[idx(to)], profile)?;
+                        sdp.remove_attr(i, "crypto");
+                        set_proto(&mut sdp, i, &proto);
+                        add_attr(&mut sdp, i, format!("crypto:{tag} {} inline:{key}", profile.name()));
+                        Bridge::None
+                    }
+                    Bridge::EncryptAnswerer { proto } => {
+                        if secure {
+                            let (_, profile, key) = pick_crypto(&crypto).ok_or(MediaError::NoCryptoSuite)?;
+                            set_theirs(&mut self.relay, sid, from, &mut call.lines[i].keys[idx(from)], profile, key)?;
+                        }
+                        sdp.remove_attr(i, "crypto");
+                        set_proto(&mut sdp, i, &proto);
+                        Bridge::None
+                    }
+                    Bridge::None => Bridge::None,
+                },
+            };
+            bridges.push(bridge);
+            // Point the receiver at the relay: it sends to its own leg's port.
+            let port = self.relay.port(sid, to).ok_or(RelayError::UnknownSession)?;
+            let has_rtcp_attr = sdp.media_attrs(&sdp.media[i], "rtcp").next().is_some();
+            if unspecified {
+                // Hold with c=0.0.0.0 (RFC 2543 style): keep the null address, hide the port.
+                let keep = sdp.connection(&sdp.media[i]).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                sdp.set_address(i, keep, port, has_rtcp_attr.then_some(port + 1), false);
+            } else {
+                sdp.set_address(i, self.advertise, port, has_rtcp_attr.then_some(port + 1), true);
+            }
+            // ICE candidates would send media around the relay.
+            for a in ["candidate", "remote-candidates", "end-of-candidates", "ice-ufrag", "ice-pwd", "ice-options", "ice-lite"] {
+                sdp.remove_attr(i, a);
+            }
+        }
+        if kind == SdpKind::Offer {
+            call.last_offer = Some((from, bridges));
+        }
+        Ok(sdp.write().into_bytes())
+    }
+
+    /// A datagram on relay port `port`: see [`Relay::handle_packet`].
+    #[inline]
+    pub fn handle_packet(&mut self, now: Instant, port: u16, src: SocketAddr, pkt: &mut Vec<u8>) -> Option<Forward> {
+        self.relay.handle_packet(now, port, src, pkt)
+    }
+
+    /// Ends a call: frees its relay ports and returns its record.
+    pub fn end(&mut self, now: Instant, call_id: &str, reason: EndReason) -> Option<CallRecord> {
+        let call = self.calls.remove(call_id)?;
+        let mut media = Vec::new();
+        for l in &call.lines {
+            if let Some(s) = l.session {
+                self.by_session.remove(&s);
+                if let Some(r) = self.relay.close(s, now, self.ports.as_mut()) {
+                    media.push(r);
+                }
+            }
+        }
+        Some(CallRecord {
+            call_id: call_id.to_string(),
+            from: call.from_uri,
+            to: call.to_uri,
+            reason,
+            duration_secs: now.saturating_duration_since(call.started).as_secs_f64(),
+            talk_secs: call.answered.map(|a| now.saturating_duration_since(a).as_secs_f64()).unwrap_or(0.0),
+            media,
+        })
+    }
+
+    /// When [`Anchor::inactive`] may next report something.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.relay.poll_timeout()
+    }
+
+    /// Calls whose media has been idle for the inactivity time.
+    pub fn inactive(&self, now: Instant) -> Vec<String> {
+        let mut v: Vec<String> = self.relay.inactive(now).into_iter().filter_map(|s| self.by_session.get(&s).cloned()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Longest a session may stay idle before [`Anchor::inactive`] reports it.
+    pub fn sweep_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// Clock rate and E-model impairment of a media line's first format.
+fn codec_of(sdp: &Sdp, m: &super::sdp::Media) -> (u32, CodecImpairment) {
+    let Some(pt) = m.formats.first() else { return (8000, CodecImpairment::G711_PLC) };
+    let map = sdp.media_attrs(m, "rtpmap").find_map(|v| {
+        let (p, enc) = v.split_once(' ')?;
+        (p == pt).then(|| enc.to_string())
+    });
+    match map {
+        Some(enc) => {
+            let mut it = enc.split('/');
+            let name = it.next().unwrap_or("").to_ascii_lowercase();
+            let rate = it.next().and_then(|r| r.parse().ok()).unwrap_or(8000);
+            let codec = if name == "opus" { CodecImpairment::OPUS } else { CodecImpairment::G711_PLC };
+            (rate, codec)
+        }
+        // Static payload types 0 (PCMU) and 8 (PCMA) are 8 kHz (RFC 3551).
+        None => (8000, CodecImpairment::G711_PLC),
+    }
+}
+
+/// The first `a=crypto` with a suite we implement and no MKI (RFC 4568 9.1): tag, suite, key||salt.
+fn pick_crypto(lines: &[String]) -> Option<(String, Profile, Vec<u8>)> {
+    for l in lines {
+        let mut it = l.split_whitespace();
+        let (Some(tag), Some(suite), Some(params)) = (it.next(), it.next(), it.next()) else { continue };
+        let Some(profile) = Profile::from_name(suite) else { continue };
+        let Some(inline) = params.strip_prefix("inline:") else { continue };
+        let mut parts = inline.split('|');
+        let b64 = parts.next().unwrap_or("");
+        if parts.any(|p| p.contains(':')) {
+            continue; // MKI
+        }
+        let Ok(key) = base64::engine::general_purpose::STANDARD.decode(b64) else { continue };
+        if key.len() != 16 + profile.salt_len() {
+            continue;
+        }
+        return Some((tag.to_string(), profile, key));
+    }
+    None
+}
+
+/// Installs the leg's own key (what it sends) as the inbound context, if new.
+fn set_theirs(relay: &mut Relay, sid: u64, side: Side, k: &mut Keys, profile: Profile, key: Vec<u8>) -> Result<(), MediaError> {
+    if k.theirs.as_ref() != Some(&key) {
+        let ctx = Srtp::from_inline(profile, &key).ok_or(MediaError::NoCryptoSuite)?;
+        relay.set_srtp_direction(sid, side, true, Some(ctx))?;
+        k.theirs = Some(key);
+    }
+    Ok(())
+}
+
+/// The key the relay uses towards a leg (made once per media line and leg); installs the
+/// outbound context. Returns it base64-encoded for `inline:`.
+fn ours(relay: &mut Relay, sid: u64, side: Side, k: &mut Keys, profile: Profile) -> Result<String, MediaError> {
+    let fresh = !matches!(&k.ours, Some((p, _)) if *p == profile);
+    if fresh {
+        let mut key = vec![0u8; 16 + profile.salt_len()];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+        let ctx = Srtp::from_inline(profile, &key).ok_or(MediaError::NoCryptoSuite)?;
+        relay.set_srtp_direction(sid, side, false, Some(ctx))?;
+        k.ours = Some((profile, key));
+    }
+    let key = k.ours.as_ref().map(|(_, k)| k.as_slice()).unwrap_or(&[]);
+    Ok(base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+fn set_proto(sdp: &mut Sdp, i: usize, proto: &str) {
+    let Some(m) = sdp.media.get(i) else { return };
+    let line = m.m_line;
+    let mut f: Vec<String> = sdp.lines[line].1.split_whitespace().map(String::from).collect();
+    if f.len() >= 3 {
+        f[2] = proto.to_string();
+        sdp.lines[line].1 = f.join(" ");
+        sdp.media[i].proto = proto.to_string();
+    }
+}
+
+fn add_attr(sdp: &mut Sdp, i: usize, value: String) {
+    sdp.push_media_line(i, ('a', value));
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    const OFFER_PLAIN: &str = "v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=rtcp:5001\r\na=sendrecv\r\n";
+    const ANSWER_PLAIN: &str = "v=0\r\no=b 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+    const OFFER_SRTP: &str = "v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\na=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20\r\n";
+
+    fn anchor() -> (Anchor, Instant) {
+        let t0 = Instant::now();
+        (Anchor::detached(RelayConfig { ports: 40000..=40099, ..Default::default() }, "192.0.2.1".parse().unwrap()), t0)
+    }
+
+    #[test]
+    fn offer_and_answer_point_both_legs_at_the_relay() {
+        let (mut an, t0) = anchor();
+        an.start(t0, "c1", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Keep), "sip:a@x", "sip:b@x");
+        let to_b = an.handle_sdp(t0, "c1", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap();
+        let o = Sdp::parse(&to_b).unwrap();
+        let pb = o.media[0].port;
+        assert_eq!(o.connection(&o.media[0]), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(o.rtcp_port(&o.media[0]), pb + 1);
+        assert!(!String::from_utf8_lossy(&to_b).contains("10.0.0.1"));
+        let to_a = an.handle_sdp(t0, "c1", Side::B, SdpKind::Answer, ANSWER_PLAIN.as_bytes()).unwrap();
+        let a = Sdp::parse(&to_a).unwrap();
+        let pa = a.media[0].port;
+        assert_ne!(pa, pb);
+        // A's packet to its port goes to B's SDP address, out of B's port.
+        let mut pkt = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 9, 0xff];
+        let f = an.handle_packet(t0, pa, "10.0.0.1:5000".parse().unwrap(), &mut pkt).unwrap();
+        assert_eq!((f.from_port, f.to), (pb, "10.0.0.2:6000".parse().unwrap()));
+        assert_eq!(an.relay().ports_in_use(), 4);
+        let rec = an.end(t0 + Duration::from_secs(3), "c1", EndReason::ByeFromCaller).unwrap();
+        assert_eq!(rec.media.len(), 1);
+        assert_eq!(rec.media[0].from_a.packets, 1);
+        assert_eq!(an.relay().ports_in_use(), 0);
+    }
+
+    #[test]
+    fn sdes_leg_meets_plain_leg_and_audio_survives_both_ways() {
+        let (mut an, t0) = anchor();
+        an.start(t0, "c2", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Plain), "a", "b");
+        let to_b = an.handle_sdp(t0, "c2", Side::A, SdpKind::Offer, OFFER_SRTP.as_bytes()).unwrap();
+        let o = Sdp::parse(&to_b).unwrap();
+        assert_eq!(o.media[0].proto, "RTP/AVP");
+        assert_eq!(o.media_attrs(&o.media[0], "crypto").count(), 0);
+        let pb = o.media[0].port;
+        let to_a = an.handle_sdp(t0, "c2", Side::B, SdpKind::Answer, ANSWER_PLAIN.as_bytes()).unwrap();
+        let a = Sdp::parse(&to_a).unwrap();
+        assert_eq!(a.media[0].proto, "RTP/SAVP");
+        let crypto: Vec<&str> = a.media_attrs(&a.media[0], "crypto").collect();
+        assert_eq!(crypto.len(), 1);
+        assert!(crypto[0].starts_with("2 AES_CM_128_HMAC_SHA1_80 inline:"), "tag of the accepted offer line: {crypto:?}");
+        let pa = a.media[0].port;
+        // A encrypts with its key (the second line: the first has an MKI).
+        let a_key = base64::engine::general_purpose::STANDARD.decode("PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR").unwrap();
+        let mut a_tx = Srtp::from_inline(Profile::Aes128CmSha1_80, &a_key).unwrap();
+        let plain = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 9, 1, 2, 3, 4];
+        let mut p = plain.clone();
+        a_tx.protect_rtp(&mut p).unwrap();
+        let f = an.handle_packet(t0, pa, "10.0.0.1:5000".parse().unwrap(), &mut p).unwrap();
+        assert_eq!(f.to, "10.0.0.2:6000".parse().unwrap());
+        assert_eq!(p, plain, "B receives plain RTP");
+        // B's plain packet reaches A encrypted with the key the relay gave A.
+        let our_key = crypto[0].split("inline:").nth(1).unwrap();
+        let mut a_rx = Srtp::from_inline(Profile::Aes128CmSha1_80, &base64::engine::general_purpose::STANDARD.decode(our_key).unwrap()).unwrap();
+        let mut q = plain.clone();
+        let f = an.handle_packet(t0, pb, "10.0.0.2:6000".parse().unwrap(), &mut q).unwrap();
+        assert_eq!(f.to, "10.0.0.1:5000".parse().unwrap());
+        assert_ne!(q, plain);
+        a_rx.unprotect_rtp(&mut q).unwrap();
+        assert_eq!(q, plain);
+    }
+
+    #[test]
+    fn plain_offer_to_an_sdes_leg_gets_a_key_and_a_plain_offer_from_an_sdes_leg_is_refused() {
+        let (mut an, t0) = anchor();
+        an.start(t0, "c3", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Sdes), "a", "b");
+        let to_b = an.handle_sdp(t0, "c3", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap();
+        let o = Sdp::parse(&to_b).unwrap();
+        assert_eq!(o.media[0].proto, "RTP/SAVP");
+        assert_eq!(o.media_attrs(&o.media[0], "crypto").count(), 1);
+        an.start(t0, "c4", "tagA", (SrtpPolicy::Sdes, SrtpPolicy::Keep), "a", "b");
+        let e = an.handle_sdp(t0, "c4", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap_err();
+        assert_eq!(e.status().0, 488);
+    }
+
+    #[test]
+    fn hold_keeps_the_null_address_and_uses_the_hold_timeout() {
+        let (mut an, t0) = anchor();
+        an.start(t0, "c5", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Keep), "a", "b");
+        an.handle_sdp(t0, "c5", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap();
+        an.handle_sdp(t0, "c5", Side::B, SdpKind::Answer, ANSWER_PLAIN.as_bytes()).unwrap();
+        assert_eq!(an.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        let hold = OFFER_PLAIN.replace("a=sendrecv", "a=sendonly");
+        let out = an.handle_sdp(t0, "c5", Side::A, SdpKind::Offer, hold.as_bytes()).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("a=sendonly"));
+        assert_eq!(an.poll_timeout(), Some(t0 + Duration::from_secs(3600)));
+        let resume = an.handle_sdp(t0, "c5", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap();
+        assert!(String::from_utf8_lossy(&resume).contains("a=sendrecv"));
+        assert_eq!(an.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(an.inactive(t0 + Duration::from_secs(61)), vec!["c5".to_string()]);
+    }
+}
