@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, idempotently (Debian packages).
 #   sipp (sip-tester), kamailio: end-to-end SIP tests and benchmarks; libopus-dev, cmake,
-#   pkg-config: the opus crate; libsrtp2-dev: SRTP interop; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels
+#   pkg-config: the opus crate; libsrtp2-dev: SRTP interop; tshark: capture
+#   checks; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels
 set -euo pipefail
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
@@ -16,6 +17,8 @@ pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 [ -f /usr/include/srtp2/srtp.h ] || need+=(libsrtp2-dev)
 # A private DNS server for RFC 3263 (SRV) tests.
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq)
+# tshark: the media test checks the relay ports on the wire in a capture.
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
 # A font for the labels of loadgen's PNG plots.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ ${#need[@]} -gt 0 ]; then

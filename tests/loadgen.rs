@@ -4,80 +4,10 @@
 
 #![allow(clippy::disallowed_methods)]
 
-use e2e_tests::{Edge, Sipp, free_port, loadgen_bin, require_sipp, root, scenario};
+use e2e_tests::{Answer, Edge, Sipp, free_port, json, require_sipp, root, run, scenario, text};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Runs loadgen to completion with a time limit.
-fn run(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(loadgen_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn loadgen");
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("loadgen {args:?} did not finish within {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A `loadgen answer` in the background (killed on drop).
-struct Answer(Child);
-
-impl Answer {
-    fn start(args: &[&str]) -> Answer {
-        let mut c = Command::new(loadgen_bin())
-            .arg("answer")
-            .args(args)
-            .args(["--quiet", "--duration-s", "120"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn answer");
-        // Wait for "loadgen: answering on ..."
-        use std::io::BufRead;
-        let out = c.stdout.take().expect("stdout");
-        let mut rd = std::io::BufReader::new(out);
-        let mut line = String::new();
-        let _ = rd.read_line(&mut line);
-        assert!(line.contains("answering on"), "answer did not start: {line:?}");
-        // Keep draining so its final summary never hits a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut rd, &mut std::io::sink()));
-        Answer(c)
-    }
-}
-
-impl Drop for Answer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).expect("report written")).expect("valid JSON")
-}
 
 #[test]
 fn call_through_edge_to_answer_1000_calls_with_reports() {

@@ -2,8 +2,8 @@
 
 use crate::auth::{Algorithm, Authenticator, Credentials};
 use crate::config::{Config, RegistrarConfig, SrtpPolicy};
-use crate::media::relay::RelayConfig;
 use crate::location::Location;
+use crate::media::relay::RelayConfig;
 use crate::msg::{Message, SipUri};
 use crate::transport::{FlowId, Transport};
 use crate::tsx::TimerConfig;
@@ -71,6 +71,8 @@ pub struct MediaPolicy {
     /// Users with their own `anchor_media`.
     pub user_anchor: HashMap<String, bool>,
     pub advertise: IpAddr,
+    /// Address relay sockets bind to.
+    pub bind: IpAddr,
     pub relay: RelayConfig,
 }
 
@@ -144,6 +146,7 @@ impl Shared {
             srtp_secure: m.srtp_secure,
             user_anchor: cfg.users.iter().filter_map(|u| Some((u.name.get_ref().clone(), u.anchor_media?))).collect(),
             advertise: m.advertise.unwrap_or(m.bind),
+            bind: m.bind,
             relay: RelayConfig {
                 ports: m.port_min..=m.port_max,
                 shard: (0, 1),

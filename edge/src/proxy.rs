@@ -87,6 +87,9 @@ struct ClientTsx {
     media: Option<MediaTsx>,
 }
 
+/// A request's rewritten body (if any) and the media context of its client transactions.
+type MediaEdit = (Option<Vec<u8>>, Option<MediaTsx>);
+
 /// Media context of a forwarded INVITE/UPDATE of an anchored dialog.
 #[derive(Clone)]
 struct MediaTsx {
@@ -1115,7 +1118,7 @@ impl Core {
         targets: &[Target],
         in_dialog: bool,
         stateful: bool,
-    ) -> Result<(Option<Vec<u8>>, Option<MediaTsx>), (u16, &'static str)> {
+    ) -> Result<MediaEdit, (u16, &'static str)> {
         if self.anchor.is_none() {
             return Ok((None, None));
         }
@@ -1127,10 +1130,14 @@ impl Core {
             if !self.should_anchor(msg, from, targets) {
                 return Ok((None, None));
             }
-            let policy = (self.leg_policy(from), targets.first().map(|t| self.leg_policy(&t.dest)).unwrap_or(crate::config::SrtpPolicy::Keep));
+            let policy =
+                (self.leg_policy(from), targets.first().map(|t| self.leg_policy(&t.dest)).unwrap_or(crate::config::SrtpPolicy::Keep));
             let (f, t) = (msg.from_hdr().map(|f| f.uri.to_string()).unwrap_or_default(), msg.request_uri().unwrap_or("").to_string());
             let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
             an.start(now, &call_id, &from_tag, policy, &f, &t);
+            if self.next_media_sweep.is_none() {
+                self.next_media_sweep = Some(now + Anchor::sweep_interval());
+            }
             an.note_cseq(&call_id, Side::A, msg.cseq().map(|c| c.seq).unwrap_or(0));
             let tsx = MediaTsx { call_id: call_id.clone(), requester: Side::A, offer_sent: sdp, initial: true };
             if !sdp {
@@ -1189,7 +1196,7 @@ impl Core {
         let ct = self.clients.get(&cid)?;
         let m = ct.media.clone()?;
         let callee_peer = ct.to;
-        let caller_contact = ct.sent.as_ref().and_then(|s| contact_uri(s));
+        let caller_contact = ct.sent.as_ref().and_then(contact_uri);
         if (200..300).contains(&code) && m.initial {
             let caller_peer = self.ctxs.get(&ct.ctx?).and_then(|c| self.servers.get(&c.server)).map(|s| s.reply_to);
             let rr: Vec<String> = msg.values(HeaderName::RecordRoute).map(String::from).collect();
@@ -1270,12 +1277,27 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn send_bye(&mut self, now: Instant, peer: Peer, target: &str, routes: &[String], from: &str, to: &str, call_id: &str, seq: u32, extra: &str) {
+    fn send_bye(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        target: &str,
+        routes: &[String],
+        from: &str,
+        to: &str,
+        call_id: &str,
+        seq: u32,
+        extra: &str,
+    ) {
         let Some(local) = self.sh.local_addr(peer.transport) else { return };
         let r = self.rand();
         let branch = format!("{MAGIC_COOKIE}e{:x}{r:x}", self.worker);
         let mut s = String::with_capacity(512);
-        let _ = write!(s, "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch}\r\nMax-Forwards: 70\r\n", peer.transport.via_token());
+        let _ = write!(
+            s,
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch}\r\nMax-Forwards: 70\r\n",
+            peer.transport.via_token()
+        );
         if !routes.is_empty() {
             let _ = write!(s, "Route: {}\r\n", routes.join(", "));
         }

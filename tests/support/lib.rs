@@ -56,6 +56,8 @@ pub struct Edge {
     pub tls: SocketAddr,
     pub ws: SocketAddr,
     pub wss: SocketAddr,
+    /// The admin HTTP listener (Prometheus `/metrics`), when configured.
+    pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
 }
 
@@ -65,8 +67,9 @@ impl Edge {
     pub fn start(extra: &str, args: &[&str]) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = format!(
-            "data_dir = \"{}\"\nlog = \"info\"\n[sip]\ndomain = \"edge.test\"\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nws = [\"127.0.0.1:0\"]\nwss = [\"127.0.0.1:0\"]\nworkers = 2\n{extra}\n",
-            dir.path().join("data").display()
+            "data_dir = \"{}\"\nlog = \"info\"\n[sip]\ndomain = \"edge.test\"\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\ntls = [\"127.0.0.1:0\"]\nws = [\"127.0.0.1:0\"]\nwss = [\"127.0.0.1:0\"]\nworkers = 2\n{extra}\n{admin}",
+            dir.path().join("data").display(),
+            admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = [\"127.0.0.1:0\"]\n" },
         );
         let cfg_path = dir.path().join("edge.toml");
         std::fs::write(&cfg_path, cfg).expect("write config");
@@ -109,7 +112,16 @@ impl Edge {
             }
         }
         let get = |t: &str| *addrs.get(t).unwrap_or_else(|| panic!("no {t} listener"));
-        Edge { udp: get("udp"), tcp: get("tcp"), tls: get("tls"), ws: get("ws"), wss: get("wss"), child, dir }
+        Edge {
+            udp: get("udp"),
+            tcp: get("tcp"),
+            tls: get("tls"),
+            ws: get("ws"),
+            wss: get("wss"),
+            admin: addrs.get("admin").copied(),
+            child,
+            dir,
+        }
     }
 
     /// What the edge logged so far.
@@ -241,4 +253,111 @@ pub fn challenge_param(ch: &str, name: &str) -> Option<String> {
         return Some(r[..r.find('"')?].to_string());
     }
     Some(rest.split([',', ' ']).next()?.to_string())
+}
+
+/// Runs loadgen (its arguments) to completion to completion with a time limit.
+pub fn run(args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = Command::new(loadgen_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("loadgen {args:?} did not finish within {limit:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A `loadgen answer` in the background (killed on drop).
+pub struct Answer(pub std::process::Child);
+
+impl Answer {
+    pub fn start(args: &[&str]) -> Answer {
+        let mut c = Command::new(loadgen_bin())
+            .arg("answer")
+            .args(args)
+            .args(["--quiet", "--duration-s", "120"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn answer");
+        // Wait for "loadgen: answering on ..."
+        use std::io::BufRead;
+        let out = c.stdout.take().expect("stdout");
+        let mut rd = std::io::BufReader::new(out);
+        let mut line = String::new();
+        let _ = rd.read_line(&mut line);
+        assert!(line.contains("answering on"), "answer did not start: {line:?}");
+        // Keep draining so its final summary never hits a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut rd, &mut std::io::sink()));
+        Answer(c)
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).expect("report written")).expect("valid JSON")
+}
+
+/// `GET path` on the edge's admin listener; the response body.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("admin write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// Sum of the samples of a Prometheus metric (all label sets) whose line starts with `name`
+/// followed by `{` or a space.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Edge {
+    /// The edge's Prometheus exposition.
+    pub fn metrics(&self) -> String {
+        http_get(self.admin.expect("admin listener"), "/metrics")
+    }
+
+    /// Call records written so far (one JSON object per ended call).
+    pub fn call_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("data").join("cdr.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
 }

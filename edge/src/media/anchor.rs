@@ -92,9 +92,15 @@ struct Keys {
 enum Bridge {
     None,
     /// The offerer sends SRTP, the answerer gets plain RTP.
-    DecryptOfferer { tag: String, profile: Profile, proto: String },
+    DecryptOfferer {
+        tag: String,
+        profile: Profile,
+        proto: String,
+    },
     /// The offerer sends plain RTP, the answerer gets SDES-SRTP.
-    EncryptAnswerer { proto: String },
+    EncryptAnswerer {
+        proto: String,
+    },
 }
 
 struct MLine {
@@ -260,13 +266,7 @@ impl Anchor {
                 self.relay.set_remote(
                     sid,
                     from,
-                    RemoteMedia {
-                        rtp: SocketAddr::new(ip, m.port),
-                        rtcp: Some(SocketAddr::new(ip, rtcp_port)),
-                        mux,
-                        clock_rate,
-                        codec,
-                    },
+                    RemoteMedia { rtp: SocketAddr::new(ip, m.port), rtcp: Some(SocketAddr::new(ip, rtcp_port)), mux, clock_rate, codec },
                 )?;
             }
             call.lines[i].held[idx(from)] = unspecified || sdp.direction(&m) != Direction::SendRecv;
@@ -475,7 +475,8 @@ fn add_attr(sdp: &mut Sdp, i: usize, value: String) {
 mod tests {
     use super::*;
 
-    const OFFER_PLAIN: &str = "v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=rtcp:5001\r\na=sendrecv\r\n";
+    const OFFER_PLAIN: &str =
+        "v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=rtcp:5001\r\na=sendrecv\r\n";
     const ANSWER_PLAIN: &str = "v=0\r\no=b 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
     const OFFER_SRTP: &str = "v=0\r\no=a 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\na=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20\r\n";
 
@@ -536,7 +537,8 @@ mod tests {
         assert_eq!(p, plain, "B receives plain RTP");
         // B's plain packet reaches A encrypted with the key the relay gave A.
         let our_key = crypto[0].split("inline:").nth(1).unwrap();
-        let mut a_rx = Srtp::from_inline(Profile::Aes128CmSha1_80, &base64::engine::general_purpose::STANDARD.decode(our_key).unwrap()).unwrap();
+        let mut a_rx =
+            Srtp::from_inline(Profile::Aes128CmSha1_80, &base64::engine::general_purpose::STANDARD.decode(our_key).unwrap()).unwrap();
         let mut q = plain.clone();
         let f = an.handle_packet(t0, pb, "10.0.0.2:6000".parse().unwrap(), &mut q).unwrap();
         assert_eq!(f.to, "10.0.0.1:5000".parse().unwrap());

@@ -156,7 +156,12 @@ impl Leg {
         // Mouth-to-ear delay: one packet time, the jitter buffer (twice the jitter) and half
         // the measured round trip.
         let delay = 20.0 + 2.0 * s.jitter_ms + s.rtt_ms.unwrap_or(0.0) / 2.0;
-        s.mos = mos(EModelInput { codec: self.codec.unwrap_or(CodecImpairment::G711_PLC), loss_pct: s.loss_pct, burst_ratio: 1.0, delay_ms: delay });
+        s.mos = mos(EModelInput {
+            codec: self.codec.unwrap_or(CodecImpairment::G711_PLC),
+            loss_pct: s.loss_pct,
+            burst_ratio: 1.0,
+            delay_ms: delay,
+        });
         s
     }
 }
@@ -197,7 +202,8 @@ pub struct SessionReport {
     /// Received from A (sent towards B), and received from B.
     pub from_a: DirectionStats,
     pub from_b: DirectionStats,
-    pub duration: Duration,
+    /// Seconds from the session's start.
+    pub duration_secs: f64,
 }
 
 /// The middle 32 bits of an NTP timestamp (the LSR field of a report block).
@@ -303,8 +309,7 @@ impl Relay {
             l.latched_rtcp = None;
         }
         l.expected_rtp = Some(m.rtp);
-        l.expected_rtcp =
-            m.rtcp.or(Some(SocketAddr::new(m.rtp.ip(), if m.mux { m.rtp.port() } else { m.rtp.port().wrapping_add(1) })));
+        l.expected_rtcp = m.rtcp.or(Some(SocketAddr::new(m.rtp.ip(), if m.mux { m.rtp.port() } else { m.rtp.port().wrapping_add(1) })));
         l.rtcp_mux = m.mux;
         l.clock_rate = m.clock_rate;
         l.codec = Some(m.codec);
@@ -435,7 +440,11 @@ impl Relay {
     /// Live figures of a session.
     pub fn report(&self, id: u64, now: Instant) -> Option<SessionReport> {
         let s = self.sessions.get(&id)?;
-        Some(SessionReport { from_a: s.a.report(), from_b: s.b.report(), duration: now.saturating_duration_since(s.created) })
+        Some(SessionReport {
+            from_a: s.a.report(),
+            from_b: s.b.report(),
+            duration_secs: now.saturating_duration_since(s.created).as_secs_f64(),
+        })
     }
 
     /// Closes a session and frees its ports (released through `ports`).
@@ -508,7 +517,10 @@ mod tests {
         assert_eq!(r.handle_packet(t0, pb, a("10.0.0.2:6000"), &mut rtp(101)), Some(Forward { from_port: pa, to: nat_a }));
         // RTCP on the odd port goes out of the other leg's RTCP port.
         let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 7];
-        assert_eq!(r.handle_packet(t0, pa + 1, a("198.51.100.7:31001"), &mut rr.to_vec()), Some(Forward { from_port: pb + 1, to: a("10.0.0.2:6001") }));
+        assert_eq!(
+            r.handle_packet(t0, pa + 1, a("198.51.100.7:31001"), &mut rr.to_vec()),
+            Some(Forward { from_port: pb + 1, to: a("10.0.0.2:6001") })
+        );
         let rep = r.close(id, t0 + Duration::from_secs(1), &mut NoSockets).unwrap();
         assert_eq!(rep.from_a.packets, 1);
         assert_eq!(rep.from_a.foreign_dropped, 10_000);

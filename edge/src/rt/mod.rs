@@ -10,7 +10,9 @@
 
 #![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
 
+pub mod admin;
 pub mod flows;
+pub mod media;
 pub mod stream;
 pub mod tls;
 pub mod udp;
@@ -35,6 +37,8 @@ pub struct RtShared {
     pub workers: Vec<mpsc::UnboundedSender<Input>>,
     pub max_message_size: usize,
     pub conn: tokio::runtime::Handle,
+    /// Ended calls go to the call-record writer.
+    pub cdr: std::sync::mpsc::Sender<crate::media::anchor::CallRecord>,
 }
 
 impl RtShared {
@@ -60,6 +64,7 @@ impl RtShared {
 #[derive(Debug, Clone, Default)]
 pub struct Bound {
     pub listeners: Vec<(Transport, SocketAddr)>,
+    pub listeners_admin: Vec<SocketAddr>,
 }
 
 /// Starts the edge and blocks until Ctrl-C / SIGTERM.
@@ -109,6 +114,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
     }
 
+    let admin_listeners = admin::bind(&cfg.admin.listen)?;
+    for l in &admin_listeners {
+        if let Ok(a) = l.local_addr() {
+            bound.listeners_admin.push(a);
+        }
+    }
+
     let upstream_addr = match cfg.upstreams.first() {
         Some(u) => resolve_upstream(u.uri.get_ref())?,
         None => None,
@@ -130,10 +142,22 @@ pub fn run(cfg: Config) -> Result<(), String> {
         workers: txs,
         max_message_size: cfg.sip.max_message_size,
         conn: conn_rt.handle().clone(),
+        cdr: admin::record_writer(cfg.cdr_path()),
     });
+    let prometheus = admin::install_recorder()?;
+    for l in admin_listeners {
+        conn_rt.spawn(admin::serve(l, prometheus.clone()));
+    }
 
     for (t, a) in &bound.listeners {
         println!("edge: listening {} {a}", t.uri_param());
+    }
+    for a in &bound.listeners_admin {
+        println!("edge: listening admin {a}");
+    }
+    if shared.media.anchor_possible() {
+        let r = &shared.media.relay;
+        println!("edge: media relay {} ports {}-{}", shared.media.bind, r.ports.start(), r.ports.end());
     }
     println!("edge: domain {} with {} user(s), {workers} worker(s)", shared.domain, shared.auth.users().len());
 
@@ -188,6 +212,9 @@ impl Worker {
         let mut failed = Vec::new();
         loop {
             let next = self.core.borrow_mut().poll_output();
+            if next.is_none() {
+                self.drain_records();
+            }
             let Some(Output::Transmit(t)) = next else { break };
             let tsx = t.tsx;
             if !self.transmit(t)
@@ -204,6 +231,23 @@ impl Worker {
             self.flush();
         }
         self.wake.notify_one();
+    }
+
+    /// Hands ended calls to the call-record writer and refreshes the relay gauges.
+    fn drain_records(&self) {
+        let mut core = self.core.borrow_mut();
+        let mut any = false;
+        while let Some(r) = core.poll_record() {
+            any = true;
+            let _ = self.rt.cdr.send(r);
+        }
+        if let Some(a) = core.anchor()
+            && (any || a.calls() > 0)
+        {
+            let w = self.idx.to_string();
+            metrics::gauge!("edge_media_ports_in_use", "worker" => w.clone()).set(a.relay().ports_in_use() as f64);
+            metrics::gauge!("edge_media_calls", "worker" => w).set(a.calls() as f64);
+        }
     }
 
     /// Returns `false` on an immediate failure.
@@ -266,6 +310,19 @@ fn worker_main(idx: usize, rt: Arc<RtShared>, socks: Vec<std::net::UdpSocket>, m
         });
         for (sock, state) in udp.into_iter().zip(states) {
             tokio::task::spawn_local(udp::recv_loop(w.clone(), sock, state));
+        }
+        let mp = &rt.core.media;
+        if mp.anchor_possible() {
+            match media::RelayIo::new(mp.bind) {
+                Ok(io) => {
+                    let mut rc = mp.relay.clone();
+                    rc.shard = (idx, rt.workers.len());
+                    let ports = Box::new(media::SocketPorts(io.sockets.clone()));
+                    w.core.borrow_mut().set_anchor(Some(crate::media::anchor::Anchor::new(rc, mp.advertise, ports)));
+                    tokio::task::spawn_local(media::relay_loop(w.clone(), io));
+                }
+                Err(e) => tracing::error!(error = %e, "media relay poller: media is not anchored on this worker"),
+            }
         }
         let wc = w.clone();
         tokio::task::spawn_local(async move {
