@@ -3,10 +3,11 @@
 //! Pure: no sockets, no clock. Present so far: RTP header view, RFC 8285 extensions and
 //! sequence/timestamp unwrapping ([`rtp`]), RTCP compound packets and feedback ([`rtcp`]),
 //! G.711 ([`g711`]) and call quality ([`quality`]: RFC 3550 jitter and loss, ITU-T G.107
-//! E-model), SRTP/SRTCP with AES-CM + HMAC-SHA1 and AEAD-AES-128-GCM ([`srtp`]). The
-//! jitter buffer arrives with the rest of the media issue.
+//! E-model), SRTP/SRTCP with AES-CM + HMAC-SHA1 and AEAD-AES-128-GCM ([`srtp`]), and an
+//! adaptive jitter buffer ([`jitter`]).
 
 pub mod g711;
+pub mod jitter;
 pub mod quality;
 pub mod rtcp;
 pub mod rtp;

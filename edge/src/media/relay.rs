@@ -560,4 +560,37 @@ mod tests {
         r.close(id, t0, &mut NoSockets);
         assert!(r.open(t0, &mut NoSockets).is_ok(), "ports are reusable after close");
     }
+
+    #[test]
+    fn rtt_from_a_forwarded_sr_and_the_rr_that_answers_it() {
+        let t0 = Instant::now();
+        let mut r = Relay::new(RelayConfig { ports: 40000..=40007, ..Default::default() });
+        let (id, pa, pb) = r.open(t0, &mut NoSockets).unwrap();
+        r.set_remote(id, Side::A, remote("10.0.0.1:5000")).unwrap();
+        r.set_remote(id, Side::B, remote("10.0.0.2:6000")).unwrap();
+        // B sends an SR (NTP 0x0001_0002_0003_0000): forwarded towards A.
+        let mut sr = vec![0u8; 64];
+        let n = rtcp::write_sr(&mut sr, 0xb, 0x0001_0002_0003_0000, 0, 0, 0, &[]);
+        sr.truncate(n);
+        assert!(r.handle_packet(t0, pb + 1, a("10.0.0.2:6001"), &mut sr).is_some());
+        // A answers 80 ms later with an RR whose LSR is that SR and DLSR 50 ms: the round
+        // trip between relay and A is 30 ms.
+        let rb = rtcp::ReportBlock {
+            ssrc: 0xb,
+            fraction_lost: 0,
+            cumulative_lost: 0,
+            highest_seq: 0,
+            jitter: 0,
+            lsr: 0x0002_0003,
+            dlsr: (0.050 * 65536.0) as u32,
+        };
+        let mut rr = vec![0u8; 64];
+        let n = rtcp::write_rr(&mut rr, 0xa, &[rb]);
+        rr.truncate(n);
+        assert!(r.handle_packet(t0 + Duration::from_millis(80), pa + 1, a("10.0.0.1:5001"), &mut rr).is_some());
+        let rep = r.report(id, t0 + Duration::from_secs(1)).unwrap();
+        let rtt = rep.from_a.rtt_ms.unwrap();
+        assert!((rtt - 30.0).abs() < 0.1, "{rtt}");
+        assert_eq!(rep.from_b.rtt_ms, None);
+    }
 }
