@@ -71,15 +71,10 @@ proptest! {
             // Mostly a plausible stream, sometimes an arbitrary timestamp.
             let t = if kind == 0 { ts } else { base = base.wrapping_add(160 * kind as u32); base };
             jb.push(now, t, &[kind]);
-            loop {
-                match jb.poll(now) {
-                    Playout::Frame { timestamp, .. } | Playout::Lost { timestamp } => {
-                        let e = unwrap.timestamp(timestamp);
-                        if let Some(l) = last { prop_assert!(e > l || e.abs_diff(l) > 1 << 31, "{} after {}", e, l); }
-                        last = Some(e);
-                    }
-                    _ => break,
-                }
+            while let Playout::Frame { timestamp, .. } | Playout::Lost { timestamp } = jb.poll(now) {
+                let e = unwrap.timestamp(timestamp);
+                if let Some(l) = last { prop_assert!(e > l || e.abs_diff(l) > 1 << 31, "{} after {}", e, l); }
+                last = Some(e);
             }
         }
     }
