@@ -73,6 +73,8 @@ pub struct JitterStats {
     pub dropped: u64,
     pub delay_ms: f64,
     pub target_ms: f64,
+    /// Times the timeline restarted (a timestamp far from the media clock).
+    pub resyncs: u64,
 }
 
 /// An adaptive jitter buffer for one RTP stream.
@@ -129,6 +131,7 @@ impl JitterBuffer {
             _ => false,
         };
         if off_timeline {
+            self.stats.resyncs += 1;
             self.stats.dropped += self.packets.len() as u64;
             self.packets.clear();
             self.origin = None;
