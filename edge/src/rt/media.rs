@@ -109,7 +109,8 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
                 return;
             }
         };
-        // Edge-triggered registrations: every reported socket is drained until WouldBlock.
+        // Edge-triggered registrations: every reported socket is drained (a short recvmmsg
+        // batch means the socket is empty).
         loop {
             events.clear();
             if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
@@ -165,6 +166,12 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
             }
             packets.increment(fwd);
             dropped.increment(drop);
+            if events.iter().count() < events.capacity() {
+                // Everything ready was drained. A packet arriving from now on makes the
+                // poller's descriptor readable again, a fresh edge for the runtime: no need
+                // for a confirming (empty) poll.
+                break;
+            }
         }
         guard.clear_ready();
     }

@@ -93,6 +93,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut bound = Bound::default();
     let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     for addr in &cfg.sip.udp {
+        udp::ensure_free(*addr).map_err(|e| format!("udp {addr}: {e}"))?;
         let first = udp::bind_reuseport(*addr).map_err(|e| format!("udp {addr}: {e}"))?;
         let actual = first.local_addr().map_err(|e| e.to_string())?;
         udp_sockets[0].push(first);

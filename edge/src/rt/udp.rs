@@ -19,6 +19,16 @@ const SLOT: usize = 65_536;
 /// Datagrams per receive call.
 const BATCH: usize = if quinn_udp::BATCH_SIZE < 16 { quinn_udp::BATCH_SIZE } else { 16 };
 
+/// Fails if another process already holds `addr` (SO_REUSEPORT would otherwise let a second
+/// edge share the port silently and split the traffic): a plain bind without the option
+/// is refused while any socket is bound there.
+pub fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::UdpSocket::bind(addr).map(drop)
+}
+
 /// Binds a UDP socket with `SO_REUSEPORT` so each worker can have its own.
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -1,0 +1,89 @@
+//! Media anchoring in the proxy core on a virtual clock: the offer and the answer are
+//! rewritten to relay ports, a failed or cancelled INVITE releases the ports and leaves a
+//! call record saying why, and anchoring can be switched off per upstream.
+
+mod common;
+use common::*;
+use edge::media::anchor::EndReason;
+use edge::msg::{HeaderName, Message, Method};
+
+const CALLER: &str = "127.0.0.1:5070";
+const UP: &str = "[[upstream]]\nuri = \"sip:127.0.0.1:5090\"\n";
+
+fn offer_invite(call_id: &str, branch: &str) -> String {
+    let sdp = "v=0\r\no=c 1 1 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:svc@example.net SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:c@example.org>;tag=ct\r\nTo: <sip:svc@example.net>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{CALLER}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+fn forwarded(out: &[(edge::core::Transmit, Message)]) -> Message {
+    out.iter().find(|(_, m)| m.is_request() && m.method() == Method::Invite).map(|(_, m)| m.clone()).expect("INVITE forwarded")
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8_lossy(&m.body()).to_string()
+}
+
+#[test]
+fn failed_invite_releases_the_ports_and_records_the_status() {
+    let (mut c, t0) = core_with(UP);
+    feed_raw(&mut c, t0, udp(CALLER), &offer_invite("m-fail", "z9hG4bKm1"));
+    let fwd = forwarded(&drain(&mut c));
+    let b = body(&fwd);
+    assert!(b.contains("c=IN IP4 127.0.0.1") && !b.contains("10.1.1.1"), "offer rewritten: {b}");
+    assert!(b.contains("m=audio 3"), "relay port: {b}");
+    assert_eq!(fwd.header(HeaderName::ContentLength), Some(b.len().to_string().as_str()));
+    assert_eq!(c.anchor().unwrap().relay().ports_in_use(), 4);
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd, 486, "u1", ""));
+    let out = drain(&mut c);
+    assert!(out.iter().any(|(t, m)| m.status() == Some(486) && t.to.addr.to_string() == CALLER));
+    assert_eq!(c.anchor().unwrap().relay().ports_in_use(), 0);
+    let rec = c.poll_record().expect("a call record");
+    assert_eq!(rec.reason, EndReason::Failed(486));
+    assert_eq!(rec.call_id, "m-fail");
+}
+
+#[test]
+fn cancelled_invite_is_recorded_as_cancelled() {
+    let (mut c, t0) = core_with(UP);
+    feed_raw(&mut c, t0, udp(CALLER), &offer_invite("m-cancel", "z9hG4bKm2"));
+    let fwd = forwarded(&drain(&mut c));
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd, 180, "u2", ""));
+    drain(&mut c);
+    let cancel = format!(
+        "CANCEL sip:svc@example.net SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKm2\r\nMax-Forwards: 70\r\nFrom: <sip:c@example.org>;tag=ct\r\nTo: <sip:svc@example.net>\r\nCall-ID: m-cancel\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    feed_raw(&mut c, t0, udp(CALLER), &cancel);
+    let out = drain(&mut c);
+    let fwd_cancel = out.iter().find(|(_, m)| m.method() == Method::Cancel && m.is_request()).map(|(_, m)| m.clone()).unwrap();
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd_cancel, 200, "u2", ""));
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd, 487, "u2", ""));
+    let out = drain(&mut c);
+    assert!(out.iter().any(|(_, m)| m.status() == Some(487)));
+    assert_eq!(c.poll_record().map(|r| r.reason), Some(EndReason::Cancelled));
+    assert_eq!(c.anchor().unwrap().relay().ports_in_use(), 0);
+}
+
+#[test]
+fn answer_is_rewritten_and_anchoring_can_be_off_per_upstream() {
+    let (mut c, t0) = core_with(UP);
+    feed_raw(&mut c, t0, udp(CALLER), &offer_invite("m-ok", "z9hG4bKm3"));
+    let fwd = forwarded(&drain(&mut c));
+    let sdp = "v=0\r\no=u 1 1 IN IP4 10.2.2.2\r\ns=-\r\nc=IN IP4 10.2.2.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+    let ok = answer(&fwd, 200, "u3", &format!("Contact: <sip:u@127.0.0.1:5090>\r\nContent-Type: application/sdp\r\n"));
+    // answer() writes Content-Length 0 and no body: put the SDP in.
+    let ok = ok.replace("Content-Length: 0\r\n\r\n", &format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &ok);
+    let out = drain(&mut c);
+    let (_, resp) = out.iter().find(|(_, m)| m.status() == Some(200)).unwrap();
+    let b = body(resp);
+    assert!(b.contains("c=IN IP4 127.0.0.1") && !b.contains("10.2.2.2"), "answer rewritten: {b}");
+
+    let (mut c, t0) = core_with(&format!("{UP}anchor_media = false\n"));
+    feed_raw(&mut c, t0, udp(CALLER), &offer_invite("m-off", "z9hG4bKm4"));
+    let fwd = forwarded(&drain(&mut c));
+    assert!(body(&fwd).contains("c=IN IP4 10.1.1.1\r\n") && body(&fwd).contains("m=audio 4000 "), "untouched");
+    assert_eq!(c.anchor().unwrap().relay().ports_in_use(), 0);
+}
