@@ -72,7 +72,7 @@ fn answer_is_rewritten_and_anchoring_can_be_off_per_upstream() {
     feed_raw(&mut c, t0, udp(CALLER), &offer_invite("m-ok", "z9hG4bKm3"));
     let fwd = forwarded(&drain(&mut c));
     let sdp = "v=0\r\no=u 1 1 IN IP4 10.2.2.2\r\ns=-\r\nc=IN IP4 10.2.2.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
-    let ok = answer(&fwd, 200, "u3", &format!("Contact: <sip:u@127.0.0.1:5090>\r\nContent-Type: application/sdp\r\n"));
+    let ok = answer(&fwd, 200, "u3", "Contact: <sip:u@127.0.0.1:5090>\r\nContent-Type: application/sdp\r\n");
     // answer() writes Content-Length 0 and no body: put the SDP in.
     let ok = ok.replace("Content-Length: 0\r\n\r\n", &format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
     feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &ok);
