@@ -545,6 +545,19 @@ mod tests {
         assert_ne!(q, plain);
         a_rx.unprotect_rtp(&mut q).unwrap();
         assert_eq!(q, plain);
+        // SRTCP from A (on its RTCP port) reaches B as plain RTCP, and back.
+        let mut sr = vec![0u8; 64];
+        let n = codec::rtcp::write_sr(&mut sr, 9, 1 << 32, 160, 1, 160, &[]);
+        sr.truncate(n);
+        let mut s = sr.clone();
+        a_tx.protect_rtcp(&mut s).unwrap();
+        let f = an.handle_packet(t0, pa + 1, "10.0.0.1:5001".parse().unwrap(), &mut s).unwrap();
+        assert_eq!((f.from_port, f.to), (pb + 1, "10.0.0.2:6001".parse().unwrap()));
+        assert_eq!(s, sr, "B gets plain RTCP");
+        let mut s = sr.clone();
+        an.handle_packet(t0, pb + 1, "10.0.0.2:6001".parse().unwrap(), &mut s).unwrap();
+        a_rx.unprotect_rtcp(&mut s).unwrap();
+        assert_eq!(s, sr, "A gets SRTCP with the relay's key");
     }
 
     #[test]
