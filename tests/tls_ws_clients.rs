@@ -5,9 +5,8 @@
 
 #![allow(clippy::disallowed_methods)]
 
-use e2e_tests::{Edge, Sipp, challenge_param, free_port, header, require_sipp, scenario, status};
+use e2e_tests::{Edge, Sipp, all_headers, authorization, free_port, header, require_sipp, scenario, status};
 use futures_util::{SinkExt, StreamExt};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -69,35 +68,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
     }
-}
-
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Answers a challenge with SHA-256 (RFC 7616 / RFC 8760).
-fn authorization(challenge_headers: &[&str], user: &str, pass: &str, method: &str, uri: &str) -> String {
-    let ch = challenge_headers.iter().find(|c| c.contains("SHA-256")).expect("a SHA-256 challenge (RFC 8760)");
-    let realm = challenge_param(ch, "realm").expect("realm");
-    let nonce = challenge_param(ch, "nonce").expect("nonce");
-    let ha1 = sha256_hex(&format!("{user}:{realm}:{pass}"));
-    let ha2 = sha256_hex(&format!("{method}:{uri}"));
-    let cnonce = "0a4f113b";
-    let resp = sha256_hex(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
-    format!(
-        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=SHA-256, cnonce=\"{cnonce}\", qop=auth, nc=00000001"
-    )
-}
-
-fn all_headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    msg.split("\r\n")
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-        .collect()
 }
 
 /// Registers `user` and places one call to sip:service@example.net (the upstream UAS).

@@ -13,5 +13,6 @@ pub mod msg;
 pub mod proxy;
 pub mod registrar;
 pub mod rt;
+pub mod store;
 pub mod transport;
 pub mod tsx;

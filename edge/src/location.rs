@@ -104,16 +104,28 @@ impl Location {
         r
     }
 
-    /// Drops every binding reached through a closed connection (RFC 5626 4.4: the flow is gone).
-    pub fn remove_flow(&self, flow: FlowId) -> usize {
-        let mut n = 0;
-        self.map.retain(|_, v| {
+    /// Drops every binding reached through a closed connection (RFC 5626 4.4: the flow is
+    /// gone). Returns the addresses of record that lost bindings.
+    pub fn remove_flow(&self, flow: FlowId) -> Vec<String> {
+        let mut aors = Vec::new();
+        self.map.retain(|aor, v| {
             let before = v.len();
             v.retain(|b| b.source.flow != Some(flow));
-            n += before - v.len();
+            if v.len() != before {
+                aors.push(aor.to_string());
+            }
             !v.is_empty()
         });
-        n
+        aors
+    }
+
+    /// Every address of record with its live bindings (admin listing, persistence).
+    pub fn all(&self, now: Instant) -> Vec<(String, Vec<Binding>)> {
+        self.map
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().iter().filter(|b| b.expires > now).cloned().collect::<Vec<_>>()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
     }
 
     /// Removes expired bindings everywhere.

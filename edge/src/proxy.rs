@@ -16,6 +16,7 @@ use crate::msg::via::MAGIC_COOKIE;
 use crate::msg::write::{Forward, response};
 use crate::msg::{HeaderName, Message, Method, NameAddr, SipUri, Via};
 use crate::registrar;
+use crate::store::StoreOp;
 use crate::transport::Transport;
 use crate::tsx::{client, client_inv, server, server_inv};
 use bytes::Bytes;
@@ -139,6 +140,7 @@ pub struct Core {
     next_sweep: Option<Instant>,
     anchor: Option<Anchor>,
     records: VecDeque<CallRecord>,
+    store_ops: Vec<StoreOp>,
     next_media_sweep: Option<Instant>,
 }
 
@@ -159,6 +161,7 @@ impl Core {
             next_sweep: None,
             anchor: sh.media.anchor_possible().then(|| Anchor::detached(sh.media.relay.clone(), sh.media.advertise)),
             records: VecDeque::new(),
+            store_ops: Vec::new(),
             next_media_sweep: None,
             sh,
         }
@@ -183,6 +186,17 @@ impl Core {
     /// Next finished call record (media figures for the CDR, metrics and log).
     pub fn poll_record(&mut self) -> Option<CallRecord> {
         self.records.pop_front()
+    }
+
+    /// Writes to persist: the runtime commits them before it sends the transmits queued
+    /// so far (a REGISTER's 200 goes out only once its bindings are stored).
+    pub fn take_store_ops(&mut self) -> Vec<StoreOp> {
+        std::mem::take(&mut self.store_ops)
+    }
+
+    fn persist_aor(&mut self, now: Instant, aor: &str) {
+        let bindings = self.sh.location.lookup(now, aor);
+        self.store_ops.push(StoreOp::Bindings { aor: aor.to_string(), bindings });
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -238,9 +252,12 @@ impl Core {
                 }
             }
             Input::FlowClosed(flow) => {
-                let n = self.sh.location.remove_flow(flow);
-                if n > 0 {
-                    tracing::info!(flow = flow.0, bindings = n, "connection closed: bindings dropped");
+                let aors = self.sh.location.remove_flow(flow);
+                if !aors.is_empty() {
+                    tracing::info!(flow = flow.0, aors = aors.len(), "connection closed: bindings dropped");
+                }
+                for aor in aors {
+                    self.persist_aor(now, &aor);
                 }
             }
             Input::SendFailed { tsx } => self.client_transport_error(now, tsx),
@@ -579,6 +596,9 @@ impl Core {
             match method {
                 Method::Register => {
                     let r = registrar::handle_register(&self.sh, now, &msg, from);
+                    if let Some(aor) = &r.aor {
+                        self.persist_aor(now, aor);
+                    }
                     self.reject(now, sid, from, &msg, tv, r.code, &r.reason, &r.headers);
                 }
                 Method::Options => {
@@ -1243,6 +1263,7 @@ impl Core {
     fn end_call(&mut self, now: Instant, call_id: &str, reason: EndReason) {
         let Some(an) = self.anchor.as_mut() else { return };
         if let Some(rec) = an.end(now, call_id, reason) {
+            self.store_ops.push(StoreOp::CallRecord(Box::new(rec.clone())));
             self.records.push_back(rec);
         }
         if an.calls() == 0 {

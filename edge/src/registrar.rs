@@ -17,11 +17,13 @@ pub struct Reply {
     pub code: u16,
     pub reason: String,
     pub headers: String,
+    /// The address of record whose bindings this REGISTER may have changed (to persist).
+    pub aor: Option<String>,
 }
 
 impl Reply {
     fn new(code: u16, reason: impl Into<String>) -> Reply {
-        Reply { code, reason: reason.into(), headers: String::new() }
+        Reply { code, reason: reason.into(), headers: String::new(), aor: None }
     }
 }
 
@@ -204,6 +206,7 @@ fn challenge(sh: &Shared, now: Instant, stale: bool) -> Reply {
 /// 200 listing every current binding with its remaining expiry (10.3 step 8).
 fn ok_reply(sh: &Shared, now: Instant, msg: &Message, aor: &str) -> Reply {
     let mut r = Reply::new(200, "OK");
+    r.aor = Some(aor.to_string());
     let mut outbound = false;
     for b in sh.location.lookup(now, aor) {
         let left = b.expires.saturating_duration_since(now).as_secs();

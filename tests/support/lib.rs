@@ -58,6 +58,8 @@ pub struct Edge {
     pub wss: SocketAddr,
     /// The admin HTTP listener (Prometheus `/metrics`), when configured.
     pub admin: Option<SocketAddr>,
+    /// Bindings the edge restored from its store at start.
+    pub restored: usize,
     pub dir: tempfile::TempDir,
 }
 
@@ -73,7 +75,24 @@ impl Edge {
         );
         let cfg_path = dir.path().join("edge.toml");
         std::fs::write(&cfg_path, cfg).expect("write config");
-        let log = std::fs::File::create(dir.path().join("edge.log")).expect("log file");
+        Edge::spawn_in(dir, args)
+    }
+
+    /// Kills the edge with SIGKILL (no shutdown of any kind) and keeps its directory.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// Starts an edge again on the configuration and data of an earlier one.
+    pub fn restart(dir: tempfile::TempDir, args: &[&str]) -> Edge {
+        Edge::spawn_in(dir, args)
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, args: &[&str]) -> Edge {
+        let cfg_path = dir.path().join("edge.toml");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("edge.log")).expect("log file");
         let mut child = Command::new(edge_bin())
             .arg("run")
             .arg("--config")
@@ -91,6 +110,7 @@ impl Edge {
             }
         });
         let mut addrs = std::collections::HashMap::new();
+        let mut restored = 0;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -107,6 +127,9 @@ impl Edge {
                     addrs.insert(t.to_string(), a.parse::<SocketAddr>().expect("addr"));
                 }
             }
+            if let Some(rest) = line.strip_prefix("edge: restored ") {
+                restored = rest.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            }
             if line.starts_with("edge: domain") {
                 break;
             }
@@ -119,6 +142,7 @@ impl Edge {
             ws: get("ws"),
             wss: get("wss"),
             admin: addrs.get("admin").copied(),
+            restored,
             child,
             dir,
         }
@@ -360,4 +384,33 @@ impl Edge {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    <sha2::Sha256 as sha2::Digest>::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Answers a challenge with SHA-256 (RFC 7616 / RFC 8760).
+pub fn authorization(challenge_headers: &[&str], user: &str, pass: &str, method: &str, uri: &str) -> String {
+    let ch = challenge_headers.iter().find(|c| c.contains("SHA-256")).expect("a SHA-256 challenge (RFC 8760)");
+    let realm = challenge_param(ch, "realm").expect("realm");
+    let nonce = challenge_param(ch, "nonce").expect("nonce");
+    let ha1 = sha256_hex(&format!("{user}:{realm}:{pass}"));
+    let ha2 = sha256_hex(&format!("{method}:{uri}"));
+    let cnonce = "0a4f113b";
+    let resp = sha256_hex(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm=SHA-256, cnonce=\"{cnonce}\", qop=auth, nc=00000001"
+    )
+}
+
+pub fn all_headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+        .collect()
 }

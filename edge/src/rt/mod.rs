@@ -39,6 +39,8 @@ pub struct RtShared {
     pub conn: tokio::runtime::Handle,
     /// Ended calls go to the call-record writer.
     pub cdr: std::sync::mpsc::Sender<crate::media::anchor::CallRecord>,
+    /// Persistence (bindings, call records).
+    pub store: Arc<dyn crate::store::Store>,
 }
 
 impl RtShared {
@@ -129,6 +131,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut key = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
     let shared = Arc::new(Shared::new(&cfg, bound.listeners.clone(), upstream_addr, Instant::now(), key));
+    let db = cfg.data_dir.join("edge.db");
+    let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::SqliteStore::open(&db).map_err(|e| format!("{}: {e}", db.display()))?);
+    let clock = crate::store::wall_clock();
+    let restored = store.load_bindings(clock).map_err(|e| format!("{}: {e}", db.display()))?;
+    let n_restored = restored.len();
+    for (aor, b) in restored {
+        shared.location.update(clock.instant, &aor, |v| v.push(b));
+    }
 
     let mut txs = Vec::new();
     let mut rxs = Vec::new();
@@ -144,6 +154,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         max_message_size: cfg.sip.max_message_size,
         conn: conn_rt.handle().clone(),
         cdr: admin::record_writer(cfg.cdr_path()),
+        store,
     });
     let prometheus = admin::install_recorder()?;
     for l in admin_listeners {
@@ -160,6 +171,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let r = &shared.media.relay;
         println!("edge: media relay {} ports {}-{}", shared.media.bind, r.ports.start(), r.ports.end());
     }
+    println!("edge: restored {n_restored} binding(s) from {}", db.display());
     println!("edge: domain {} with {} user(s), {workers} worker(s)", shared.domain, shared.auth.users().len());
 
     let mut threads = Vec::new();
@@ -208,8 +220,15 @@ struct Worker {
 }
 
 impl Worker {
-    /// Sends everything the core produced.
+    /// Commits what the core asked to persist, then sends everything it produced (so a
+    /// response never goes out before the state it acknowledges is stored).
     fn flush(&self) {
+        let ops = self.core.borrow_mut().take_store_ops();
+        if !ops.is_empty()
+            && let Err(e) = self.rt.store.write(crate::store::wall_clock(), &ops)
+        {
+            tracing::error!(error = %e, ops = ops.len(), "persisting failed: the state is kept in memory only");
+        }
         let mut failed = Vec::new();
         loop {
             let next = self.core.borrow_mut().poll_output();
