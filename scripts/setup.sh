@@ -5,6 +5,7 @@
 #   checks; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels
 set -euo pipefail
 need=()
+need_norec=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 # Kamailio 5.6: loadgen is tested against a proxy nobody here wrote; side-by-side benches.
 command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
@@ -21,9 +22,12 @@ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 # A font for the labels of loadgen's PNG plots.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
-if [ ${#need[@]} -gt 0 ]; then
+# promtool (Debian `prometheus`, without its recommended web assets): lints /metrics.
+command -v promtool >/dev/null 2>&1 || need_norec+=(prometheus)
+if [ ${#need[@]} -gt 0 ] || [ ${#need_norec[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  [ ${#need_norec[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_norec[@]}" >/dev/null
 fi

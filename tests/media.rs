@@ -339,7 +339,7 @@ fn loadgen_rtp_through_the_relay_with_loss_in_the_call_records() {
     assert!(metric(&m, "edge_media_packets_relayed_total") >= 20.0 * 2.0 * 120.0, "{m}");
     assert_eq!(metric(&m, "edge_calls_ended_total"), 20.0, "{m}");
     assert_eq!(metric(&m, "edge_call_mos_count"), 40.0, "{m}");
-    assert!(metric(&m, "edge_call_loss_pct_count") >= 40.0, "{m}");
+    assert!(metric(&m, "edge_call_loss_ratio_count") >= 40.0, "{m}");
     assert_eq!(metric(&m, "edge_media_ports_in_use"), 0.0, "{m}");
 }
 

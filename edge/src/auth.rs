@@ -141,7 +141,8 @@ pub enum Verdict {
 pub struct Authenticator {
     realm: String,
     algorithms: Vec<Algorithm>,
-    users: HashMap<String, Credentials>,
+    /// Users by name; changed at run time through the admin API.
+    users: DashMap<String, Credentials>,
     key: [u8; 32],
     base: Instant,
     ttl: Duration,
@@ -162,19 +163,47 @@ impl Authenticator {
         base: Instant,
         ttl: Duration,
     ) -> Self {
-        Authenticator { realm, algorithms, users, key, base, ttl, counter: AtomicU64::new(0), nc_seen: DashMap::new() }
+        Authenticator {
+            realm,
+            algorithms,
+            users: users.into_iter().collect(),
+            key,
+            base,
+            ttl,
+            counter: AtomicU64::new(0),
+            nc_seen: DashMap::new(),
+        }
     }
 
     pub fn realm(&self) -> &str {
         &self.realm
     }
 
-    pub fn user(&self, name: &str) -> Option<&Credentials> {
-        self.users.get(name)
+    /// A user's credentials (a copy: users can change concurrently).
+    pub fn user(&self, name: &str) -> Option<Credentials> {
+        self.users.get(name).map(|c| c.clone())
     }
 
-    pub fn users(&self) -> &HashMap<String, Credentials> {
-        &self.users
+    /// Number of users.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Names of all users, sorted.
+    pub fn user_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.users.iter().map(|e| e.key().clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Adds or replaces a user.
+    pub fn set_user(&self, name: &str, creds: Credentials) {
+        self.users.insert(name.to_string(), creds);
+    }
+
+    /// Removes a user; `false` if there was none.
+    pub fn remove_user(&self, name: &str) -> bool {
+        self.users.remove(name).is_some()
     }
 
     fn sign(&self, payload: &str) -> String {
@@ -243,7 +272,7 @@ impl Authenticator {
                 _ => return Verdict::Fail("unsupported algorithm"),
             },
         };
-        let Some(creds) = self.users.get(&d.username) else {
+        let Some(creds) = self.user(&d.username) else {
             return Verdict::Fail("unknown user");
         };
         let Some(ha1) = creds.ha1(alg) else {

@@ -74,11 +74,19 @@ pub struct MediaConfig {
 pub struct AdminConfig {
     /// Listening address; empty list = no admin listener.
     pub listen: Vec<SocketAddr>,
+    /// Paths served without the bearer token.
+    pub public: Vec<String>,
+    /// Where the admin token is kept (generated on first start); relative to `data_dir`.
+    pub token_file: PathBuf,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))] }
+        AdminConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            public: vec!["/health".into(), "/metrics".into()],
+            token_file: PathBuf::from("admin.token"),
+        }
     }
 }
 

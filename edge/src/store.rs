@@ -72,8 +72,23 @@ pub struct CallQuery {
     pub limit: usize,
 }
 
+/// A user created through the admin API (only HA1 hashes, never the password).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredUser {
+    pub name: String,
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+    pub max_contacts: Option<u32>,
+}
+
 /// Persistence of the edge's state.
 pub trait Store: Send + Sync {
+    /// Creates or replaces a user.
+    fn put_user(&self, u: &StoredUser) -> Result<(), StoreError>;
+    /// Deletes a user (and its bindings); `false` if there was none.
+    fn delete_user(&self, name: &str, aor: &str) -> Result<bool, StoreError>;
+    /// Every stored user.
+    fn load_users(&self) -> Result<Vec<StoredUser>, StoreError>;
     /// Commits a batch atomically.
     fn write(&self, clock: WallClock, ops: &[StoreOp]) -> Result<(), StoreError>;
     /// Bindings that have not expired at `clock`, with their remaining lifetime.
@@ -99,6 +114,9 @@ CREATE TABLE IF NOT EXISTS calls (
     from_uri TEXT NOT NULL, to_uri TEXT NOT NULL, reason TEXT NOT NULL, record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS calls_ended ON calls (ended_at);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, ha1_md5 TEXT, ha1_sha256 TEXT, max_contacts INTEGER
+);
 ";
 
 impl SqliteStore {
@@ -123,6 +141,31 @@ fn user_of(uri: &str) -> String {
 }
 
 impl Store for SqliteStore {
+    fn put_user(&self, u: &StoredUser) -> Result<(), StoreError> {
+        self.lock()?.execute(
+            "INSERT OR REPLACE INTO users (name, ha1_md5, ha1_sha256, max_contacts) VALUES (?1, ?2, ?3, ?4)",
+            params![u.name, u.ha1_md5, u.ha1_sha256, u.max_contacts],
+        )?;
+        Ok(())
+    }
+
+    fn delete_user(&self, name: &str, aor: &str) -> Result<bool, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM users WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM bindings WHERE aor = ?1", params![aor])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn load_users(&self) -> Result<Vec<StoredUser>, StoreError> {
+        let conn = self.lock()?;
+        let mut st = conn.prepare("SELECT name, ha1_md5, ha1_sha256, max_contacts FROM users ORDER BY name")?;
+        let rows =
+            st.query_map([], |r| Ok(StoredUser { name: r.get(0)?, ha1_md5: r.get(1)?, ha1_sha256: r.get(2)?, max_contacts: r.get(3)? }))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn write(&self, clock: WallClock, ops: &[StoreOp]) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());

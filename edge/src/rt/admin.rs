@@ -1,5 +1,5 @@
-//! The admin HTTP listener (axum): Prometheus `GET /metrics` rendered from the `metrics`
-//! recorder, and the call-record writer (one JSON line per ended call, logged and fed into
+//! The admin HTTP listener (axum; routes in `api.rs`), the Prometheus recorder, and the
+//! call-record writer (one JSON line per ended call, logged and fed into
 //! the per-call quality histograms).
 
 use crate::media::anchor::CallRecord;
@@ -16,13 +16,32 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
     let mut builder = PrometheusBuilder::new();
     for (m, v) in [
         b("edge_call_mos", &[1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.6]),
-        b("edge_call_jitter_ms", &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0]),
-        b("edge_call_loss_pct", &[0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0]),
-        b("edge_call_rtt_ms", &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0]),
+        b("edge_call_jitter_seconds", &[0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]),
+        b("edge_call_loss_ratio", &[0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5]),
+        b("edge_call_rtt_seconds", &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8]),
     ] {
         builder = builder.set_buckets_for_metric(m, &v).map_err(|e| format!("metrics: {e}"))?;
     }
-    builder.install_recorder().map_err(|e| format!("metrics: {e}"))
+    let handle = builder.install_recorder().map_err(|e| format!("metrics: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
+/// HELP texts (Prometheus conventions: base units in the name, `_total` counters).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!("edge_call_mos", "Per call and direction: ITU-T G.107 MOS at the end of the call");
+    describe_histogram!("edge_call_jitter_seconds", "Per call and direction: RFC 3550 interarrival jitter at the end of the call");
+    describe_histogram!("edge_call_loss_ratio", "Per call and direction: fraction of RTP packets lost");
+    describe_histogram!("edge_call_rtt_seconds", "Per call and direction: round trip between relay and endpoint (RTCP)");
+    describe_counter!("edge_calls_ended_total", "Anchored calls ended, by reason");
+    describe_counter!("edge_media_packets_relayed_total", "RTP/RTCP packets forwarded by the relay");
+    describe_counter!(
+        "edge_media_packets_dropped_total",
+        "Packets the relay dropped (foreign source, SRTP failure, unknown port, send error)"
+    );
+    describe_gauge!("edge_media_ports_in_use", "Relay ports held by calls, per worker");
+    describe_gauge!("edge_media_calls", "Anchored calls, per worker");
 }
 
 /// Binds the admin listeners (before the workers start, so a taken port fails the start).
@@ -37,23 +56,15 @@ pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, String> 
         .collect()
 }
 
-/// Serves `GET /metrics` on a bound listener.
-pub async fn serve(l: std::net::TcpListener, handle: PrometheusHandle) {
+/// Serves the admin router on a bound listener (and keeps the histograms' upkeep going).
+pub async fn serve(l: std::net::TcpListener, app: axum::Router, handle: PrometheusHandle) {
     let Ok(l) = tokio::net::TcpListener::from_std(l) else { return };
-    let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
+            handle.run_upkeep();
         }
     });
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let h = handle.clone();
-            async move { ([("content-type", "text/plain; version=0.0.4")], h.render()) }
-        }),
-    );
     if let Err(e) = axum::serve(l, app).await {
         tracing::error!(error = %e, "admin listener");
     }
@@ -64,10 +75,10 @@ fn observe(dir: &'static str, d: &DirectionStats) {
         return;
     }
     metrics::histogram!("edge_call_mos", "direction" => dir).record(d.mos);
-    metrics::histogram!("edge_call_jitter_ms", "direction" => dir).record(d.jitter_ms);
-    metrics::histogram!("edge_call_loss_pct", "direction" => dir).record(d.loss_pct);
+    metrics::histogram!("edge_call_jitter_seconds", "direction" => dir).record(d.jitter_ms / 1000.0);
+    metrics::histogram!("edge_call_loss_ratio", "direction" => dir).record(d.loss_pct / 100.0);
     if let Some(r) = d.rtt_ms {
-        metrics::histogram!("edge_call_rtt_ms", "direction" => dir).record(r);
+        metrics::histogram!("edge_call_rtt_seconds", "direction" => dir).record(r / 1000.0);
     }
 }
 

@@ -11,6 +11,7 @@
 #![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
 
 pub mod admin;
+pub mod api;
 pub mod flows;
 pub mod media;
 pub mod stream;
@@ -136,6 +137,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let clock = crate::store::wall_clock();
     let restored = store.load_bindings(clock).map_err(|e| format!("{}: {e}", db.display()))?;
     let n_restored = restored.len();
+    for u in store.load_users().map_err(|e| format!("{}: {e}", db.display()))? {
+        if !cfg.users.iter().any(|c| *c.name.get_ref() == u.name) {
+            let creds =
+                crate::auth::Credentials { ha1_md5: u.ha1_md5, ha1_sha256: u.ha1_sha256, max_contacts: u.max_contacts.map(|m| m as usize) };
+            shared.auth.set_user(&u.name, creds);
+        }
+    }
     for (aor, b) in restored {
         shared.location.update(clock.instant, &aor, |v| v.push(b));
     }
@@ -157,8 +165,25 @@ pub fn run(cfg: Config) -> Result<(), String> {
         store,
     });
     let prometheus = admin::install_recorder()?;
-    for l in admin_listeners {
-        conn_rt.spawn(admin::serve(l, prometheus.clone()));
+    if !admin_listeners.is_empty() {
+        let token_path =
+            if cfg.admin.token_file.is_absolute() { cfg.admin.token_file.clone() } else { cfg.data_dir.join(&cfg.admin.token_file) };
+        let (token, fresh) = api::load_or_create_token(&token_path)?;
+        if fresh {
+            println!("edge: admin token {token} (stored in {}; shown once)", token_path.display());
+        }
+        let st = api::ApiState {
+            shared: shared.clone(),
+            store: rt.store.clone(),
+            token: token.into(),
+            public: Arc::new(cfg.admin.public.clone()),
+            static_users: Arc::new(cfg.users.iter().map(|u| u.name.get_ref().clone()).collect()),
+            prometheus: prometheus.clone(),
+        };
+        let app = api::router(st);
+        for l in admin_listeners {
+            conn_rt.spawn(admin::serve(l, app.clone(), prometheus.clone()));
+        }
     }
 
     for (t, a) in &bound.listeners {
@@ -172,7 +197,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         println!("edge: media relay {} ports {}-{}", shared.media.bind, r.ports.start(), r.ports.end());
     }
     println!("edge: restored {n_restored} binding(s) from {}", db.display());
-    println!("edge: domain {} with {} user(s), {workers} worker(s)", shared.domain, shared.auth.users().len());
+    println!("edge: domain {} with {} user(s), {workers} worker(s)", shared.domain, shared.auth.user_count());
 
     let mut threads = Vec::new();
     for (idx, (rx, socks)) in rxs.into_iter().zip(udp_sockets).enumerate() {

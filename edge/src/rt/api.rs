@@ -1,0 +1,504 @@
+//! The admin HTTP API (axum) under `/api/v1/`, with its OpenAPI 3 document generated from
+//! the handlers (utoipa) at `/openapi.json`. Bearer-token auth on everything except the
+//! public paths (`GET /health`, `GET /metrics` by default). JSON everywhere; errors are
+//! `{"error": "...", "detail": ...}` with a 4xx status for anything the client got wrong.
+//! Reference with curl examples: docs/ADMIN.md.
+
+use crate::auth::Credentials;
+use crate::core::Shared;
+use crate::store::{CallQuery, Store, StoreOp, StoredUser, wall_clock};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub shared: Arc<Shared>,
+    pub store: Arc<dyn Store>,
+    pub token: Arc<str>,
+    /// Paths served without a token.
+    pub public: Arc<Vec<String>>,
+    /// Users defined in the configuration file (read-only through the API).
+    pub static_users: Arc<HashSet<String>>,
+    pub prometheus: PrometheusHandle,
+}
+
+/// An API error: `{"error": ..., "detail": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// Short machine-readable reason, e.g. `not_found`.
+    error: String,
+    /// What exactly was wrong.
+    detail: serde_json::Value,
+    #[serde(skip)]
+    #[schema(ignore)]
+    status: u16,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &str, detail: impl Into<serde_json::Value>) -> ApiError {
+        ApiError { error: error.into(), detail: detail.into(), status: status.as_u16() }
+    }
+    fn bad_request(detail: impl Into<serde_json::Value>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+    fn not_found(detail: impl Into<serde_json::Value>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+    fn conflict(detail: impl Into<serde_json::Value>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+    fn store(e: crate::store::StoreError) -> ApiError {
+        tracing::error!(error = %e, "admin API: store");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Json(self)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+// ------------------------------------------------------------------ health
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    status: &'static str,
+    users: usize,
+    bindings: usize,
+}
+
+/// Liveness (no token needed).
+#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
+async fn health(State(st): State<ApiState>) -> Json<Health> {
+    Json(Health { status: "ok", users: st.shared.auth.user_count(), bindings: st.shared.location.len() })
+}
+
+/// Prometheus text exposition (no token needed by default).
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.prometheus.render())
+}
+
+// ------------------------------------------------------------------ users
+
+/// A user as the API shows it (never a password or hash).
+#[derive(Serialize, ToSchema)]
+struct User {
+    name: String,
+    /// `user@domain`.
+    aor: String,
+    max_contacts: Option<u32>,
+    /// `config` (from the configuration file, read-only here) or `api`.
+    source: &'static str,
+    /// Devices registered now.
+    registrations: usize,
+}
+
+/// A new or changed user. Give `password` (only its HA1 hashes are stored) or `ha1_md5`
+/// and/or `ha1_sha256`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UserInput {
+    /// User part of the address of record (creation only; the path names it on update).
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    ha1_md5: Option<String>,
+    #[serde(default)]
+    ha1_sha256: Option<String>,
+    /// Most devices registered at once (default: `registrar.max_contacts`).
+    #[serde(default)]
+    max_contacts: Option<u32>,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c))
+}
+
+fn user_view(st: &ApiState, name: &str) -> Option<User> {
+    let c = st.shared.auth.user(name)?;
+    let aor = crate::registrar::aor_key(&st.shared, name);
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    Some(User {
+        name: name.to_string(),
+        registrations: st.shared.location.lookup(now, &aor).len(),
+        aor,
+        max_contacts: c.max_contacts.map(|m| m as u32),
+        source: if st.static_users.contains(name) { "config" } else { "api" },
+    })
+}
+
+fn credentials(st: &ApiState, name: &str, u: &UserInput) -> ApiResult<StoredUser> {
+    let hex = |v: &Option<String>, len: usize, key: &str| -> ApiResult<Option<String>> {
+        match v {
+            Some(h) if h.len() != len || !h.bytes().all(|c| c.is_ascii_hexdigit()) => {
+                Err(ApiError::bad_request(format!("{key}: expected {len} hex digits")))
+            }
+            Some(h) => Ok(Some(h.to_ascii_lowercase())),
+            None => Ok(None),
+        }
+    };
+    let (mut md5, mut sha) = (hex(&u.ha1_md5, 32, "ha1_md5")?, hex(&u.ha1_sha256, 64, "ha1_sha256")?);
+    if let Some(p) = &u.password {
+        if p.is_empty() {
+            return Err(ApiError::bad_request("password: must not be empty"));
+        }
+        let c = Credentials::from_password(name, st.shared.auth.realm(), p);
+        md5 = c.ha1_md5;
+        sha = c.ha1_sha256;
+    }
+    if md5.is_none() && sha.is_none() {
+        return Err(ApiError::bad_request("expected `password`, `ha1_md5` or `ha1_sha256`"));
+    }
+    if u.max_contacts == Some(0) {
+        return Err(ApiError::bad_request("max_contacts: expected at least 1"));
+    }
+    Ok(StoredUser { name: name.to_string(), ha1_md5: md5, ha1_sha256: sha, max_contacts: u.max_contacts })
+}
+
+fn apply_user(st: &ApiState, u: &StoredUser) {
+    st.shared.auth.set_user(
+        &u.name,
+        Credentials { ha1_md5: u.ha1_md5.clone(), ha1_sha256: u.ha1_sha256.clone(), max_contacts: u.max_contacts.map(|m| m as usize) },
+    );
+}
+
+/// All users.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("token" = [])),
+    responses((status = 200, body = [User]), (status = 401, body = ApiError)))]
+async fn list_users(State(st): State<ApiState>) -> Json<Vec<User>> {
+    Json(st.shared.auth.user_names().iter().filter_map(|n| user_view(&st, n)).collect())
+}
+
+/// Creates a user; it can register at once.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("token" = [])), request_body = UserInput,
+    responses((status = 201, body = User), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_user(State(st): State<ApiState>, body: Result<Json<UserInput>, JsonRejection>) -> ApiResult<(StatusCode, Json<User>)> {
+    let Json(u) = body?;
+    let Some(name) = u.name.clone() else { return Err(ApiError::bad_request("name: required")) };
+    if !valid_name(&name) {
+        return Err(ApiError::bad_request(format!("name: {name:?} is not a SIP user name")));
+    }
+    if st.shared.auth.user(&name).is_some() {
+        return Err(ApiError::conflict(format!("user {name:?} exists")));
+    }
+    let su = credentials(&st, &name, &u)?;
+    st.store.put_user(&su).map_err(ApiError::store)?;
+    apply_user(&st, &su);
+    let view = user_view(&st, &name).ok_or_else(|| ApiError::not_found(name.clone()))?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// One user.
+#[utoipa::path(get, path = "/api/v1/users/{name}", tag = "users", security(("token" = [])),
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, body = User), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_user(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult<Json<User>> {
+    user_view(&st, &name).map(Json).ok_or_else(|| ApiError::not_found(format!("no user {name:?}")))
+}
+
+/// Changes a user's credentials or device limit.
+#[utoipa::path(put, path = "/api/v1/users/{name}", tag = "users", security(("token" = [])), request_body = UserInput,
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, body = User), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn put_user(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<UserInput>, JsonRejection>,
+) -> ApiResult<Json<User>> {
+    let Json(u) = body?;
+    if st.shared.auth.user(&name).is_none() {
+        return Err(ApiError::not_found(format!("no user {name:?}")));
+    }
+    if st.static_users.contains(&name) {
+        return Err(ApiError::conflict(format!("user {name:?} is defined in the configuration file")));
+    }
+    if u.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request("name: cannot be changed"));
+    }
+    let su = credentials(&st, &name, &u)?;
+    st.store.put_user(&su).map_err(ApiError::store)?;
+    apply_user(&st, &su);
+    user_view(&st, &name).map(Json).ok_or_else(|| ApiError::not_found(name.clone()))
+}
+
+/// Deletes a user and its registrations.
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users", security(("token" = [])),
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 204), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn delete_user(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    if st.shared.auth.user(&name).is_none() {
+        return Err(ApiError::not_found(format!("no user {name:?}")));
+    }
+    if st.static_users.contains(&name) {
+        return Err(ApiError::conflict(format!("user {name:?} is defined in the configuration file")));
+    }
+    let aor = crate::registrar::aor_key(&st.shared, &name);
+    st.store.delete_user(&name, &aor).map_err(ApiError::store)?;
+    st.shared.auth.remove_user(&name);
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    st.shared.location.update(now, &aor, |v| v.clear());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ registrations
+
+/// One registered device.
+#[derive(Serialize, ToSchema)]
+struct Registration {
+    user: String,
+    aor: String,
+    /// Contact URI; pass it to DELETE to log this device out.
+    contact: String,
+    /// Seconds left.
+    expires_in: u64,
+    /// `sip.instance` (RFC 5626) if the device sent one.
+    instance: Option<String>,
+    /// Transport and address it registered from.
+    transport: String,
+    source: String,
+    user_agent_call_id: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct RegistrationFilter {
+    /// Only this user's devices.
+    user: Option<String>,
+}
+
+/// Registered devices (all, or one user's).
+#[utoipa::path(get, path = "/api/v1/registrations", tag = "registrations", security(("token" = [])), params(RegistrationFilter),
+    responses((status = 200, body = [Registration]), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn list_registrations(
+    State(st): State<ApiState>,
+    q: Result<Query<RegistrationFilter>, QueryRejection>,
+) -> ApiResult<Json<Vec<Registration>>> {
+    let Query(f) = q?;
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    let suffix = format!("@{}", st.shared.domain.to_ascii_lowercase());
+    let mut out = Vec::new();
+    let mut all = st.shared.location.all(now);
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    for (aor, bindings) in all {
+        let user = aor.strip_suffix(&suffix).unwrap_or(&aor).to_string();
+        if f.user.as_ref().is_some_and(|u| *u != user) {
+            continue;
+        }
+        for b in bindings {
+            out.push(Registration {
+                user: user.clone(),
+                aor: aor.clone(),
+                contact: b.uri.to_string(),
+                expires_in: b.expires.saturating_duration_since(now).as_secs(),
+                instance: b.instance.as_deref().map(String::from),
+                transport: b.source.transport.uri_param().to_string(),
+                source: b.source.addr.to_string(),
+                user_agent_call_id: b.call_id.to_string(),
+            });
+        }
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct LogoutQuery {
+    /// The device's Contact URI (as listed); without it every device of the user is logged out.
+    contact: Option<String>,
+}
+
+/// Forced logout: removes one device's registration (or all of the user's).
+#[utoipa::path(delete, path = "/api/v1/registrations/{user}", tag = "registrations", security(("token" = [])),
+    params(("user" = String, Path, description = "user name"), LogoutQuery),
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn logout(
+    State(st): State<ApiState>,
+    Path(user): Path<String>,
+    q: Result<Query<LogoutQuery>, QueryRejection>,
+) -> ApiResult<StatusCode> {
+    let Query(q) = q?;
+    if st.shared.auth.user(&user).is_none() {
+        return Err(ApiError::not_found(format!("no user {user:?}")));
+    }
+    let aor = crate::registrar::aor_key(&st.shared, &user);
+    let clock = wall_clock();
+    let removed = st.shared.location.update(clock.instant, &aor, |v| {
+        let before = v.len();
+        match &q.contact {
+            Some(c) => v.retain(|b| !crate::location::uri_eq(&b.uri, c)),
+            None => v.clear(),
+        }
+        before - v.len()
+    });
+    if removed == 0 {
+        return Err(ApiError::not_found(match q.contact {
+            Some(c) => format!("user {user:?} has no registration with contact {c:?}"),
+            None => format!("user {user:?} has no registration"),
+        }));
+    }
+    let bindings = st.shared.location.lookup(clock.instant, &aor);
+    st.store.write(clock, &[StoreOp::Bindings { aor, bindings }]).map_err(ApiError::store)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ call log
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct CallLogQuery {
+    /// Calls from or to this user.
+    user: Option<String>,
+    /// Unix seconds: calls that ended at or after this time.
+    since: Option<f64>,
+    /// Unix seconds: calls that ended before this time.
+    until: Option<f64>,
+    /// At most this many (default 100, at most 10000).
+    limit: Option<usize>,
+}
+
+/// Finished calls, newest first: parties, end reason, durations and per-direction media
+/// quality (packets, loss, jitter, RTT, MOS).
+#[utoipa::path(get, path = "/api/v1/calls/log", tag = "calls", security(("token" = [])), params(CallLogQuery),
+    responses((status = 200, description = "call records", body = [Object]), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn call_log(State(st): State<ApiState>, q: Result<Query<CallLogQuery>, QueryRejection>) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit: expected 1 to 10000"));
+    }
+    for (k, v) in [("since", q.since), ("until", q.until)] {
+        if v.is_some_and(|x| !x.is_finite() || x < 0.0) {
+            return Err(ApiError::bad_request(format!("{k}: expected Unix seconds")));
+        }
+    }
+    let rows = st.store.call_records(&CallQuery { user: q.user, since: q.since, until: q.until, limit }).map_err(ApiError::store)?;
+    Ok(Json(rows))
+}
+
+// ------------------------------------------------------------------ router
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "edge admin API", description = "Users, registrations, call log and metrics of the SIP edge. Bearer token: printed at first start, stored in the data directory (admin.token)."),
+    components(schemas(ApiError)),
+    modifiers(&Security)
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if st.public.iter().any(|p| p == path) {
+        return next.run(req).await;
+    }
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        Some(_) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token"),
+        )
+            .into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>`"),
+        )
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The admin router (API, `/health`, `/metrics`, `/openapi.json`) with token auth.
+pub fn router(st: ApiState) -> axum::Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, put_user, delete_user))
+        .routes(routes!(list_registrations))
+        .routes(routes!(logout))
+        .routes(routes!(call_log))
+        .split_for_parts();
+    let doc = Arc::new(api);
+    router
+        .route("/openapi.json", axum::routing::get(move || async move { Json((*doc).clone()) }))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        })
+        .layer(axum::middleware::from_fn_with_state(st.clone(), require_token))
+        .with_state(st)
+}
+
+/// The admin token: read from `path`, or generated (32 random bytes, hex) and written
+/// there with mode 0600. Returns (token, newly generated).
+pub fn load_or_create_token(path: &std::path::Path) -> Result<(String, bool), String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok((t, false));
+        }
+    }
+    let mut b = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    let t = crate::auth::hex(&b);
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(t.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((t, true))
+}

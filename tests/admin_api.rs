@@ -1,0 +1,284 @@
+//! The admin HTTP API against the real binary: token auth on every protected endpoint,
+//! JSON errors with 4xx codes for bad input, and the effect on SIP (a user created through
+//! the API registers, a changed password takes effect, a forced logout removes the
+//! binding, a deleted user is gone), the call log, `/openapi.json`, and `promtool check
+//! metrics` on `/metrics`.
+
+#![allow(clippy::disallowed_methods)]
+
+use e2e_tests::{Answer, Edge, all_headers, authorization, free_port, run, status, text};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// (status, body) of one HTTP request to the admin listener.
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let body = body.unwrap_or("");
+    let ct = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut b = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    if out.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        b = dechunk(&b);
+    }
+    (code, b)
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn token(edge: &Edge) -> String {
+    std::fs::read_to_string(edge.dir.path().join("data").join("admin.token")).expect("token file").trim().to_string()
+}
+
+/// REGISTER with digest; returns the final status.
+fn register(sock: &UdpSocket, edge: SocketAddr, user: &str, pass: &str, expires: u32) -> u16 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let me = sock.local_addr().unwrap();
+    let send = |auth: &str, cseq: u32| {
+        let m = format!(
+            "REGISTER sip:edge.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{n}x{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@edge.test>;tag=a\r\nTo: <sip:{user}@edge.test>\r\nCall-ID: api-{user}-{me}\r\nCSeq: {} REGISTER\r\nContact: <sip:{user}@{me}>\r\nExpires: {expires}\r\n{auth}Content-Length: 0\r\n\r\n",
+            n * 2 + cseq
+        );
+        sock.send_to(m.as_bytes(), edge).unwrap();
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut buf = vec![0u8; 65536];
+        let n = sock.recv(&mut buf).expect("response to REGISTER");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let ch = send("", 1);
+    if status(&ch) != Some(401) {
+        return status(&ch).unwrap_or(0);
+    }
+    let a = authorization(&all_headers(&ch, "WWW-Authenticate"), user, pass, "REGISTER", "sip:edge.test");
+    status(&send(&format!("Authorization: {a}\r\n"), 2)).unwrap_or(0)
+}
+
+#[test]
+fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
+    let edge = Edge::start("[[user]]\nname = \"cfg\"\npassword = \"x\"\n", &[]);
+    let admin = edge.admin.unwrap();
+    let t = token(&edge);
+    // Public.
+    assert_eq!(http(admin, "GET", "/health", None, None).0, 200);
+    assert_eq!(http(admin, "GET", "/metrics", None, None).0, 200);
+    // Protected: 401 without and with a wrong token, JSON error body.
+    for (m, p, b) in [
+        ("GET", "/api/v1/users", None),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"password\":\"p\"}")),
+        ("GET", "/api/v1/users/cfg", None),
+        ("PUT", "/api/v1/users/cfg", Some("{\"password\":\"p\"}")),
+        ("DELETE", "/api/v1/users/cfg", None),
+        ("GET", "/api/v1/registrations", None),
+        ("DELETE", "/api/v1/registrations/cfg", None),
+        ("GET", "/api/v1/calls/log", None),
+        ("GET", "/openapi.json", None),
+    ] {
+        for tok in [None, Some("wrong")] {
+            let (code, body) = http(admin, m, p, tok, b);
+            assert_eq!(code, 401, "{m} {p} with {tok:?}: {body}");
+            assert_eq!(json(&body)["error"], "unauthorized");
+        }
+    }
+    let t = Some(t.as_str());
+    // Bad input: 400 / 404 / 405 / 409, always JSON.
+    for (m, p, b, want) in [
+        ("POST", "/api/v1/users", Some("not json"), 400),
+        ("POST", "/api/v1/users", Some("{\"password\":\"p\"}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"a b\",\"password\":\"p\"}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\"}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"ha1_md5\":\"xyz\"}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"password\":\"p\",\"surprise\":1}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"cfg\",\"password\":\"p\"}"), 409),
+        ("GET", "/api/v1/users/nobody", None, 404),
+        ("PUT", "/api/v1/users/nobody", Some("{\"password\":\"p\"}"), 404),
+        ("PUT", "/api/v1/users/cfg", Some("{\"password\":\"p\"}"), 409),
+        ("DELETE", "/api/v1/users/cfg", None, 409),
+        ("DELETE", "/api/v1/users/nobody", None, 404),
+        ("DELETE", "/api/v1/registrations/nobody", None, 404),
+        ("DELETE", "/api/v1/registrations/cfg", None, 404),
+        ("GET", "/api/v1/registrations?bogus=1", None, 400),
+        ("GET", "/api/v1/calls/log?limit=0", None, 400),
+        ("GET", "/api/v1/calls/log?since=yesterday", None, 400),
+        ("GET", "/api/v1/nothing-here", None, 404),
+        ("PATCH", "/api/v1/users", None, 405),
+    ] {
+        let (code, body) = http(admin, m, p, t, b);
+        assert_eq!(code, want, "{m} {p} {b:?}: {body}");
+        assert!(json(&body)["error"].is_string(), "{body}");
+    }
+    // The OpenAPI document lists every endpoint.
+    let (code, doc) = http(admin, "GET", "/openapi.json", t, None);
+    assert_eq!(code, 200);
+    let doc = json(&doc);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in
+        ["/api/v1/users", "/api/v1/users/{name}", "/api/v1/registrations", "/api/v1/registrations/{user}", "/api/v1/calls/log", "/health"]
+    {
+        assert!(doc["paths"][p].is_object(), "{p} missing from /openapi.json");
+    }
+}
+
+#[test]
+fn users_created_through_the_api_register_and_forced_logout_removes_the_binding() {
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    let t = Some(tok.as_str());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Unknown users are refused like a wrong password (no user enumeration).
+    assert_eq!(register(&sock, edge.udp, "dana", "pw1", 600), 403, "unknown before creation");
+    let (code, body) = http(admin, "POST", "/api/v1/users", t, Some("{\"name\":\"dana\",\"password\":\"pw1\",\"max_contacts\":2}"));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(json(&body)["aor"], "dana@edge.test");
+    assert_eq!(register(&sock, edge.udp, "dana", "pw1", 600), 200, "a user created through the API registers");
+    let (_, regs) = http(admin, "GET", "/api/v1/registrations?user=dana", t, None);
+    let regs = json(&regs);
+    assert_eq!(regs.as_array().unwrap().len(), 1, "{regs}");
+    let contact = regs[0]["contact"].as_str().unwrap().to_string();
+    assert!(regs[0]["expires_in"].as_u64().unwrap() > 500);
+    // Password change takes effect at once.
+    assert_eq!(http(admin, "PUT", "/api/v1/users/dana", t, Some("{\"password\":\"pw2\"}")).0, 200);
+    assert_eq!(register(&sock, edge.udp, "dana", "pw1", 600), 403, "old password refused");
+    assert_eq!(register(&sock, edge.udp, "dana", "pw2", 600), 200);
+    // Forced logout of that device: the binding is gone, calls to dana get 480.
+    let path = format!("/api/v1/registrations/dana?contact={}", contact.replace(':', "%3A").replace('@', "%40"));
+    let (code, body) = http(admin, "DELETE", &path, t, None);
+    assert_eq!(code, 204, "{body}");
+    let (_, regs) = http(admin, "GET", "/api/v1/registrations?user=dana", t, None);
+    assert_eq!(json(&regs).as_array().unwrap().len(), 0);
+    let me = sock.local_addr().unwrap();
+    let inv = format!(
+        "INVITE sip:dana@edge.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKinvd;rport\r\nMax-Forwards: 70\r\nFrom: <sip:x@example.org>;tag=x\r\nTo: <sip:dana@edge.test>\r\nCall-ID: api-inv-dana\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(inv.as_bytes(), edge.udp).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    for _ in 0..3 {
+        let n = sock.recv(&mut buf).unwrap();
+        got = status(&String::from_utf8_lossy(&buf[..n])).unwrap_or(0);
+        if got != 100 {
+            break;
+        }
+    }
+    assert_eq!(got, 480, "no binding after the forced logout");
+    // Deleting the user: REGISTER is 404 again, and the list no longer has it.
+    assert_eq!(http(admin, "DELETE", "/api/v1/users/dana", t, None).0, 204);
+    assert_eq!(register(&sock, edge.udp, "dana", "pw2", 600), 403);
+    let (_, users) = http(admin, "GET", "/api/v1/users", t, None);
+    assert!(!users.contains("dana"), "{users}");
+}
+
+#[test]
+fn api_users_survive_a_restart_and_the_call_log_has_the_calls() {
+    let uas = free_port();
+    let edge = Edge::start("", &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    assert_eq!(http(admin, "POST", "/api/v1/users", Some(&tok), Some("{\"name\":\"erin\",\"password\":\"pw\"}")).0, 201);
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}")]);
+    let o = run(
+        &[
+            "call",
+            "--target",
+            &format!("sip:{}", edge.udp),
+            "--from",
+            "sip:erin@edge.test",
+            "--user",
+            "erin:pw",
+            "--to",
+            "sip:svc@example.net",
+            "--calls",
+            "3",
+            "--rate",
+            "10",
+            "--hold-ms",
+            "100",
+            "--quiet",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (code, log) = http(admin, "GET", "/api/v1/calls/log?user=erin", Some(&tok), None);
+    assert_eq!(code, 200);
+    let log = json(&log);
+    assert_eq!(log.as_array().unwrap().len(), 3, "{log}");
+    assert_eq!(log[0]["reason"], "bye_from_caller");
+    assert!(log[0]["ended_at"].as_f64().unwrap() > 1.7e9);
+    let (_, none) = http(admin, "GET", "/api/v1/calls/log?user=nobody", Some(&tok), None);
+    assert_eq!(json(&none).as_array().unwrap().len(), 0);
+    // Restart: the API user and the token are still there.
+    let dir = edge.kill9();
+    let edge = Edge::restart(dir, &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    assert_eq!(token(&edge), tok, "the token is kept");
+    let (code, body) = http(edge.admin.unwrap(), "GET", "/api/v1/users/erin", Some(&tok), None);
+    assert_eq!(code, 200, "{body}");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(register(&sock, edge.udp, "erin", "pw", 60), 200);
+}
+
+#[test]
+fn promtool_accepts_the_metrics() {
+    let ok = Command::new("promtool").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    assert!(ok, "promtool is missing: run scripts/test.sh (it installs Debian's prometheus)");
+    let uas = free_port();
+    let edge = Edge::start("", &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}"), "--rtp-echo"]);
+    let o = run(
+        &[
+            "call",
+            "--target",
+            &format!("sip:{}", edge.udp),
+            "--to",
+            "sip:svc@example.net",
+            "--calls",
+            "2",
+            "--hold-ms",
+            "500",
+            "--rtp",
+            "--quiet",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, m) = http(edge.admin.unwrap(), "GET", "/metrics", None, None);
+    assert_eq!(code, 200);
+    assert!(m.contains("edge_call_mos_bucket"), "{m}");
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        p.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    }
+    let out = p.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool: {}{}\n{m}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
