@@ -31,3 +31,5 @@ if [ ${#need[@]} -gt 0 ] || [ ${#need_norec[@]} -gt 0 ]; then
   [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   [ ${#need_norec[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_norec[@]}" >/dev/null
 fi
+# schemathesis (PyPI): fuzzes the admin API from its OpenAPI document.
+command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check schemathesis >/dev/null

@@ -109,7 +109,10 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
         ("POST", "/api/v1/users", Some("not json"), 400),
         ("POST", "/api/v1/users", Some("{\"password\":\"p\"}"), 400),
         ("POST", "/api/v1/users", Some("{\"name\":\"a b\",\"password\":\"p\"}"), 400),
-        ("POST", "/api/v1/users", Some("{\"name\":\"n\"}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"password\":\"\"}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"password\":null}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"max_contacts\":2.5}"), 400),
+        ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"max_contacts\":0}"), 400),
         ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"ha1_md5\":\"xyz\"}"), 400),
         ("POST", "/api/v1/users", Some("{\"name\":\"n\",\"password\":\"p\",\"surprise\":1}"), 400),
         ("POST", "/api/v1/users", Some("{\"name\":\"cfg\",\"password\":\"p\"}"), 409),
@@ -238,6 +241,24 @@ fn api_users_survive_a_restart_and_the_call_log_has_the_calls() {
     assert_eq!(code, 200, "{body}");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     assert_eq!(register(&sock, edge.udp, "erin", "pw", 60), 200);
+}
+
+#[test]
+fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
+    let ok = Command::new("schemathesis").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    assert!(ok, "schemathesis is missing: run scripts/test.sh (it installs it from PyPI)");
+    let edge = Edge::start("[[user]]\nname = \"cfg\"\npassword = \"x\"\n", &[]);
+    let admin = edge.admin.unwrap();
+    let t = token(&edge);
+    let out = Command::new("timeout")
+        .args(["240", "schemathesis", "run", &format!("http://{admin}/openapi.json"), "-H", &format!("Authorization: Bearer {t}")])
+        .args(["--checks", "all", "--max-examples", "25", "--seed", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "schemathesis:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("passed"), "{text}");
 }
 
 #[test]

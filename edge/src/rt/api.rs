@@ -122,23 +122,61 @@ struct User {
     registrations: usize,
 }
 
-/// A new or changed user. Give `password` (only its HA1 hashes are stored) or `ha1_md5`
-/// and/or `ha1_sha256`.
+/// A new user. Give `password` (only its HA1 hashes are stored) or `ha1_md5` and/or
+/// `ha1_sha256`; a user created without any cannot register until one is set.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    /// User part of the address of record.
+    #[schema(pattern = r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/]{1,64}$")]
+    name: String,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(min_length = 1, nullable = false)]
+    password: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", nullable = false)]
+    ha1_md5: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$", nullable = false)]
+    ha1_sha256: Option<String>,
+    /// Most devices registered at once (default: `registrar.max_contacts`).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, nullable = false)]
+    max_contacts: Option<u32>,
+}
+
+/// New credentials and/or device limit of a user (fields left out keep their value).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserInput {
-    /// User part of the address of record (creation only; the path names it on update).
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(min_length = 1, nullable = false)]
     password: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[0-9a-fA-F]{32}$", nullable = false)]
     ha1_md5: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$", nullable = false)]
     ha1_sha256: Option<String>,
     /// Most devices registered at once (default: `registrar.max_contacts`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, nullable = false)]
     max_contacts: Option<u32>,
+}
+
+/// An optional field that, when present, must not be `null` (the schema says string).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+/// A JSON integer given as `3` or `3.0` (both are integers in JSON Schema).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let x = f64::deserialize(d)?;
+    if x.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&x) {
+        Ok(Some(x as u32))
+    } else {
+        Err(serde::de::Error::custom(format!("expected a whole number, got {x}")))
+    }
 }
 
 fn valid_name(n: &str) -> bool {
@@ -159,7 +197,10 @@ fn user_view(st: &ApiState, name: &str) -> Option<User> {
     })
 }
 
-fn credentials(st: &ApiState, name: &str, u: &UserInput) -> ApiResult<StoredUser> {
+/// The stored form of a user from API input. Without any credential the existing ones are
+/// kept (`old`), or the user is created without credentials: it exists but cannot
+/// authenticate until a password is set.
+fn credentials(st: &ApiState, name: &str, u: &UserInput, old: Option<&Credentials>) -> ApiResult<StoredUser> {
     let hex = |v: &Option<String>, len: usize, key: &str| -> ApiResult<Option<String>> {
         match v {
             Some(h) if h.len() != len || !h.bytes().all(|c| c.is_ascii_hexdigit()) => {
@@ -178,13 +219,21 @@ fn credentials(st: &ApiState, name: &str, u: &UserInput) -> ApiResult<StoredUser
         md5 = c.ha1_md5;
         sha = c.ha1_sha256;
     }
-    if md5.is_none() && sha.is_none() {
-        return Err(ApiError::bad_request("expected `password`, `ha1_md5` or `ha1_sha256`"));
+    let mut max_contacts = u.max_contacts;
+    if md5.is_none()
+        && sha.is_none()
+        && let Some(o) = old
+    {
+        md5 = o.ha1_md5.clone();
+        sha = o.ha1_sha256.clone();
     }
-    if u.max_contacts == Some(0) {
-        return Err(ApiError::bad_request("max_contacts: expected at least 1"));
+    if max_contacts.is_none() {
+        max_contacts = old.and_then(|o| o.max_contacts).map(|m| m as u32);
     }
-    Ok(StoredUser { name: name.to_string(), ha1_md5: md5, ha1_sha256: sha, max_contacts: u.max_contacts })
+    if max_contacts.is_some_and(|m| !(1..=1000).contains(&m)) {
+        return Err(ApiError::bad_request("max_contacts: expected 1 to 1000"));
+    }
+    Ok(StoredUser { name: name.to_string(), ha1_md5: md5, ha1_sha256: sha, max_contacts })
 }
 
 fn apply_user(st: &ApiState, u: &StoredUser) {
@@ -202,18 +251,18 @@ async fn list_users(State(st): State<ApiState>) -> Json<Vec<User>> {
 }
 
 /// Creates a user; it can register at once.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("token" = [])), request_body = UserInput,
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("token" = [])), request_body = NewUser,
     responses((status = 201, body = User), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
-async fn create_user(State(st): State<ApiState>, body: Result<Json<UserInput>, JsonRejection>) -> ApiResult<(StatusCode, Json<User>)> {
-    let Json(u) = body?;
-    let Some(name) = u.name.clone() else { return Err(ApiError::bad_request("name: required")) };
+async fn create_user(State(st): State<ApiState>, body: Result<Json<NewUser>, JsonRejection>) -> ApiResult<(StatusCode, Json<User>)> {
+    let Json(NewUser { name, password, ha1_md5, ha1_sha256, max_contacts }) = body?;
+    let u = UserInput { password, ha1_md5, ha1_sha256, max_contacts };
     if !valid_name(&name) {
         return Err(ApiError::bad_request(format!("name: {name:?} is not a SIP user name")));
     }
     if st.shared.auth.user(&name).is_some() {
         return Err(ApiError::conflict(format!("user {name:?} exists")));
     }
-    let su = credentials(&st, &name, &u)?;
+    let su = credentials(&st, &name, &u, None)?;
     st.store.put_user(&su).map_err(ApiError::store)?;
     apply_user(&st, &su);
     let view = user_view(&st, &name).ok_or_else(|| ApiError::not_found(name.clone()))?;
@@ -238,16 +287,13 @@ async fn put_user(
     body: Result<Json<UserInput>, JsonRejection>,
 ) -> ApiResult<Json<User>> {
     let Json(u) = body?;
-    if st.shared.auth.user(&name).is_none() {
+    let Some(old) = st.shared.auth.user(&name) else {
         return Err(ApiError::not_found(format!("no user {name:?}")));
-    }
+    };
     if st.static_users.contains(&name) {
         return Err(ApiError::conflict(format!("user {name:?} is defined in the configuration file")));
     }
-    if u.name.as_deref().is_some_and(|n| n != name) {
-        return Err(ApiError::bad_request("name: cannot be changed"));
-    }
-    let su = credentials(&st, &name, &u)?;
+    let su = credentials(&st, &name, &u, Some(&old))?;
     st.store.put_user(&su).map_err(ApiError::store)?;
     apply_user(&st, &su);
     user_view(&st, &name).map(Json).ok_or_else(|| ApiError::not_found(name.clone()))
@@ -293,6 +339,7 @@ struct Registration {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RegistrationFilter {
     /// Only this user's devices.
@@ -335,6 +382,7 @@ async fn list_registrations(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogoutQuery {
     /// The device's Contact URI (as listed); without it every device of the user is logged out.
@@ -378,16 +426,20 @@ async fn logout(
 // ------------------------------------------------------------------ call log
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct CallLogQuery {
     /// Calls from or to this user.
     user: Option<String>,
     /// Unix seconds: calls that ended at or after this time.
+    #[param(minimum = 0)]
     since: Option<f64>,
     /// Unix seconds: calls that ended before this time.
+    #[param(minimum = 0)]
     until: Option<f64>,
-    /// At most this many (default 100, at most 10000).
-    limit: Option<usize>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<i64>,
 }
 
 /// Finished calls, newest first: parties, end reason, durations and per-direction media
@@ -397,9 +449,10 @@ struct CallLogQuery {
 async fn call_log(State(st): State<ApiState>, q: Result<Query<CallLogQuery>, QueryRejection>) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 10_000 {
+    if !(1..=10_000).contains(&limit) {
         return Err(ApiError::bad_request("limit: expected 1 to 10000"));
     }
+    let limit = limit as usize;
     for (k, v) in [("since", q.since), ("until", q.until)] {
         if v.is_some_and(|x| !x.is_finite() || x < 0.0) {
             return Err(ApiError::bad_request(format!("{k}: expected Unix seconds")));
