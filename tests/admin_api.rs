@@ -96,6 +96,7 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
         ("DELETE", "/api/v1/registrations/cfg", None),
         ("GET", "/api/v1/calls/log", None),
         ("GET", "/openapi.json", None),
+        ("GET", "/events", None),
     ] {
         for tok in [None, Some("wrong")] {
             let (code, body) = http(admin, m, p, tok, b);
@@ -138,9 +139,16 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
     assert_eq!(code, 200);
     let doc = json(&doc);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for p in
-        ["/api/v1/users", "/api/v1/users/{name}", "/api/v1/registrations", "/api/v1/registrations/{user}", "/api/v1/calls/log", "/health"]
-    {
+    for p in [
+        "/api/v1/users",
+        "/api/v1/users/{name}",
+        "/api/v1/registrations",
+        "/api/v1/registrations/{user}",
+        "/api/v1/calls/log",
+        "/events",
+        "/health",
+        "/metrics",
+    ] {
         assert!(doc["paths"][p].is_object(), "{p} missing from /openapi.json");
     }
 }
@@ -252,7 +260,8 @@ fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let t = token(&edge);
     let out = Command::new("timeout")
         .args(["240", "schemathesis", "run", &format!("http://{admin}/openapi.json"), "-H", &format!("Authorization: Bearer {t}")])
-        .args(["--checks", "all", "--max-examples", "25", "--seed", "1"])
+        // `/events` is an endless stream (tested on its own below).
+        .args(["--checks", "all", "--max-examples", "25", "--seed", "1", "--exclude-path", "/events"])
         .stdin(Stdio::null())
         .output()
         .expect("schemathesis");
@@ -302,4 +311,81 @@ fn promtool_accepts_the_metrics() {
     }
     let out = p.wait_with_output().unwrap();
     assert!(out.status.success(), "promtool: {}{}\n{m}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Reads Server-Sent Events from `GET /events` (HTTP/1.0: the body is the raw stream).
+fn sse_events(addr: SocketAddr, token: &str, query: &str, want: usize, limit: Duration) -> Vec<(String, serde_json::Value)> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /events{query} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
+    let _ = s.set_read_timeout(Some(limit));
+    let mut rd = BufReader::new(s);
+    let mut out = Vec::new();
+    let mut name = String::new();
+    let mut line = String::new();
+    while out.len() < want {
+        line.clear();
+        if rd.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if let Some(n) = l.strip_prefix("event: ").or_else(|| l.strip_prefix("event:")) {
+            name = n.trim().to_string();
+        } else if let Some(d) = l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")) {
+            out.push((name.clone(), json(d.trim())));
+        }
+    }
+    out
+}
+
+#[test]
+fn sse_delivers_ringing_answered_ended_in_order_with_the_pop_up_fields() {
+    let uas = free_port();
+    let edge = Edge::start("[[user]]\nname = \"erin\"\npassword = \"pw\"\n", &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}"), "--ring-ms", "100", "--answer-ms", "300"]);
+    let t2 = tok.clone();
+    let sub = std::thread::spawn(move || sse_events(admin, &t2, "?user=erin", 3, Duration::from_secs(20)));
+    // A subscriber for someone else sees nothing of this call.
+    let t3 = tok.clone();
+    let other = std::thread::spawn(move || sse_events(admin, &t3, "?user=zoe", 1, Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_millis(300));
+    let o = run(
+        &[
+            "call",
+            "--target",
+            &format!("sip:{}", edge.udp),
+            "--from",
+            "sip:erin@edge.test",
+            "--user",
+            "erin:pw",
+            "--to",
+            "sip:5551234@example.net",
+            "--calls",
+            "1",
+            "--hold-ms",
+            "300",
+            "--quiet",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ev = sub.join().unwrap();
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["ringing", "answered", "ended"], "{ev:?}");
+    let call_id = ev[0].1["call_id"].as_str().unwrap().to_string();
+    for (n, d) in &ev {
+        assert_eq!(d["event"], n.as_str());
+        assert_eq!(d["call_id"], call_id.as_str(), "one call");
+        assert_eq!(d["direction"], "outbound");
+        assert_eq!(d["caller"], "erin");
+        assert_eq!(d["called"], "5551234");
+        assert_eq!(d["agent"], "erin");
+        assert!(d["at"].as_f64().unwrap() > 1.7e9);
+    }
+    assert!(ev[0].1["at"].as_f64() <= ev[1].1["at"].as_f64() && ev[1].1["at"].as_f64() <= ev[2].1["at"].as_f64());
+    assert_eq!(ev[2].1["record"]["reason"], "bye_from_caller", "{:?}", ev[2].1);
+    assert!(ev[2].1["record"]["talk_secs"].as_f64().unwrap() >= 0.25);
+    assert!(other.join().unwrap().is_empty(), "the filter keeps other users' calls out");
 }

@@ -9,7 +9,7 @@
 use crate::auth::Verdict;
 use crate::core::{Input, Output, Peer, Shared, Transmit, uri_transport};
 use crate::location::Binding;
-use crate::media::anchor::{Anchor, CallRecord, DialogEnds, EndReason, SdpKind};
+use crate::media::anchor::{Anchor, CallEvent, CallParties, CallRecord, DialogEnds, EndReason, SdpKind};
 use crate::media::relay::{Forward as MediaForward, Side};
 use crate::msg::text::trim;
 use crate::msg::via::MAGIC_COOKIE;
@@ -141,6 +141,7 @@ pub struct Core {
     anchor: Option<Anchor>,
     records: VecDeque<CallRecord>,
     store_ops: Vec<StoreOp>,
+    events: Vec<CallEvent>,
     next_media_sweep: Option<Instant>,
 }
 
@@ -159,9 +160,10 @@ impl Core {
             next_id: 1,
             rng: seed | 1,
             next_sweep: None,
-            anchor: sh.media.anchor_possible().then(|| Anchor::detached(sh.media.relay.clone(), sh.media.advertise)),
+            anchor: Some(Anchor::detached(sh.media.relay.clone(), sh.media.advertise)),
             records: VecDeque::new(),
             store_ops: Vec::new(),
+            events: Vec::new(),
             next_media_sweep: None,
             sh,
         }
@@ -186,6 +188,11 @@ impl Core {
     /// Next finished call record (media figures for the CDR, metrics and log).
     pub fn poll_record(&mut self) -> Option<CallRecord> {
         self.records.pop_front()
+    }
+
+    /// Call events (ringing, answered, ended) for subscribers.
+    pub fn take_events(&mut self) -> Vec<CallEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Writes to persist: the runtime commits them before it sends the transmits queued
@@ -1147,20 +1154,19 @@ impl Core {
         let from_tag = msg.from_hdr().and_then(|f| f.tag()).unwrap_or("").to_string();
         let sdp = is_sdp(msg);
         if method == Method::Invite && !in_dialog && stateful {
-            if !self.should_anchor(msg, from, targets) {
-                return Ok((None, None));
-            }
+            let anchored = self.should_anchor(msg, from, targets);
+            let parties = self.parties(msg);
             let policy =
                 (self.leg_policy(from), targets.first().map(|t| self.leg_policy(&t.dest)).unwrap_or(crate::config::SrtpPolicy::Keep));
             let (f, t) = (msg.from_hdr().map(|f| f.uri.to_string()).unwrap_or_default(), msg.request_uri().unwrap_or("").to_string());
             let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
-            an.start(now, &call_id, &from_tag, policy, &f, &t);
+            an.start(now, &call_id, &from_tag, anchored, parties, policy, &f, &t);
             if self.next_media_sweep.is_none() {
                 self.next_media_sweep = Some(now + Anchor::sweep_interval());
             }
             an.note_cseq(&call_id, Side::A, msg.cseq().map(|c| c.seq).unwrap_or(0));
             let tsx = MediaTsx { call_id: call_id.clone(), requester: Side::A, offer_sent: sdp, initial: true };
-            if !sdp {
+            if !sdp || !anchored {
                 return Ok((None, Some(tsx)));
             }
             return match an.handle_sdp(now, &call_id, Side::A, SdpKind::Offer, &msg.body()) {
@@ -1211,10 +1217,56 @@ impl Core {
         }
     }
 
+    /// Who a new call is between (caller ID, called number, direction, local agent).
+    fn parties(&self, msg: &Message) -> CallParties {
+        let local_user = |uri: &str| {
+            SipUri::parse(uri)
+                .ok()
+                .filter(|u| self.sh.is_local_uri(u))
+                .and_then(|u| u.user.map(|x| crate::msg::uri::percent_decode(x).to_string()))
+                .filter(|u| self.sh.auth.user(u).is_some())
+        };
+        let user_part = |uri: &str| {
+            SipUri::parse(uri).ok().and_then(|u| u.user.map(|x| crate::msg::uri::percent_decode(x).to_string())).unwrap_or_default()
+        };
+        let from = msg.from_hdr();
+        let from_uri = from.as_ref().map(|f| f.uri).unwrap_or("");
+        let ruri = msg.request_uri().unwrap_or("");
+        let (caller_local, callee_local) = (local_user(from_uri), local_user(ruri));
+        let direction = match (&caller_local, &callee_local) {
+            (Some(_), Some(_)) => "internal",
+            (None, Some(_)) => "inbound",
+            (Some(_), None) => "outbound",
+            (None, None) => "transit",
+        };
+        CallParties {
+            direction,
+            caller: user_part(from_uri),
+            caller_name: from.and_then(|f| f.display).map(|d| d.trim_matches('"').to_string()).filter(|d| !d.is_empty()),
+            called: user_part(ruri),
+            agent: callee_local.or(caller_local),
+        }
+    }
+
     /// Media handling of a 1xx/2xx about to be forwarded upstream: the rewritten body.
     fn media_response(&mut self, now: Instant, cid: u64, msg: &Message, code: u16) -> Option<Vec<u8>> {
         let ct = self.clients.get(&cid)?;
         let m = ct.media.clone()?;
+        if m.initial
+            && (180..=183).contains(&code)
+            && let Some(parties) = self.anchor.as_mut().and_then(|a| a.ringing(&m.call_id))
+        {
+            self.events.push(CallEvent { event: "ringing", call_id: m.call_id.clone(), parties, record: None });
+        }
+        if m.initial
+            && (200..300).contains(&code)
+            && let Some(an) = self.anchor.as_ref()
+            && !an.is_answered(&m.call_id)
+            && let Some(parties) = an.parties(&m.call_id)
+        {
+            self.events.push(CallEvent { event: "answered", call_id: m.call_id.clone(), parties, record: None });
+        }
+        let Some(ct) = self.clients.get(&cid) else { return None };
         let callee_peer = ct.to;
         let caller_contact = ct.sent.as_ref().and_then(contact_uri);
         if (200..300).contains(&code) && m.initial {
@@ -1264,6 +1316,12 @@ impl Core {
         let Some(an) = self.anchor.as_mut() else { return };
         if let Some(rec) = an.end(now, call_id, reason) {
             self.store_ops.push(StoreOp::CallRecord(Box::new(rec.clone())));
+            self.events.push(CallEvent {
+                event: "ended",
+                call_id: rec.call_id.clone(),
+                parties: rec.parties.clone(),
+                record: Some(rec.clone()),
+            });
             self.records.push_back(rec);
         }
         if an.calls() == 0 {

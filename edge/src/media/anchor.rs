@@ -61,6 +61,34 @@ pub enum EndReason {
     MediaTimeout,
 }
 
+/// Who a call is between, as a contact-centre pop-up or a call log shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallParties {
+    /// `inbound` (to a local user), `outbound` (from a local user to a trunk), `internal`
+    /// (local to local) or `transit`.
+    pub direction: &'static str,
+    /// Caller ID: the From user part (number) and display name.
+    pub caller: String,
+    pub caller_name: Option<String>,
+    /// The called number or user (Request-URI user part).
+    pub called: String,
+    /// The local user the call is for (inbound/internal), or that placed it (outbound).
+    pub agent: Option<String>,
+}
+
+/// What happens to a call, for subscribers (SSE, webhooks).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallEvent {
+    /// `ringing`, `answered` or `ended`.
+    pub event: &'static str,
+    pub call_id: String,
+    #[serde(flatten)]
+    pub parties: CallParties,
+    /// Set on `ended`: why, durations and the per-direction quality.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<CallRecord>,
+}
+
 /// What the edge needs to end a confirmed dialog by itself (BYE to both ends).
 #[derive(Debug, Clone)]
 pub struct DialogEnds {
@@ -110,6 +138,10 @@ struct MLine {
 }
 
 struct Call {
+    /// Media goes through the relay (else the dialog is only tracked).
+    anchored: bool,
+    parties: CallParties,
+    ringing: bool,
     caller_tag: String,
     policy: [SrtpPolicy; 2],
     lines: Vec<MLine>,
@@ -127,6 +159,8 @@ struct Call {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallRecord {
     pub call_id: String,
+    #[serde(flatten)]
+    pub parties: CallParties,
     pub from: String,
     pub to: String,
     pub reason: EndReason,
@@ -177,9 +211,24 @@ impl Anchor {
         self.calls.contains_key(call_id)
     }
 
-    /// Starts anchoring a dialog at its initial INVITE. `policy` is (caller leg, callee leg).
-    pub fn start(&mut self, now: Instant, call_id: &str, caller_tag: &str, policy: (SrtpPolicy, SrtpPolicy), from: &str, to: &str) {
+    /// Starts tracking a dialog at its initial INVITE (anchoring its media when
+    /// `anchored`). `policy` is the SRTP policy of (caller leg, callee leg).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        caller_tag: &str,
+        anchored: bool,
+        parties: CallParties,
+        policy: (SrtpPolicy, SrtpPolicy),
+        from: &str,
+        to: &str,
+    ) {
         self.calls.entry(call_id.to_string()).or_insert_with(|| Call {
+            anchored,
+            parties,
+            ringing: false,
             caller_tag: caller_tag.to_string(),
             policy: [policy.0, policy.1],
             lines: Vec::new(),
@@ -207,6 +256,26 @@ impl Anchor {
         }
     }
 
+    /// A call's parties, the first time it rings (`None` afterwards or if unknown).
+    pub fn ringing(&mut self, call_id: &str) -> Option<CallParties> {
+        let c = self.calls.get_mut(call_id)?;
+        if c.ringing || c.answered.is_some() {
+            return None;
+        }
+        c.ringing = true;
+        Some(c.parties.clone())
+    }
+
+    /// A call's parties.
+    pub fn parties(&self, call_id: &str) -> Option<CallParties> {
+        self.calls.get(call_id).map(|c| c.parties.clone())
+    }
+
+    /// `true` once the call was answered.
+    pub fn is_answered(&self, call_id: &str) -> bool {
+        self.calls.get(call_id).is_some_and(|c| c.answered.is_some())
+    }
+
     /// The dialog was answered (2xx to the initial INVITE).
     pub fn answered(&mut self, now: Instant, call_id: &str, ends: DialogEnds) {
         if let Some(c) = self.calls.get_mut(call_id) {
@@ -229,8 +298,8 @@ impl Anchor {
     /// Rewrites an SDP body sent by `from` in dialog `call_id` for the other leg, and
     /// updates the relay. Returns the new body.
     pub fn handle_sdp(&mut self, now: Instant, call_id: &str, from: Side, kind: SdpKind, body: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let Some(call) = self.calls.get_mut(call_id).filter(|c| c.anchored) else { return Ok(body.to_vec()) };
         let mut sdp = Sdp::parse(body)?;
-        let Some(call) = self.calls.get_mut(call_id) else { return Ok(body.to_vec()) };
         let to = from.other();
         let mut bridges = Vec::with_capacity(sdp.media.len());
         let prior = match kind {
@@ -361,6 +430,7 @@ impl Anchor {
         }
         Some(CallRecord {
             call_id: call_id.to_string(),
+            parties: call.parties,
             from: call.from_uri,
             to: call.to_uri,
             reason,
@@ -488,7 +558,7 @@ mod tests {
     #[test]
     fn offer_and_answer_point_both_legs_at_the_relay() {
         let (mut an, t0) = anchor();
-        an.start(t0, "c1", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Keep), "sip:a@x", "sip:b@x");
+        an.start(t0, "c1", "tagA", true, CallParties::default(), (SrtpPolicy::Keep, SrtpPolicy::Keep), "sip:a@x", "sip:b@x");
         let to_b = an.handle_sdp(t0, "c1", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap();
         let o = Sdp::parse(&to_b).unwrap();
         let pb = o.media[0].port;
@@ -513,7 +583,7 @@ mod tests {
     #[test]
     fn sdes_leg_meets_plain_leg_and_audio_survives_both_ways() {
         let (mut an, t0) = anchor();
-        an.start(t0, "c2", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Plain), "a", "b");
+        an.start(t0, "c2", "tagA", true, CallParties::default(), (SrtpPolicy::Keep, SrtpPolicy::Plain), "a", "b");
         let to_b = an.handle_sdp(t0, "c2", Side::A, SdpKind::Offer, OFFER_SRTP.as_bytes()).unwrap();
         let o = Sdp::parse(&to_b).unwrap();
         assert_eq!(o.media[0].proto, "RTP/AVP");
@@ -563,12 +633,12 @@ mod tests {
     #[test]
     fn plain_offer_to_an_sdes_leg_gets_a_key_and_a_plain_offer_from_an_sdes_leg_is_refused() {
         let (mut an, t0) = anchor();
-        an.start(t0, "c3", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Sdes), "a", "b");
+        an.start(t0, "c3", "tagA", true, CallParties::default(), (SrtpPolicy::Keep, SrtpPolicy::Sdes), "a", "b");
         let to_b = an.handle_sdp(t0, "c3", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap();
         let o = Sdp::parse(&to_b).unwrap();
         assert_eq!(o.media[0].proto, "RTP/SAVP");
         assert_eq!(o.media_attrs(&o.media[0], "crypto").count(), 1);
-        an.start(t0, "c4", "tagA", (SrtpPolicy::Sdes, SrtpPolicy::Keep), "a", "b");
+        an.start(t0, "c4", "tagA", true, CallParties::default(), (SrtpPolicy::Sdes, SrtpPolicy::Keep), "a", "b");
         let e = an.handle_sdp(t0, "c4", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap_err();
         assert_eq!(e.status().0, 488);
     }
@@ -576,7 +646,7 @@ mod tests {
     #[test]
     fn hold_keeps_the_null_address_and_uses_the_hold_timeout() {
         let (mut an, t0) = anchor();
-        an.start(t0, "c5", "tagA", (SrtpPolicy::Keep, SrtpPolicy::Keep), "a", "b");
+        an.start(t0, "c5", "tagA", true, CallParties::default(), (SrtpPolicy::Keep, SrtpPolicy::Keep), "a", "b");
         an.handle_sdp(t0, "c5", Side::A, SdpKind::Offer, OFFER_PLAIN.as_bytes()).unwrap();
         an.handle_sdp(t0, "c5", Side::B, SdpKind::Answer, ANSWER_PLAIN.as_bytes()).unwrap();
         assert_eq!(an.poll_timeout(), Some(t0 + Duration::from_secs(60)));

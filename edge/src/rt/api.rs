@@ -32,6 +32,15 @@ pub struct ApiState {
     /// Users defined in the configuration file (read-only through the API).
     pub static_users: Arc<HashSet<String>>,
     pub prometheus: PrometheusHandle,
+    pub events: tokio::sync::broadcast::Sender<Arc<StampedEvent>>,
+}
+
+/// A call event with the wall-clock time it happened (Unix seconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct StampedEvent {
+    pub at: f64,
+    #[serde(flatten)]
+    pub event: crate::media::anchor::CallEvent,
 }
 
 /// An API error: `{"error": ..., "detail": ...}`.
@@ -462,6 +471,52 @@ async fn call_log(State(st): State<ApiState>, q: Result<Query<CallLogQuery>, Que
     Ok(Json(rows))
 }
 
+// ------------------------------------------------------------------ events
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct EventFilter {
+    /// Only calls where this user is the caller, the called party or the local agent.
+    user: Option<String>,
+}
+
+/// Call events as Server-Sent Events: `ringing`, `answered`, `ended` (with the call record
+/// and its quality figures). Each `data:` is a JSON object with `at` (Unix seconds), `event`,
+/// `call_id`, `direction`, `caller`, `caller_name`, `called`, `agent`.
+#[utoipa::path(get, path = "/events", tag = "events", security(("token" = [])), params(EventFilter),
+    responses((status = 200, description = "text/event-stream of call events", content_type = "text/event-stream"), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn events(State(st): State<ApiState>, q: Result<Query<EventFilter>, QueryRejection>) -> ApiResult<impl IntoResponse> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Query(f) = q?;
+    let rx = st.events.subscribe();
+    let stream = futures_util::stream::unfold((rx, f.user), |(mut rx, user)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let p = &e.event.parties;
+                    if let Some(u) = &user
+                        && p.caller != *u
+                        && p.called != *u
+                        && p.agent.as_deref() != Some(u.as_str())
+                    {
+                        continue;
+                    }
+                    let data = serde_json::to_string(&*e).unwrap_or_default();
+                    let ev = Event::default().event(e.event.event).data(data);
+                    return Some((Ok::<_, std::convert::Infallible>(ev), (rx, user)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = Event::default().event("lagged").data(format!("{{\"missed\":{n}}}"));
+                    return Some((Ok(ev), (rx, user)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
 // ------------------------------------------------------------------ router
 
 #[derive(OpenApi)]
@@ -519,6 +574,7 @@ pub fn router(st: ApiState) -> axum::Router {
         .routes(routes!(list_registrations))
         .routes(routes!(logout))
         .routes(routes!(call_log))
+        .routes(routes!(events))
         .split_for_parts();
     let doc = Arc::new(api);
     router

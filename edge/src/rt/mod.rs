@@ -42,6 +42,8 @@ pub struct RtShared {
     pub cdr: std::sync::mpsc::Sender<crate::media::anchor::CallRecord>,
     /// Persistence (bindings, call records).
     pub store: Arc<dyn crate::store::Store>,
+    /// Call events for the admin API's subscribers (SSE).
+    pub events: tokio::sync::broadcast::Sender<Arc<api::StampedEvent>>,
 }
 
 impl RtShared {
@@ -163,6 +165,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         conn: conn_rt.handle().clone(),
         cdr: admin::record_writer(cfg.cdr_path()),
         store,
+        events: tokio::sync::broadcast::channel(4096).0,
     });
     let prometheus = admin::install_recorder()?;
     if !admin_listeners.is_empty() {
@@ -179,6 +182,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             public: Arc::new(cfg.admin.public.clone()),
             static_users: Arc::new(cfg.users.iter().map(|u| u.name.get_ref().clone()).collect()),
             prometheus: prometheus.clone(),
+            events: rt.events.clone(),
         };
         let app = api::router(st);
         for l in admin_listeners {
@@ -253,6 +257,14 @@ impl Worker {
             && let Err(e) = self.rt.store.write(crate::store::wall_clock(), &ops)
         {
             tracing::error!(error = %e, ops = ops.len(), "persisting failed: the state is kept in memory only");
+        }
+        let events = self.core.borrow_mut().take_events();
+        if !events.is_empty() {
+            let at = crate::store::wall_clock().unix;
+            for e in events {
+                // No subscriber is fine: events are not stored.
+                let _ = self.rt.events.send(Arc::new(api::StampedEvent { at, event: e }));
+            }
         }
         let mut failed = Vec::new();
         loop {
