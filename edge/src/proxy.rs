@@ -1266,7 +1266,7 @@ impl Core {
         {
             self.events.push(CallEvent { event: "answered", call_id: m.call_id.clone(), parties, record: None });
         }
-        let Some(ct) = self.clients.get(&cid) else { return None };
+        let ct = self.clients.get(&cid)?;
         let callee_peer = ct.to;
         let caller_contact = ct.sent.as_ref().and_then(contact_uri);
         if (200..300).contains(&code) && m.initial {
