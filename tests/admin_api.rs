@@ -97,6 +97,8 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
         ("GET", "/api/v1/calls/log", None),
         ("GET", "/openapi.json", None),
         ("GET", "/events", None),
+        ("GET", "/api/v1/tls", None),
+        ("POST", "/api/v1/tls/reload", None),
     ] {
         for tok in [None, Some("wrong")] {
             let (code, body) = http(admin, m, p, tok, b);
@@ -388,4 +390,84 @@ fn sse_delivers_ringing_answered_ended_in_order_with_the_pop_up_fields() {
     assert_eq!(ev[2].1["record"]["reason"], "bye_from_caller", "{:?}", ev[2].1);
     assert!(ev[2].1["record"]["talk_secs"].as_f64().unwrap() >= 0.25);
     assert!(other.join().unwrap().is_empty(), "the filter keeps other users' calls out");
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A blocking TLS connection to the edge trusting only `ca_pem`.
+fn tls_connect(addr: SocketAddr, ca_pem: &[u8]) -> Result<TlsStream, String> {
+    use std::io::Write;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), "localhost".try_into().unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    // Drive the handshake now, so a refused certificate shows up here.
+    s.flush().map_err(|e| e.to_string())?;
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
+    }
+    Ok(s)
+}
+
+/// OPTIONS to the edge itself over `s`; the status of the answer.
+fn options_over(s: &mut TlsStream, n: u32) -> u16 {
+    use std::io::{Read, Write};
+    let m = format!(
+        "OPTIONS sip:edge.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bKtlsopt{n}\r\nMax-Forwards: 70\r\nFrom: <sip:t@example.org>;tag=t\r\nTo: <sip:edge.test>\r\nCall-ID: tls-reload-{n}\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(m.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 8192];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let k = s.read(&mut buf).expect("answer over the open TLS connection");
+        assert!(k > 0, "connection closed");
+        got.extend_from_slice(&buf[..k]);
+    }
+    status(&String::from_utf8_lossy(&got)).unwrap_or(0)
+}
+
+#[test]
+fn tls_reload_serves_the_new_certificate_and_keeps_open_connections() {
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    let tls_dir = edge.dir.path().join("data").join("tls");
+    let old_pem = std::fs::read(tls_dir.join("cert.pem")).unwrap();
+    let mut open = tls_connect(edge.tls, &old_pem).expect("TLS with the first certificate");
+    assert_eq!(options_over(&mut open, 1), 200);
+    // A new certificate and key on disk, then the reload call.
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let new_pem = ck.cert.pem();
+    std::fs::write(tls_dir.join("cert.pem"), &new_pem).unwrap();
+    std::fs::write(tls_dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    let (code, body) = http(admin, "POST", "/api/v1/tls/reload", Some(&tok), None);
+    assert_eq!(code, 200, "{body}");
+    let der_hex: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(ck.cert.der()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    assert_eq!(json(&body)["sha256"], der_hex.as_str());
+    // New connections get the new certificate: the old trust anchor no longer verifies.
+    assert!(tls_connect(edge.tls, &old_pem).is_err(), "a new connection still got the old certificate");
+    let mut fresh = tls_connect(edge.tls, new_pem.as_bytes()).expect("TLS with the new certificate");
+    assert_eq!(options_over(&mut fresh, 2), 200);
+    // The connection opened before the reload is still up.
+    assert_eq!(options_over(&mut open, 3), 200);
+    // A broken file is refused and the certificate in use stays.
+    std::fs::write(tls_dir.join("cert.pem"), "not a certificate").unwrap();
+    let (code, body) = http(admin, "POST", "/api/v1/tls/reload", Some(&tok), None);
+    assert_eq!(code, 400, "{body}");
+    let mut again = tls_connect(edge.tls, new_pem.as_bytes()).expect("still the new certificate");
+    assert_eq!(options_over(&mut again, 4), 200);
+    let (_, state) = http(admin, "GET", "/api/v1/tls", Some(&tok), None);
+    assert_eq!(json(&state)["sha256"], der_hex.as_str());
 }

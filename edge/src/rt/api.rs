@@ -33,6 +33,8 @@ pub struct ApiState {
     pub static_users: Arc<HashSet<String>>,
     pub prometheus: PrometheusHandle,
     pub events: tokio::sync::broadcast::Sender<Arc<StampedEvent>>,
+    /// The TLS certificate (when TLS or WSS listeners exist).
+    pub tls: Option<Arc<super::tls::CertStore>>,
 }
 
 /// A call event with the wall-clock time it happened (Unix seconds).
@@ -517,6 +519,38 @@ async fn events(State(st): State<ApiState>, q: Result<Query<EventFilter>, QueryR
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+// ------------------------------------------------------------------ TLS
+
+#[derive(Serialize, ToSchema)]
+struct TlsState {
+    /// SHA-256 fingerprint (hex) of the certificate new connections get.
+    sha256: String,
+}
+
+/// Reloads the TLS certificate and key from their files: new connections get the new
+/// certificate, open ones stay up. A broken file is refused (400) and the old certificate
+/// stays in use. (The edge also reloads by itself when the files change.)
+#[utoipa::path(post, path = "/api/v1/tls/reload", tag = "tls", security(("token" = [])),
+    responses((status = 200, body = TlsState), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
+async fn tls_reload(State(st): State<ApiState>) -> ApiResult<Json<TlsState>> {
+    let Some(store) = st.tls.clone() else { return Err(ApiError::conflict("no TLS or WSS listener is configured")) };
+    match store.reload() {
+        Ok(sha256) => {
+            tracing::info!(sha256, "TLS certificate reloaded (admin API)");
+            Ok(Json(TlsState { sha256 }))
+        }
+        Err(e) => Err(ApiError::bad_request(format!("certificate not loaded, the old one stays in use: {e}"))),
+    }
+}
+
+/// The TLS certificate in use.
+#[utoipa::path(get, path = "/api/v1/tls", tag = "tls", security(("token" = [])),
+    responses((status = 200, body = TlsState), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
+async fn tls_state(State(st): State<ApiState>) -> ApiResult<Json<TlsState>> {
+    let Some(store) = st.tls.clone() else { return Err(ApiError::conflict("no TLS or WSS listener is configured")) };
+    Ok(Json(TlsState { sha256: store.fingerprint() }))
+}
+
 // ------------------------------------------------------------------ router
 
 #[derive(OpenApi)]
@@ -575,6 +609,8 @@ pub fn router(st: ApiState) -> axum::Router {
         .routes(routes!(logout))
         .routes(routes!(call_log))
         .routes(routes!(events))
+        .routes(routes!(tls_state))
+        .routes(routes!(tls_reload))
         .split_for_parts();
     let doc = Arc::new(api);
     router

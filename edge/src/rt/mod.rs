@@ -84,12 +84,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("tokio: {e}"))?;
 
     // TLS (for TLS and WSS listeners).
+    let mut cert_store = None;
     let tls_cfg = if !cfg.sip.tls.is_empty() || !cfg.sip.wss.is_empty() {
         let (cert, key) = tls::cert_paths(&cfg.data_dir, cfg.tls.cert.as_deref(), cfg.tls.key.as_deref());
         if cfg.tls.cert.is_none() && tls::ensure_self_signed(&cert, &key)? {
             tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
         }
-        Some(tls::server_config(&cert, &key)?)
+        let store = Arc::new(tls::CertStore::load(&cert, &key)?);
+        cert_store = Some(store.clone());
+        Some(tls::server_config(store)?)
     } else {
         None
     };
@@ -183,6 +186,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             static_users: Arc::new(cfg.users.iter().map(|u| u.name.get_ref().clone()).collect()),
             prometheus: prometheus.clone(),
             events: rt.events.clone(),
+            tls: cert_store.clone(),
         };
         let app = api::router(st);
         for l in admin_listeners {
@@ -213,6 +217,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 .spawn(move || worker_main(idx, rt, socks, rx, seed))
                 .map_err(|e| e.to_string())?,
         );
+    }
+    if let Some(store) = cert_store {
+        // Reload on file change (e.g. a renewal by certbot), as well as through the API.
+        conn_rt.spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                match store.reload_if_changed() {
+                    Some(Ok(fp)) => tracing::info!(sha256 = fp, "TLS certificate reloaded (file changed)"),
+                    Some(Err(e)) => tracing::error!(error = %e, "TLS certificate changed but cannot be loaded: keeping the old one"),
+                    None => {}
+                }
+            }
+        });
     }
     for (t, l) in tcp_listeners {
         conn_rt.spawn(stream::accept_loop(rt.clone(), t, l, tls_cfg.clone()));

@@ -387,7 +387,7 @@ pub async fn listen(proto: Proto, addr: SocketAddr, tls: &TlsOpts) -> Result<Ser
             let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
                 return Err("a TLS/WSS listener needs --cert FILE and --key FILE (PEM)".into());
             };
-            Some(tokio_rustls::TlsAcceptor::from(edge::rt::tls::server_config(cert, key)?))
+            Some(tokio_rustls::TlsAcceptor::from(edge::rt::tls::server_config(Arc::new(edge::rt::tls::CertStore::load(cert, key)?))?))
         }
         _ => None,
     };
