@@ -21,8 +21,9 @@ fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: O
     let ct = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
         .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let out = String::from_utf8_lossy(&raw).to_string();
     let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let mut b = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     if out.to_ascii_lowercase().contains("transfer-encoding: chunked") {
@@ -99,6 +100,12 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
         ("GET", "/events", None),
         ("GET", "/api/v1/tls", None),
         ("POST", "/api/v1/tls/reload", None),
+        ("GET", "/api/v1/captures", None),
+        ("POST", "/api/v1/captures", Some("{\"user\":\"cfg\"}")),
+        ("GET", "/api/v1/captures/1", None),
+        ("DELETE", "/api/v1/captures/1", None),
+        ("GET", "/api/v1/captures/1/pcap", None),
+        ("POST", "/api/v1/captures/1/stop", None),
     ] {
         for tok in [None, Some("wrong")] {
             let (code, body) = http(admin, m, p, tok, b);
@@ -470,4 +477,95 @@ fn tls_reload_serves_the_new_certificate_and_keeps_open_connections() {
     assert_eq!(options_over(&mut again, 4), 200);
     let (_, state) = http(admin, "GET", "/api/v1/tls", Some(&tok), None);
     assert_eq!(json(&state)["sha256"], der_hex.as_str());
+}
+
+#[test]
+fn capture_of_a_user_has_its_invite_and_stops_at_logout_or_deadline() {
+    let uas = free_port();
+    let users = "[[user]]\nname = \"erin\"\npassword = \"pw\"\n[[user]]\nname = \"fred\"\npassword = \"pw\"\n";
+    let edge = Edge::start(users, &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    let t = Some(tok.as_str());
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}")]);
+    let (code, body) = http(admin, "POST", "/api/v1/captures", t, Some("{\"user\":\"erin\",\"duration_secs\":120}"));
+    assert_eq!(code, 201, "{body}");
+    let id = json(&body)["id"].as_u64().unwrap();
+    let (code, short) = http(admin, "POST", "/api/v1/captures", t, Some("{\"user\":\"fred\",\"duration_secs\":1}"));
+    assert_eq!(code, 201, "{short}");
+    let short_id = json(&short)["id"].as_u64().unwrap();
+    for (m, b, want) in [
+        ("POST", "{}", 400),
+        ("POST", "{\"user\":\"erin\",\"call_id\":\"x\"}", 400),
+        ("POST", "{\"user\":\"nobody\"}", 404),
+        ("POST", "{\"user\":\"erin\",\"duration_secs\":999999}", 400),
+    ] {
+        assert_eq!(http(admin, m, "/api/v1/captures", t, Some(b)).0, want, "{b}");
+    }
+    assert_eq!(http(admin, "GET", "/api/v1/captures/999", t, None).0, 404);
+    assert_eq!(http(admin, "GET", "/api/v1/captures/abc", t, None).0, 400);
+    // erin calls out; a call of nobody in particular is not captured.
+    for (from, user) in [("sip:erin@edge.test", "erin:pw"), ("sip:anon@example.org", "")] {
+        let mut args = vec![
+            "call",
+            "--target",
+            &format!("sip:{}", edge.udp).leak()[..],
+            "--to",
+            "sip:555@example.net",
+            "--calls",
+            "1",
+            "--hold-ms",
+            "100",
+            "--quiet",
+            "--from",
+            from,
+        ];
+        if !user.is_empty() {
+            args.extend(["--user", user]);
+        }
+        let o = run(&args, Duration::from_secs(60));
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // Read the pcap back with tshark, decoding the edge's SIP port as SIP.
+    let (code, _) = http(admin, "GET", &format!("/api/v1/captures/{id}/pcap"), t, None);
+    assert_eq!(code, 200);
+    let info = json(&http(admin, "GET", &format!("/api/v1/captures/{id}"), t, None).1);
+    assert!(info["packets"].as_u64().unwrap() >= 8, "{info}");
+    let file = edge.dir.path().join("data").join("captures").join(format!("{id}-user-erin.pcap"));
+    let o = Command::new("tshark")
+        .args([
+            "-r",
+            file.to_str().unwrap(),
+            "-d",
+            &format!("udp.port=={},sip", edge.udp.port()),
+            "-Y",
+            "sip.Method == \"INVITE\"",
+            "-T",
+            "fields",
+            "-e",
+            "sip.from.user",
+        ])
+        .output()
+        .expect("tshark");
+    let froms = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = froms.lines().collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| *l == "erin"), "INVITEs in the capture: {froms:?}");
+    // The 1 s capture stopped at its deadline; erin's stops when erin logs out.
+    assert!(e2e_tests::wait_until(Duration::from_secs(5), || {
+        json(&http(admin, "GET", &format!("/api/v1/captures/{short_id}"), t, None).1)["ended"] == "deadline"
+    }));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(register(&sock, edge.udp, "erin", "pw", 600), 200);
+    assert_eq!(register(&sock, edge.udp, "erin", "pw", 0), 200, "unregister");
+    let info = json(&http(admin, "GET", &format!("/api/v1/captures/{id}"), t, None).1);
+    assert_eq!(info["ended"], "logout", "{info}");
+    assert_eq!(info["active"], false);
+    assert_eq!(http(admin, "POST", &format!("/api/v1/captures/{id}/stop"), t, None).0, 409, "already stopped");
+    let (_, list) = http(admin, "GET", "/api/v1/captures", t, None);
+    assert_eq!(json(&list).as_array().unwrap().len(), 2);
+    // Delete: the entry and the file are gone.
+    assert_eq!(http(admin, "DELETE", &format!("/api/v1/captures/{id}"), t, None).0, 204);
+    assert_eq!(http(admin, "GET", &format!("/api/v1/captures/{id}/pcap"), t, None).0, 404);
+    assert!(!file.exists());
 }

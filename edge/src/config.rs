@@ -78,6 +78,8 @@ pub struct AdminConfig {
     pub public: Vec<String>,
     /// Where the admin token is kept (generated on first start); relative to `data_dir`.
     pub token_file: PathBuf,
+    /// Longest packet capture that may be requested, in seconds.
+    pub capture_max_secs: u64,
 }
 
 impl Default for AdminConfig {
@@ -86,6 +88,7 @@ impl Default for AdminConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             public: vec!["/health".into(), "/metrics".into()],
             token_file: PathBuf::from("admin.token"),
+            capture_max_secs: 3600,
         }
     }
 }

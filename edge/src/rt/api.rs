@@ -35,6 +35,9 @@ pub struct ApiState {
     pub events: tokio::sync::broadcast::Sender<Arc<StampedEvent>>,
     /// The TLS certificate (when TLS or WSS listeners exist).
     pub tls: Option<Arc<super::tls::CertStore>>,
+    pub captures: Arc<super::capture::Captures>,
+    /// Longest capture that may be requested.
+    pub capture_max: std::time::Duration,
 }
 
 /// A call event with the wall-clock time it happened (Unix seconds).
@@ -430,6 +433,9 @@ async fn logout(
         }));
     }
     let bindings = st.shared.location.lookup(clock.instant, &aor);
+    if bindings.is_empty() {
+        st.captures.user_logged_out(&user);
+    }
     st.store.write(clock, &[StoreOp::Bindings { aor, bindings }]).map_err(ApiError::store)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -517,6 +523,181 @@ async fn events(State(st): State<ApiState>, q: Result<Query<EventFilter>, QueryR
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+// ------------------------------------------------------------------ captures
+
+/// A packet capture.
+#[derive(Serialize, ToSchema)]
+struct Capture {
+    id: u64,
+    /// The user whose SIP messages are captured (or `call_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_id: Option<String>,
+    /// Unix seconds.
+    started: f64,
+    until: f64,
+    active: bool,
+    /// Why it stopped: `deadline`, `logout` or `stopped`.
+    ended: Option<String>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl From<super::capture::CaptureInfo> for Capture {
+    fn from(c: super::capture::CaptureInfo) -> Capture {
+        use super::capture::Target;
+        let (user, call_id) = match c.target {
+            Target::User(u) => (Some(u), None),
+            Target::CallId(i) => (None, Some(i)),
+        };
+        Capture {
+            id: c.id,
+            user,
+            call_id,
+            started: c.started,
+            until: c.until,
+            active: c.active,
+            ended: c.ended.map(String::from),
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+/// What to capture: one user's SIP messages or one call's, for a while.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+enum NewCapture {
+    User(UserCapture),
+    Call(CallCapture),
+}
+
+/// A user's SIP messages.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UserCapture {
+    #[schema(min_length = 1)]
+    user: String,
+    /// Seconds (default 600; at most `admin.capture_max_secs`).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, nullable = false)]
+    duration_secs: Option<u32>,
+}
+
+/// One call's SIP messages.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CallCapture {
+    #[schema(min_length = 1)]
+    call_id: String,
+    /// Seconds (default 600; at most `admin.capture_max_secs`).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, nullable = false)]
+    duration_secs: Option<u32>,
+}
+
+/// Starts a capture of a user's (or a call's) SIP messages into a pcap file.
+#[utoipa::path(post, path = "/api/v1/captures", tag = "captures", security(("token" = [])), request_body = NewCapture,
+    responses((status = 201, body = Capture), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn start_capture(
+    State(st): State<ApiState>,
+    body: Result<Json<NewCapture>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Capture>)> {
+    use super::capture::Target;
+    let Json(c) = body.map_err(|e| match e {
+        JsonRejection::JsonDataError(_) => {
+            ApiError::bad_request("give exactly one of `user` and `call_id` (and optionally `duration_secs`)")
+        }
+        other => other.into(),
+    })?;
+    let (target, duration) = match c {
+        NewCapture::User(UserCapture { user, duration_secs }) => {
+            if st.shared.auth.user(&user).is_none() {
+                return Err(ApiError::not_found(format!("no user {user:?}")));
+            }
+            (Target::User(user), duration_secs)
+        }
+        NewCapture::Call(CallCapture { call_id, duration_secs }) if !call_id.is_empty() => (Target::CallId(call_id), duration_secs),
+        NewCapture::Call(_) => return Err(ApiError::bad_request("call_id: must not be empty")),
+    };
+    let secs = duration.unwrap_or(600) as u64;
+    if secs == 0 || secs > st.capture_max.as_secs() {
+        return Err(ApiError::bad_request(format!("duration_secs: expected 1 to {}", st.capture_max.as_secs())));
+    }
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    let info = st.captures.start(now, target, std::time::Duration::from_secs(secs)).map_err(|e| {
+        tracing::error!(error = %e, "capture");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capture_unavailable", e)
+    })?;
+    Ok((StatusCode::CREATED, Json(info.into())))
+}
+
+/// All captures, newest first.
+#[utoipa::path(get, path = "/api/v1/captures", tag = "captures", security(("token" = [])),
+    responses((status = 200, body = [Capture]), (status = 401, body = ApiError)))]
+async fn list_captures(State(st): State<ApiState>) -> Json<Vec<Capture>> {
+    Json(st.captures.list().into_iter().map(Capture::from).collect())
+}
+
+/// One capture.
+#[utoipa::path(get, path = "/api/v1/captures/{id}", tag = "captures", security(("token" = [])),
+    params(("id" = u64, Path, description = "capture id")),
+    responses((status = 200, body = Capture), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_capture(
+    State(st): State<ApiState>,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Json<Capture>> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    st.captures.get(id).map(|c| Json(c.into())).ok_or_else(|| ApiError::not_found(format!("no capture {id}")))
+}
+
+/// Deletes a capture and its file (stopping it if it runs).
+#[utoipa::path(delete, path = "/api/v1/captures/{id}", tag = "captures", security(("token" = [])),
+    params(("id" = u64, Path, description = "capture id")),
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn delete_capture(
+    State(st): State<ApiState>,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<StatusCode> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if st.captures.delete(id) { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found(format!("no capture {id}"))) }
+}
+
+/// Stops a capture before its deadline (the file stays for download).
+#[utoipa::path(post, path = "/api/v1/captures/{id}/stop", tag = "captures", security(("token" = [])),
+    params(("id" = u64, Path, description = "capture id")),
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn stop_capture(State(st): State<ApiState>, id: Result<Path<u64>, axum::extract::rejection::PathRejection>) -> ApiResult<StatusCode> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if st.captures.get(id).is_none() {
+        return Err(ApiError::not_found(format!("no capture {id}")));
+    }
+    if st.captures.stop(id) { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::conflict(format!("capture {id} already stopped"))) }
+}
+
+/// The pcap file of a capture (also while it runs).
+#[utoipa::path(get, path = "/api/v1/captures/{id}/pcap", tag = "captures", security(("token" = [])),
+    params(("id" = u64, Path, description = "capture id")),
+    responses((status = 200, description = "pcap file (LINKTYPE_RAW)", content_type = "application/vnd.tcpdump.pcap"), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn download_capture(
+    State(st): State<ApiState>,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Response> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Some(c) = st.captures.get(id) else { return Err(ApiError::not_found(format!("no capture {id}"))) };
+    let data = std::fs::read(&c.file).map_err(|e| ApiError::not_found(format!("capture file: {e}")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"capture-{id}.pcap\"")),
+        ],
+        data,
+    )
+        .into_response())
 }
 
 // ------------------------------------------------------------------ TLS
@@ -610,8 +791,19 @@ pub fn router(st: ApiState) -> axum::Router {
         .routes(routes!(call_log))
         .routes(routes!(events))
         .routes(routes!(tls_state))
+        .routes(routes!(start_capture, list_captures))
+        .routes(routes!(get_capture, delete_capture))
+        .routes(routes!(stop_capture))
+        .routes(routes!(download_capture))
         .routes(routes!(tls_reload))
         .split_for_parts();
+    // The capture limit is configuration: state it in the document.
+    let mut api = serde_json::to_value(&api).unwrap_or_default();
+    for s in ["UserCapture", "CallCapture"] {
+        if let Some(p) = api.pointer_mut(&format!("/components/schemas/{s}/properties/duration_secs")).and_then(|v| v.as_object_mut()) {
+            p.insert("maximum".into(), serde_json::json!(st.capture_max.as_secs()));
+        }
+    }
     let doc = Arc::new(api);
     router
         .route("/openapi.json", axum::routing::get(move || async move { Json((*doc).clone()) }))

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod capture;
 pub mod flows;
 pub mod media;
 pub mod stream;
@@ -42,6 +43,8 @@ pub struct RtShared {
     pub cdr: std::sync::mpsc::Sender<crate::media::anchor::CallRecord>,
     /// Persistence (bindings, call records).
     pub store: Arc<dyn crate::store::Store>,
+    /// Per-user packet captures.
+    pub captures: Arc<capture::Captures>,
     /// Call events for the admin API's subscribers (SSE).
     pub events: tokio::sync::broadcast::Sender<Arc<api::StampedEvent>>,
 }
@@ -169,7 +172,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cdr: admin::record_writer(cfg.cdr_path()),
         store,
         events: tokio::sync::broadcast::channel(4096).0,
+        captures: Arc::new(capture::Captures::new(capture::dir(&cfg.data_dir))),
     });
+    {
+        let caps = rt.captures.clone();
+        conn_rt.spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                caps.expire(Instant::now());
+            }
+        });
+    }
     let prometheus = admin::install_recorder()?;
     if !admin_listeners.is_empty() {
         let token_path =
@@ -187,6 +200,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             prometheus: prometheus.clone(),
             events: rt.events.clone(),
             tls: cert_store.clone(),
+            captures: rt.captures.clone(),
+            capture_max: std::time::Duration::from_secs(cfg.admin.capture_max_secs),
         };
         let app = api::router(st);
         for l in admin_listeners {
@@ -326,6 +341,10 @@ impl Worker {
 
     /// Returns `false` on an immediate failure.
     fn transmit(&self, t: Transmit) -> bool {
+        if self.rt.captures.is_active() {
+            let local = capture::local_for(&self.rt.core, &t.to);
+            self.rt.captures.offer(&t.data, None, local, t.to.addr);
+        }
         match t.to.transport {
             Transport::Udp => {
                 let sock = self

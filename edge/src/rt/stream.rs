@@ -70,7 +70,12 @@ pub async fn accept_loop(rt: Arc<RtShared>, t: Transport, l: TcpListener, tls: O
 /// Parses one framed message and hands it to its worker; answers what cannot be parsed.
 fn deliver(rt: &RtShared, from: Peer, data: Bytes, reply: &tokio::sync::mpsc::UnboundedSender<Bytes>) {
     match Message::parse(data.clone()) {
-        Ok(msg) => rt.dispatch(from, msg),
+        Ok(msg) => {
+            if rt.captures.is_active() {
+                rt.captures.offer(&data, Some(&msg), from.addr, super::capture::local_for(&rt.core, &from));
+            }
+            rt.dispatch(from, msg)
+        }
         Err(e) => {
             tracing::debug!(remote = %from.addr, error = %e, "unparsable message on stream");
             if let Some(r) = error_response_raw(&data, 400, &e.to_string()) {

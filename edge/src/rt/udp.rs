@@ -98,6 +98,11 @@ fn on_datagram(w: &Worker, sock: &tokio::net::UdpSocket, now: Instant, data: &[u
     let bytes = Bytes::copy_from_slice(data);
     match Message::parse(bytes) {
         Ok(msg) => {
+            if w.rt.captures.is_active()
+                && let Ok(local) = sock.local_addr()
+            {
+                w.rt.captures.offer(data, Some(&msg), src, local);
+            }
             let from = Peer { transport: Transport::Udp, addr: src, flow: None };
             let owner = w.rt.owner(&msg);
             if owner == w.idx {
