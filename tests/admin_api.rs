@@ -106,6 +106,8 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
         ("DELETE", "/api/v1/captures/1", None),
         ("GET", "/api/v1/captures/1/pcap", None),
         ("POST", "/api/v1/captures/1/stop", None),
+        ("GET", "/api/v1/calls", None),
+        ("DELETE", "/api/v1/calls/x", None),
     ] {
         for tok in [None, Some("wrong")] {
             let (code, body) = http(admin, m, p, tok, b);
@@ -568,4 +570,59 @@ fn capture_of_a_user_has_its_invite_and_stops_at_logout_or_deadline() {
     assert_eq!(http(admin, "DELETE", &format!("/api/v1/captures/{id}"), t, None).0, 204);
     assert_eq!(http(admin, "GET", &format!("/api/v1/captures/{id}/pcap"), t, None).0, 404);
     assert!(!file.exists());
+}
+
+#[test]
+fn active_calls_are_listed_with_live_media_and_can_be_hung_up() {
+    let uas = free_port();
+    let edge = Edge::start("", &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    let t = Some(tok.as_str());
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}"), "--rtp-echo"]);
+    let target = format!("sip:{}", edge.udp);
+    let caller = std::thread::spawn(move || {
+        run(
+            &[
+                "call",
+                "--target",
+                &target,
+                "--to",
+                "sip:777@example.net",
+                "--calls",
+                "1",
+                "--hold-ms",
+                "20000",
+                "--rtp",
+                "--quiet",
+                "--max-time-s",
+                "30",
+            ],
+            Duration::from_secs(60),
+        )
+    });
+    assert!(e2e_tests::wait_until(Duration::from_secs(10), || {
+        let (_, b) = http(admin, "GET", "/api/v1/calls", t, None);
+        json(&b).as_array().is_some_and(|a| {
+            a.len() == 1 && a[0]["state"] == "answered" && a[0]["media"][0]["from_a"]["packets"].as_u64().unwrap_or(0) > 20
+        })
+    }));
+    let (_, b) = http(admin, "GET", "/api/v1/calls", t, None);
+    let call = json(&b)[0].clone();
+    assert_eq!(call["called"], "777");
+    assert_eq!(call["direction"], "transit");
+    assert!(call["callee_leg"].as_str().unwrap().contains(&uas.to_string()), "{call}");
+    assert!(call["anchored"].as_bool().unwrap());
+    let id = call["call_id"].as_str().unwrap().to_string();
+    assert_eq!(http(admin, "DELETE", "/api/v1/calls/no-such-call", t, None).0, 404);
+    let t0 = std::time::Instant::now();
+    assert_eq!(http(admin, "DELETE", &format!("/api/v1/calls/{id}"), t, None).0, 204);
+    assert!(e2e_tests::wait_until(Duration::from_secs(5), || json(&http(admin, "GET", "/api/v1/calls", t, None).1)
+        .as_array()
+        .is_some_and(|a| a.is_empty())));
+    let recs = edge.call_records();
+    assert!(e2e_tests::wait_until(Duration::from_secs(5), || !edge.call_records().is_empty()), "{recs:?}");
+    assert_eq!(edge.call_records()[0]["reason"], "hung_up");
+    let _ = caller.join();
+    assert!(t0.elapsed() < Duration::from_secs(15), "the caller's call ended well before its 20 s hold");
 }

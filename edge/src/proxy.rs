@@ -1338,21 +1338,63 @@ impl Core {
             return;
         };
         for call_id in an.inactive(now) {
-            let Some((ends, cseq)) = self.anchor.as_ref().and_then(|a| a.dialog(&call_id)).map(|(d, c)| (d.clone(), c)) else { continue };
-            tracing::info!(call_id, "media: inactivity timeout, sending BYE to both ends");
-            let reason = "Reason: Q.850;cause=102;text=\"media timeout\"\r\n";
-            // To the callee as if from the caller, and to the caller as if from the callee.
-            let legs = [
-                (ends.callee_peer, &ends.callee_contact, &ends.routes_to_callee, &ends.from, &ends.to, cseq[0] + 1),
-                (ends.caller_peer, &ends.caller_contact, &ends.routes_to_caller, &ends.to, &ends.from, cseq[1] + 1),
-            ];
-            for (peer, target, routes, from, to, seq) in legs {
-                self.send_bye(now, peer, target, routes, from, to, &call_id, seq, reason);
+            if self.anchor.as_ref().and_then(|a| a.dialog(&call_id)).is_none() {
+                continue;
             }
+            tracing::info!(call_id, "media: inactivity timeout, sending BYE to both ends");
+            self.bye_both(now, &call_id, "Reason: Q.850;cause=102;text=\"media timeout\"\r\n");
             self.end_call(now, &call_id, EndReason::MediaTimeout);
         }
         let active = self.anchor.as_ref().is_some_and(|a| a.calls() > 0);
         self.next_media_sweep = active.then(|| now + Anchor::sweep_interval());
+    }
+
+    /// Ends a confirmed dialog as the edge: BYE to the callee as if from the caller and to
+    /// the caller as if from the callee (RFC 3261 15; dialog data kept by the anchor).
+    fn bye_both(&mut self, now: Instant, call_id: &str, reason: &str) -> bool {
+        let Some((ends, cseq)) = self.anchor.as_ref().and_then(|a| a.dialog(call_id)).map(|(d, c)| (d.clone(), c)) else { return false };
+        let legs = [
+            (ends.callee_peer, &ends.callee_contact, &ends.routes_to_callee, &ends.from, &ends.to, cseq[0] + 1),
+            (ends.caller_peer, &ends.caller_contact, &ends.routes_to_caller, &ends.to, &ends.from, cseq[1] + 1),
+        ];
+        for (peer, target, routes, from, to, seq) in legs {
+            self.send_bye(now, peer, target, routes, from, to, call_id, seq, reason);
+        }
+        true
+    }
+
+    /// Calls in progress (admin API).
+    pub fn active_calls(&self, now: Instant) -> Vec<crate::media::anchor::ActiveCall> {
+        self.anchor.as_ref().map(|a| a.active(now)).unwrap_or_default()
+    }
+
+    /// Hangs up a call from the admin API: BYE both ways once answered, CANCEL of the
+    /// branches (487 to the caller) while it rings. `false` if this core has no such call.
+    pub fn hangup(&mut self, now: Instant, call_id: &str) -> bool {
+        let Some(an) = self.anchor.as_ref() else { return false };
+        if !an.has(call_id) {
+            return false;
+        }
+        if an.is_answered(call_id) {
+            if self.bye_both(now, call_id, "Reason: SIP;cause=200;text=\"hung up by the operator\"\r\n") {
+                self.end_call(now, call_id, EndReason::HungUp);
+                return true;
+            }
+            return false;
+        }
+        let ctx = self.ctxs.iter().find(|(_, c)| c.media_call.as_deref() == Some(call_id)).map(|(id, _)| *id);
+        match ctx {
+            Some(ctx) => {
+                self.cancel_branches(now, ctx, None, Some("SIP;cause=487;text=\"hung up by the operator\""));
+                self.maybe_finish(now, ctx);
+                true
+            }
+            None => {
+                // The INVITE transaction is gone but no answer was seen: forget the call.
+                self.end_call(now, call_id, EndReason::HungUp);
+                true
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

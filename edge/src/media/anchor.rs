@@ -59,6 +59,28 @@ pub enum EndReason {
     Failed(u16),
     /// No media in either direction for the inactivity time: the edge sent BYE both ways.
     MediaTimeout,
+    /// Hung up through the admin API.
+    HungUp,
+}
+
+/// A call in progress, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActiveCall {
+    pub call_id: String,
+    #[serde(flatten)]
+    pub parties: CallParties,
+    /// `ringing`, `answered` or `trying`.
+    pub state: &'static str,
+    pub anchored: bool,
+    /// Seconds since the INVITE, and since the answer.
+    pub age_secs: f64,
+    pub talk_secs: f64,
+    /// Transport and address of the previous hop towards the caller and of the next hop
+    /// towards the callee (known once answered).
+    pub caller_leg: Option<String>,
+    pub callee_leg: Option<String>,
+    /// Live media figures per anchored media line.
+    pub media: Vec<SessionReport>,
 }
 
 /// Who a call is between, as a contact-centre pop-up or a call log shows it.
@@ -438,6 +460,31 @@ impl Anchor {
             talk_secs: call.answered.map(|a| now.saturating_duration_since(a).as_secs_f64()).unwrap_or(0.0),
             media,
         })
+    }
+
+    /// Every call in progress.
+    pub fn active(&self, now: Instant) -> Vec<ActiveCall> {
+        let leg = |p: &Peer| format!("{} {}", p.transport.uri_param(), p.addr);
+        self.calls
+            .iter()
+            .map(|(id, c)| ActiveCall {
+                call_id: id.clone(),
+                parties: c.parties.clone(),
+                state: if c.answered.is_some() {
+                    "answered"
+                } else if c.ringing {
+                    "ringing"
+                } else {
+                    "trying"
+                },
+                anchored: c.anchored,
+                age_secs: now.saturating_duration_since(c.started).as_secs_f64(),
+                talk_secs: c.answered.map(|a| now.saturating_duration_since(a).as_secs_f64()).unwrap_or(0.0),
+                caller_leg: c.dialog.as_ref().map(|d| leg(&d.caller_peer)),
+                callee_leg: c.dialog.as_ref().map(|d| leg(&d.callee_peer)),
+                media: c.lines.iter().filter_map(|l| self.relay.report(l.session?, now)).collect(),
+            })
+            .collect()
     }
 
     /// When [`Anchor::inactive`] may next report something.

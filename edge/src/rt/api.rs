@@ -36,6 +36,8 @@ pub struct ApiState {
     /// The TLS certificate (when TLS or WSS listeners exist).
     pub tls: Option<Arc<super::tls::CertStore>>,
     pub captures: Arc<super::capture::Captures>,
+    /// The workers (active calls live in their cores).
+    pub workers: Arc<super::RtShared>,
     /// Longest capture that may be requested.
     pub capture_max: std::time::Duration,
 }
@@ -479,6 +481,37 @@ async fn call_log(State(st): State<ApiState>, q: Result<Query<CallLogQuery>, Que
     Ok(Json(rows))
 }
 
+// ------------------------------------------------------------------ active calls
+
+/// Calls in progress: parties, state, legs and live media figures.
+#[utoipa::path(get, path = "/api/v1/calls", tag = "calls", security(("token" = [])),
+    responses((status = 200, description = "calls in progress", body = [Object]), (status = 401, body = ApiError)))]
+async fn active_calls(State(st): State<ApiState>) -> ApiResult<Json<Vec<crate::media::anchor::ActiveCall>>> {
+    let mut all = Vec::new();
+    for w in &st.workers.admin {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if w.send(super::AdminCmd::Calls(tx)).is_ok()
+            && let Ok(calls) = rx.await
+        {
+            all.extend(calls);
+        }
+    }
+    all.sort_by(|a, b| b.age_secs.total_cmp(&a.age_secs));
+    Ok(Json(all))
+}
+
+/// Hangs up a call: BYE to both ends once answered, CANCEL while it rings (the caller gets
+/// 487). The call record says `hung_up`.
+#[utoipa::path(delete, path = "/api/v1/calls/{call_id}", tag = "calls", security(("token" = [])),
+    params(("call_id" = String, Path, description = "Call-ID")),
+    responses((status = 204), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn hangup(State(st): State<ApiState>, Path(call_id): Path<String>) -> ApiResult<StatusCode> {
+    let w = st.workers.owner_of(&call_id);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent = st.workers.admin.get(w).is_some_and(|a| a.send(super::AdminCmd::Hangup(call_id.clone(), tx)).is_ok());
+    if sent && rx.await.unwrap_or(false) { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found(format!("no call {call_id:?}"))) }
+}
+
 // ------------------------------------------------------------------ events
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -789,6 +822,8 @@ pub fn router(st: ApiState) -> axum::Router {
         .routes(routes!(list_registrations))
         .routes(routes!(logout))
         .routes(routes!(call_log))
+        .routes(routes!(active_calls))
+        .routes(routes!(hangup))
         .routes(routes!(events))
         .routes(routes!(tls_state))
         .routes(routes!(start_capture, list_captures))

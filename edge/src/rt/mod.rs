@@ -32,6 +32,14 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 
+/// Requests of the admin API to a worker's core.
+pub enum AdminCmd {
+    /// The calls this worker owns.
+    Calls(tokio::sync::oneshot::Sender<Vec<crate::media::anchor::ActiveCall>>),
+    /// Hang up a call (`false`: no such call here).
+    Hangup(String, tokio::sync::oneshot::Sender<bool>),
+}
+
 /// State the runtime shares between workers and connection tasks.
 pub struct RtShared {
     pub core: Arc<Shared>,
@@ -43,6 +51,8 @@ pub struct RtShared {
     pub cdr: std::sync::mpsc::Sender<crate::media::anchor::CallRecord>,
     /// Persistence (bindings, call records).
     pub store: Arc<dyn crate::store::Store>,
+    /// Admin requests to each worker.
+    pub admin: Vec<mpsc::UnboundedSender<AdminCmd>>,
     /// Per-user packet captures.
     pub captures: Arc<capture::Captures>,
     /// Call events for the admin API's subscribers (SSE).
@@ -50,11 +60,16 @@ pub struct RtShared {
 }
 
 impl RtShared {
-    /// The worker that owns a Call-ID (FNV-1a hash).
+    /// The worker that owns a message (by its Call-ID).
     pub fn owner(&self, msg: &Message) -> usize {
+        self.owner_of(msg.call_id().unwrap_or(""))
+    }
+
+    /// The worker that owns a Call-ID (FNV-1a hash).
+    pub fn owner_of(&self, call_id: &str) -> usize {
         let n = self.workers.len().max(1);
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in msg.call_id().unwrap_or("").bytes() {
+        for b in call_id.bytes() {
             h ^= b as u64;
             h = h.wrapping_mul(0x100_0000_01b3);
         }
@@ -156,6 +171,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
         shared.location.update(clock.instant, &aor, |v| v.push(b));
     }
 
+    let mut admin_txs = Vec::new();
+    let mut admin_rxs = Vec::new();
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        admin_txs.push(tx);
+        admin_rxs.push(rx);
+    }
     let mut txs = Vec::new();
     let mut rxs = Vec::new();
     for _ in 0..workers {
@@ -173,6 +195,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         store,
         events: tokio::sync::broadcast::channel(4096).0,
         captures: Arc::new(capture::Captures::new(capture::dir(&cfg.data_dir))),
+        admin: admin_txs,
     });
     {
         let caps = rt.captures.clone();
@@ -201,6 +224,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             events: rt.events.clone(),
             tls: cert_store.clone(),
             captures: rt.captures.clone(),
+            workers: rt.clone(),
             capture_max: std::time::Duration::from_secs(cfg.admin.capture_max_secs),
         };
         let app = api::router(st);
@@ -223,13 +247,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     println!("edge: domain {} with {} user(s), {workers} worker(s)", shared.domain, shared.auth.user_count());
 
     let mut threads = Vec::new();
-    for (idx, (rx, socks)) in rxs.into_iter().zip(udp_sockets).enumerate() {
+    for (idx, ((rx, socks), arx)) in rxs.into_iter().zip(udp_sockets).zip(admin_rxs).enumerate() {
         let rt = rt.clone();
         let seed = rand::random::<u64>();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("edge-worker-{idx}"))
-                .spawn(move || worker_main(idx, rt, socks, rx, seed))
+                .spawn(move || worker_main(idx, rt, socks, rx, arx, seed))
                 .map_err(|e| e.to_string())?,
         );
     }
@@ -373,7 +397,14 @@ impl Worker {
     }
 }
 
-fn worker_main(idx: usize, rt: Arc<RtShared>, socks: Vec<std::net::UdpSocket>, mut rx: mpsc::UnboundedReceiver<Input>, seed: u64) {
+fn worker_main(
+    idx: usize,
+    rt: Arc<RtShared>,
+    socks: Vec<std::net::UdpSocket>,
+    mut rx: mpsc::UnboundedReceiver<Input>,
+    mut arx: mpsc::UnboundedReceiver<AdminCmd>,
+    seed: u64,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -417,6 +448,23 @@ fn worker_main(idx: usize, rt: Arc<RtShared>, socks: Vec<std::net::UdpSocket>, m
                 Err(e) => tracing::error!(error = %e, "media relay poller: media is not anchored on this worker"),
             }
         }
+        let wa = w.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(cmd) = arx.recv().await {
+                let now = Instant::now();
+                match cmd {
+                    AdminCmd::Calls(reply) => {
+                        let calls = wa.core.borrow().active_calls(now);
+                        let _ = reply.send(calls);
+                    }
+                    AdminCmd::Hangup(call_id, reply) => {
+                        let done = wa.core.borrow_mut().hangup(now, &call_id);
+                        wa.flush();
+                        let _ = reply.send(done);
+                    }
+                }
+            }
+        });
         let wc = w.clone();
         tokio::task::spawn_local(async move {
             while let Some(first) = rx.recv().await {
