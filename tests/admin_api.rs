@@ -108,6 +108,11 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
         ("POST", "/api/v1/captures/1/stop", None),
         ("GET", "/api/v1/calls", None),
         ("DELETE", "/api/v1/calls/x", None),
+        ("GET", "/api/v1/upstreams", None),
+        ("POST", "/api/v1/upstreams", Some("{\"name\":\"u\",\"uri\":\"sip:127.0.0.1\"}")),
+        ("GET", "/api/v1/upstreams/u", None),
+        ("PUT", "/api/v1/upstreams/u", Some("{\"uri\":\"sip:127.0.0.1\"}")),
+        ("DELETE", "/api/v1/upstreams/u", None),
     ] {
         for tok in [None, Some("wrong")] {
             let (code, body) = http(admin, m, p, tok, b);
@@ -625,4 +630,65 @@ fn active_calls_are_listed_with_live_media_and_can_be_hung_up() {
     assert_eq!(edge.call_records()[0]["reason"], "hung_up");
     let _ = caller.join();
     assert!(t0.elapsed() < Duration::from_secs(15), "the caller's call ended well before its 20 s hold");
+}
+
+#[test]
+fn a_trunk_created_through_the_api_takes_the_next_call_and_survives_a_restart() {
+    let uas = free_port();
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    let t = Some(tok.as_str());
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}")]);
+    let call = |edge: &Edge| {
+        run(
+            &[
+                "call",
+                "--target",
+                &format!("sip:{}", edge.udp),
+                "--to",
+                "sip:555@example.net",
+                "--calls",
+                "1",
+                "--hold-ms",
+                "50",
+                "--quiet",
+            ],
+            Duration::from_secs(60),
+        )
+    };
+    let o = call(&edge);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stdout).contains("403"), "no trunk yet: {}", text(&o));
+    let body = format!("{{\"name\":\"trunk1\",\"uri\":\"sip:127.0.0.1:{uas}\"}}");
+    let (code, b) = http(admin, "POST", "/api/v1/upstreams", t, Some(&body));
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(json(&b)["preferred"], true);
+    assert_eq!(http(admin, "POST", "/api/v1/upstreams", t, Some(&body)).0, 409);
+    for bad in [
+        "{\"name\":\"x\",\"uri\":\"http://nope\"}",
+        "{\"name\":\"x y\",\"uri\":\"sip:127.0.0.1\"}",
+        "{\"name\":\"x\",\"uri\":\"sip:127.0.0.1\",\"srtp\":\"maybe\"}",
+        "{\"uri\":\"sip:127.0.0.1\"}",
+    ] {
+        assert_eq!(http(admin, "POST", "/api/v1/upstreams", t, Some(bad)).0, 400, "{bad}");
+    }
+    let o = call(&edge);
+    assert!(o.status.success(), "the new trunk takes the call: {}", text(&o));
+    assert_eq!(
+        http(admin, "PUT", "/api/v1/upstreams/trunk1", t, Some(&format!("{{\"uri\":\"sip:127.0.0.1:{uas}\",\"priority\":7}}"))).0,
+        200
+    );
+    assert_eq!(json(&http(admin, "GET", "/api/v1/upstreams/trunk1", t, None).1)["priority"], 7);
+    assert_eq!(http(admin, "GET", "/api/v1/upstreams/none", t, None).0, 404);
+    // Restart: the trunk is still there and still takes calls.
+    let dir = edge.kill9();
+    let edge = Edge::restart(dir, &[]);
+    let admin = edge.admin.unwrap();
+    let (_, list) = http(admin, "GET", "/api/v1/upstreams", t, None);
+    assert_eq!(json(&list)[0]["name"], "trunk1", "{list}");
+    assert!(call(&edge).status.success());
+    // Deleted: calls to other domains are refused again.
+    assert_eq!(http(admin, "DELETE", "/api/v1/upstreams/trunk1", t, None).0, 204);
+    assert_eq!(http(admin, "DELETE", "/api/v1/upstreams/trunk1", t, None).0, 404);
+    assert!(!call(&edge).status.success());
 }

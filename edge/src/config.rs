@@ -199,6 +199,10 @@ pub struct UserConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Name (admin API key); default `upstream-N`.
+    pub name: Option<String>,
+    /// Lower is preferred (default 100 + position in the file).
+    pub priority: Option<u32>,
     /// Next hop for requests to non-local domains, e.g. `sip:10.0.0.5:5060;transport=tcp`.
     pub uri: Spanned<String>,
     /// Overrides media.anchor for calls through this upstream.

@@ -54,8 +54,15 @@ pub enum Output {
 /// A static next hop (`[[upstream]]`).
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// Name (the API's key).
+    pub name: String,
+    /// Lower is preferred; the preferred upstream takes calls to other domains.
+    pub priority: u32,
+    /// `config` or `api`.
+    pub source: &'static str,
     pub uri: String,
-    pub dest: Peer,
+    /// The resolved next hop; `None` while its host name does not resolve (calls get 503).
+    pub dest: Option<Peer>,
     /// Media anchoring override for calls through it.
     pub anchor_media: Option<bool>,
     /// SRTP policy of the leg towards it.
@@ -96,7 +103,8 @@ pub struct Shared {
     pub auth: Authenticator,
     pub challenge_local_callers: bool,
     pub location: Location,
-    pub upstream: Option<Upstream>,
+    /// Upstreams (trunks), most preferred first; changed at run time through the admin API.
+    upstreams: std::sync::RwLock<std::sync::Arc<Vec<Upstream>>>,
     pub media: MediaPolicy,
     token_key: [u8; 32],
 }
@@ -131,14 +139,28 @@ impl Shared {
             users.insert(name, c);
         }
         let algs = cfg.auth.algorithms.iter().filter_map(|a| Algorithm::parse(a)).collect();
-        let upstream = cfg.upstreams.first().and_then(|u| {
-            let uri = u.uri.get_ref().clone();
-            let parsed = SipUri::parse(&uri).ok()?;
-            let transport = uri_transport(&parsed);
-            let addr =
-                upstream_addr.or_else(|| parsed.ip().map(|ip| SocketAddr::new(ip, parsed.port.unwrap_or(transport.default_port()))))?;
-            Some(Upstream { uri, dest: Peer { transport, addr, flow: None }, anchor_media: u.anchor_media, srtp: u.srtp })
-        });
+        let upstreams: Vec<Upstream> = cfg
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                let uri = u.uri.get_ref().clone();
+                let parsed = SipUri::parse(&uri).ok()?;
+                let transport = uri_transport(&parsed);
+                let resolved = if i == 0 { upstream_addr } else { None };
+                let addr =
+                    resolved.or_else(|| parsed.ip().map(|ip| SocketAddr::new(ip, parsed.port.unwrap_or(transport.default_port()))))?;
+                Some(Upstream {
+                    name: u.name.clone().unwrap_or_else(|| format!("upstream-{i}")),
+                    priority: u.priority.unwrap_or(100 + i as u32),
+                    source: "config",
+                    uri,
+                    dest: Some(Peer { transport, addr, flow: None }),
+                    anchor_media: u.anchor_media,
+                    srtp: u.srtp,
+                })
+            })
+            .collect();
         let m = &cfg.media;
         let media = MediaPolicy {
             anchor: m.anchor,
@@ -169,10 +191,39 @@ impl Shared {
             auth: Authenticator::new(realm, algs, users, key, base, Duration::from_secs(cfg.auth.nonce_ttl_secs)),
             challenge_local_callers: cfg.auth.challenge_local_callers,
             location: Location::new(),
-            upstream,
+            upstreams: std::sync::RwLock::new(std::sync::Arc::new(sorted(upstreams))),
             media,
             token_key: key,
         }
+    }
+
+    /// The preferred upstream (takes calls to other domains).
+    pub fn upstream(&self) -> Option<Upstream> {
+        self.upstreams.read().ok().and_then(|u| u.first().cloned())
+    }
+
+    /// Every upstream, most preferred first.
+    pub fn upstream_list(&self) -> std::sync::Arc<Vec<Upstream>> {
+        self.upstreams.read().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    /// Adds or replaces (by name) an upstream.
+    pub fn set_upstream(&self, up: Upstream) {
+        if let Ok(mut w) = self.upstreams.write() {
+            let mut v: Vec<Upstream> = w.iter().filter(|u| u.name != up.name).cloned().collect();
+            v.push(up);
+            *w = std::sync::Arc::new(sorted(v));
+        }
+    }
+
+    /// Removes an upstream; `false` if there was none of that name.
+    pub fn remove_upstream(&self, name: &str) -> bool {
+        let Ok(mut w) = self.upstreams.write() else { return false };
+        let before = w.len();
+        let v: Vec<Upstream> = w.iter().filter(|u| u.name != name).cloned().collect();
+        let removed = v.len() != before;
+        *w = std::sync::Arc::new(v);
+        removed
     }
 
     /// The first listening address of a transport (used in Via and Record-Route).
@@ -247,6 +298,11 @@ impl Shared {
         let port = u16::from_be_bytes(body[body.len() - 2..].try_into().ok()?);
         Some(Peer { transport, addr: SocketAddr::new(ip, port), flow: (flow != u64::MAX).then_some(FlowId(flow)) })
     }
+}
+
+fn sorted(mut v: Vec<Upstream>) -> Vec<Upstream> {
+    v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
+    v
 }
 
 /// Transport a URI asks for (RFC 3263 4.1 without DNS): `transport=` or TLS for sips:.

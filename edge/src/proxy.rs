@@ -686,8 +686,12 @@ impl Core {
                     return;
                 }
             }
-        } else if let Some(up) = self.sh.upstream.clone() {
-            targets.push(Target { request_uri: None, push_routes: vec![], dest: up.dest, out_token: false });
+        } else if let Some(up) = self.sh.upstream() {
+            let Some(dest) = up.dest else {
+                self.reject(now, sid, from, &msg, tv, 503, "Service Unavailable (upstream does not resolve)", "");
+                return;
+            };
+            targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false });
         } else {
             self.reject(now, sid, from, &msg, tv, 403, "Forbidden (relaying denied)", "");
             return;
@@ -806,11 +810,11 @@ impl Core {
         if let Some(ip) = u.ip() {
             return Some(Peer { transport, addr: SocketAddr::new(ip, u.port.unwrap_or(transport.default_port())), flow: None });
         }
-        if let Some(up) = &self.sh.upstream
+        if let Some(up) = &self.sh.upstream()
             && let Ok(upu) = SipUri::parse(&up.uri)
             && upu.host.eq_ignore_ascii_case(u.host)
         {
-            return Some(up.dest);
+            return up.dest;
         }
         None
     }
@@ -1107,8 +1111,8 @@ impl Core {
 
     /// SRTP policy of a leg reached through `p`.
     fn leg_policy(&self, p: &Peer) -> crate::config::SrtpPolicy {
-        if let Some(up) = &self.sh.upstream
-            && up.dest.addr == p.addr
+        if let Some(up) = &self.sh.upstream()
+            && up.dest.is_some_and(|d| d.addr == p.addr)
         {
             return up.srtp.unwrap_or(crate::config::SrtpPolicy::Keep);
         }
@@ -1126,9 +1130,10 @@ impl Core {
                 on = *v;
             }
         }
-        if let Some(up) = &self.sh.upstream
+        if let Some(up) = &self.sh.upstream()
             && let Some(v) = up.anchor_media
-            && (up.dest.addr == from.addr || targets.iter().any(|t| t.dest.addr == up.dest.addr))
+            && let Some(d) = up.dest
+            && (d.addr == from.addr || targets.iter().any(|t| t.dest.addr == d.addr))
         {
             on = v;
         }

@@ -81,8 +81,25 @@ pub struct StoredUser {
     pub max_contacts: Option<u32>,
 }
 
+/// An upstream (trunk) created through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredUpstream {
+    pub name: String,
+    pub uri: String,
+    pub priority: u32,
+    pub anchor_media: Option<bool>,
+    /// `keep`, `plain` or `sdes`.
+    pub srtp: Option<String>,
+}
+
 /// Persistence of the edge's state.
 pub trait Store: Send + Sync {
+    /// Creates or replaces an upstream.
+    fn put_upstream(&self, u: &StoredUpstream) -> Result<(), StoreError>;
+    /// Deletes an upstream; `false` if there was none.
+    fn delete_upstream(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every stored upstream.
+    fn load_upstreams(&self) -> Result<Vec<StoredUpstream>, StoreError>;
     /// Creates or replaces a user.
     fn put_user(&self, u: &StoredUser) -> Result<(), StoreError>;
     /// Deletes a user (and its bindings); `false` if there was none.
@@ -114,6 +131,9 @@ CREATE TABLE IF NOT EXISTS calls (
     from_uri TEXT NOT NULL, to_uri TEXT NOT NULL, reason TEXT NOT NULL, record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS calls_ended ON calls (ended_at);
+CREATE TABLE IF NOT EXISTS upstreams (
+    name TEXT PRIMARY KEY, uri TEXT NOT NULL, priority INTEGER NOT NULL, anchor_media INTEGER, srtp TEXT
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, ha1_md5 TEXT, ha1_sha256 TEXT, max_contacts INTEGER
 );
@@ -141,6 +161,27 @@ fn user_of(uri: &str) -> String {
 }
 
 impl Store for SqliteStore {
+    fn put_upstream(&self, u: &StoredUpstream) -> Result<(), StoreError> {
+        self.lock()?.execute(
+            "INSERT OR REPLACE INTO upstreams (name, uri, priority, anchor_media, srtp) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![u.name, u.uri, u.priority, u.anchor_media, u.srtp],
+        )?;
+        Ok(())
+    }
+
+    fn delete_upstream(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.execute("DELETE FROM upstreams WHERE name = ?1", params![name])? > 0)
+    }
+
+    fn load_upstreams(&self) -> Result<Vec<StoredUpstream>, StoreError> {
+        let conn = self.lock()?;
+        let mut st = conn.prepare("SELECT name, uri, priority, anchor_media, srtp FROM upstreams ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok(StoredUpstream { name: r.get(0)?, uri: r.get(1)?, priority: r.get(2)?, anchor_media: r.get(3)?, srtp: r.get(4)? })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn put_user(&self, u: &StoredUser) -> Result<(), StoreError> {
         self.lock()?.execute(
             "INSERT OR REPLACE INTO users (name, ha1_md5, ha1_sha256, max_contacts) VALUES (?1, ?2, ?3, ?4)",

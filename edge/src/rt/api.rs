@@ -102,6 +102,51 @@ impl From<QueryRejection> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A JSON request body that must be an object (serde would also take an array for a
+/// struct), decoded into `T`.
+fn object<T: serde::de::DeserializeOwned>(body: Result<Json<serde_json::Value>, JsonRejection>) -> ApiResult<T> {
+    let Json(v) = body?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("expected a JSON object"));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `sip:`/`sips:` URI of a next hop, in exactly the form the OpenAPI pattern states.
+const UPSTREAM_URI: &str = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$";
+
+fn valid_upstream_uri(u: &str) -> bool {
+    let Some(rest) = u.strip_prefix("sip:").or_else(|| u.strip_prefix("sips:")) else { return false };
+    let (hostport, params) = rest.split_once(';').map(|(h, p)| (h, Some(p))).unwrap_or((rest, None));
+    let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
+        let Some((inner, after)) = r.split_once(']') else { return false };
+        if inner.is_empty() || !inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+            return false;
+        }
+        (inner, after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { Some("x") }))
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !hostport.starts_with('[') && !word(host) {
+        return false;
+    }
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.chars().all(|c| c.is_ascii_digit()))
+    {
+        return false;
+    }
+    params.is_none_or(|ps| {
+        ps.split(';').all(|kv| match kv.split_once('=') {
+            Some((k, v)) => word(k) && word(v),
+            None => word(kv),
+        })
+    })
+}
+
 // ------------------------------------------------------------------ health
 
 #[derive(Serialize, ToSchema)]
@@ -269,8 +314,11 @@ async fn list_users(State(st): State<ApiState>) -> Json<Vec<User>> {
 /// Creates a user; it can register at once.
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("token" = [])), request_body = NewUser,
     responses((status = 201, body = User), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
-async fn create_user(State(st): State<ApiState>, body: Result<Json<NewUser>, JsonRejection>) -> ApiResult<(StatusCode, Json<User>)> {
-    let Json(NewUser { name, password, ha1_md5, ha1_sha256, max_contacts }) = body?;
+async fn create_user(
+    State(st): State<ApiState>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let NewUser { name, password, ha1_md5, ha1_sha256, max_contacts } = object(body)?;
     let u = UserInput { password, ha1_md5, ha1_sha256, max_contacts };
     if !valid_name(&name) {
         return Err(ApiError::bad_request(format!("name: {name:?} is not a SIP user name")));
@@ -300,9 +348,9 @@ async fn get_user(State(st): State<ApiState>, Path(name): Path<String>) -> ApiRe
 async fn put_user(
     State(st): State<ApiState>,
     Path(name): Path<String>,
-    body: Result<Json<UserInput>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<Json<User>> {
-    let Json(u) = body?;
+    let u: UserInput = object(body)?;
     let Some(old) = st.shared.auth.user(&name) else {
         return Err(ApiError::not_found(format!("no user {name:?}")));
     };
@@ -481,6 +529,215 @@ async fn call_log(State(st): State<ApiState>, q: Result<Query<CallLogQuery>, Que
     Ok(Json(rows))
 }
 
+// ------------------------------------------------------------------ upstreams
+
+/// An upstream (trunk): calls to other domains go to the preferred one (lowest priority).
+#[derive(Serialize, ToSchema)]
+struct UpstreamView {
+    name: String,
+    uri: String,
+    priority: u32,
+    /// Resolved next hop (transport and address).
+    next_hop: String,
+    anchor_media: Option<bool>,
+    srtp: Option<String>,
+    /// `config` (read-only here) or `api`.
+    source: &'static str,
+    /// `true` for the one taking calls now.
+    preferred: bool,
+}
+
+/// A new upstream.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewUpstream {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
+    name: String,
+    /// `sip:` or `sips:` URI of the next hop, e.g. `sip:10.0.0.5:5060;transport=tcp`.
+    #[schema(pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
+    uri: String,
+    /// Lower is preferred (default 50: ahead of the configuration file's).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 100000, nullable = false)]
+    priority: Option<u32>,
+    #[serde(default, deserialize_with = "present_bool")]
+    #[schema(nullable = false)]
+    anchor_media: Option<bool>,
+    /// SRTP policy of the leg towards it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^(keep|plain|sdes)$", nullable = false)]
+    srtp: Option<String>,
+}
+
+/// The settings of an upstream (on update: all of them).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpstreamInput {
+    /// `sip:` or `sips:` URI of the next hop, e.g. `sip:10.0.0.5:5060;transport=tcp`.
+    #[schema(pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
+    uri: String,
+    /// Lower is preferred (default 50: ahead of the configuration file's).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 100000, nullable = false)]
+    priority: Option<u32>,
+    #[serde(default, deserialize_with = "present_bool")]
+    #[schema(nullable = false)]
+    anchor_media: Option<bool>,
+    /// SRTP policy of the leg towards it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^(keep|plain|sdes)$", nullable = false)]
+    srtp: Option<String>,
+}
+
+fn present_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    bool::deserialize(d).map(Some)
+}
+
+fn view_upstream(u: &crate::core::Upstream, preferred: bool) -> UpstreamView {
+    UpstreamView {
+        name: u.name.clone(),
+        uri: u.uri.clone(),
+        priority: u.priority,
+        next_hop: u.dest.map(|d| format!("{} {}", d.transport.uri_param(), d.addr)).unwrap_or_else(|| "unresolved".into()),
+        anchor_media: u.anchor_media,
+        srtp: u.srtp.map(|s| format!("{s:?}").to_ascii_lowercase()),
+        source: u.source,
+        preferred,
+    }
+}
+
+/// Builds an upstream from stored or API data (resolving a host name).
+pub async fn make_upstream(s: &crate::store::StoredUpstream) -> Result<crate::core::Upstream, String> {
+    if !valid_upstream_uri(&s.uri) {
+        return Err(format!("uri: {:?} does not match {UPSTREAM_URI}", s.uri));
+    }
+    let srtp = match s.srtp.as_deref() {
+        None => None,
+        Some("keep") => Some(crate::config::SrtpPolicy::Keep),
+        Some("plain") => Some(crate::config::SrtpPolicy::Plain),
+        Some("sdes") => Some(crate::config::SrtpPolicy::Sdes),
+        Some(x) => return Err(format!("srtp: {x:?} is not keep, plain or sdes")),
+    };
+    let mut up = crate::core::Upstream {
+        name: s.name.clone(),
+        priority: s.priority,
+        source: "api",
+        uri: s.uri.clone(),
+        dest: None,
+        anchor_media: s.anchor_media,
+        srtp,
+    };
+    let Ok(parsed) = crate::msg::SipUri::parse(&s.uri) else {
+        tracing::warn!(upstream = s.name, uri = s.uri, "upstream address not usable (calls get 503)");
+        return Ok(up);
+    };
+    let transport = crate::core::uri_transport(&parsed);
+    let port = parsed.port.unwrap_or(transport.default_port());
+    let addr = match parsed.ip() {
+        Some(ip) => Some(std::net::SocketAddr::new(ip, port)),
+        None => match tokio::net::lookup_host((parsed.host, port)).await {
+            Ok(mut a) => a.next(),
+            Err(e) => {
+                tracing::warn!(upstream = s.name, host = parsed.host, error = %e, "upstream host does not resolve (calls get 503 until it does)");
+                None
+            }
+        },
+    };
+    up.dest = addr.map(|addr| crate::core::Peer { transport, addr, flow: None });
+    Ok(up)
+}
+
+/// All upstreams, preferred first.
+#[utoipa::path(get, path = "/api/v1/upstreams", tag = "upstreams", security(("token" = [])),
+    responses((status = 200, body = [UpstreamView]), (status = 401, body = ApiError)))]
+async fn list_upstreams(State(st): State<ApiState>) -> Json<Vec<UpstreamView>> {
+    Json(st.shared.upstream_list().iter().enumerate().map(|(i, u)| view_upstream(u, i == 0)).collect())
+}
+
+async fn save_upstream(st: &ApiState, name: String, u: UpstreamInput) -> ApiResult<UpstreamView> {
+    if u.priority.is_some_and(|p| p > 100_000) {
+        return Err(ApiError::bad_request("priority: expected 0 to 100000"));
+    }
+    let s = crate::store::StoredUpstream {
+        name: name.clone(),
+        uri: u.uri,
+        priority: u.priority.unwrap_or(50),
+        anchor_media: u.anchor_media,
+        srtp: u.srtp,
+    };
+    let up = make_upstream(&s).await.map_err(ApiError::bad_request)?;
+    st.store.put_upstream(&s).map_err(ApiError::store)?;
+    st.shared.set_upstream(up);
+    let list = st.shared.upstream_list();
+    list.iter().enumerate().find(|(_, x)| x.name == name).map(|(i, x)| view_upstream(x, i == 0)).ok_or_else(|| ApiError::not_found(name))
+}
+
+/// Adds an upstream; the next call uses it if it is the preferred one.
+#[utoipa::path(post, path = "/api/v1/upstreams", tag = "upstreams", security(("token" = [])), request_body = NewUpstream,
+    responses((status = 201, body = UpstreamView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_upstream(
+    State(st): State<ApiState>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<UpstreamView>)> {
+    let NewUpstream { name, uri, priority, anchor_media, srtp } = object(body)?;
+    let u = UpstreamInput { uri, priority, anchor_media, srtp };
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Err(ApiError::bad_request(format!("name: {name:?}: expected letters, digits, '_', '.', '-'")));
+    }
+    if st.shared.upstream_list().iter().any(|x| x.name == name) {
+        return Err(ApiError::conflict(format!("upstream {name:?} exists")));
+    }
+    Ok((StatusCode::CREATED, Json(save_upstream(&st, name, u).await?)))
+}
+
+/// One upstream.
+#[utoipa::path(get, path = "/api/v1/upstreams/{name}", tag = "upstreams", security(("token" = [])),
+    params(("name" = String, Path, description = "upstream name")),
+    responses((status = 200, body = UpstreamView), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_upstream(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult<Json<UpstreamView>> {
+    let list = st.shared.upstream_list();
+    list.iter()
+        .enumerate()
+        .find(|(_, x)| x.name == name)
+        .map(|(i, x)| Json(view_upstream(x, i == 0)))
+        .ok_or_else(|| ApiError::not_found(format!("no upstream {name:?}")))
+}
+
+/// Changes an upstream created through the API (applied to the next call).
+#[utoipa::path(put, path = "/api/v1/upstreams/{name}", tag = "upstreams", security(("token" = [])), request_body = UpstreamInput,
+    params(("name" = String, Path, description = "upstream name")),
+    responses((status = 200, body = UpstreamView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn put_upstream(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<Json<UpstreamView>> {
+    let u: UpstreamInput = object(body)?;
+    let Some(cur) = st.shared.upstream_list().iter().find(|x| x.name == name).cloned() else {
+        return Err(ApiError::not_found(format!("no upstream {name:?}")));
+    };
+    if cur.source == "config" {
+        return Err(ApiError::conflict(format!("upstream {name:?} is defined in the configuration file")));
+    }
+    Ok(Json(save_upstream(&st, name, u).await?))
+}
+
+/// Deletes an upstream created through the API.
+#[utoipa::path(delete, path = "/api/v1/upstreams/{name}", tag = "upstreams", security(("token" = [])),
+    params(("name" = String, Path, description = "upstream name")),
+    responses((status = 204), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn delete_upstream(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let Some(cur) = st.shared.upstream_list().iter().find(|x| x.name == name).cloned() else {
+        return Err(ApiError::not_found(format!("no upstream {name:?}")));
+    };
+    if cur.source == "config" {
+        return Err(ApiError::conflict(format!("upstream {name:?} is defined in the configuration file")));
+    }
+    st.store.delete_upstream(&name).map_err(ApiError::store)?;
+    st.shared.remove_upstream(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ------------------------------------------------------------------ active calls
 
 /// Calls in progress: parties, state, legs and live media figures.
@@ -637,15 +894,11 @@ struct CallCapture {
     responses((status = 201, body = Capture), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 async fn start_capture(
     State(st): State<ApiState>,
-    body: Result<Json<NewCapture>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Capture>)> {
     use super::capture::Target;
-    let Json(c) = body.map_err(|e| match e {
-        JsonRejection::JsonDataError(_) => {
-            ApiError::bad_request("give exactly one of `user` and `call_id` (and optionally `duration_secs`)")
-        }
-        other => other.into(),
-    })?;
+    let c: NewCapture =
+        object(body).map_err(|_| ApiError::bad_request("give exactly one of `user` and `call_id` (and optionally `duration_secs`)"))?;
     let (target, duration) = match c {
         NewCapture::User(UserCapture { user, duration_secs }) => {
             if st.shared.auth.user(&user).is_none() {
@@ -823,6 +1076,8 @@ pub fn router(st: ApiState) -> axum::Router {
         .routes(routes!(logout))
         .routes(routes!(call_log))
         .routes(routes!(active_calls))
+        .routes(routes!(list_upstreams, create_upstream))
+        .routes(routes!(get_upstream, put_upstream, delete_upstream))
         .routes(routes!(hangup))
         .routes(routes!(events))
         .routes(routes!(tls_state))

@@ -160,6 +160,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let clock = crate::store::wall_clock();
     let restored = store.load_bindings(clock).map_err(|e| format!("{}: {e}", db.display()))?;
     let n_restored = restored.len();
+    for u in store.load_upstreams().map_err(|e| format!("{}: {e}", db.display()))? {
+        match conn_rt.block_on(api::make_upstream(&u)) {
+            Ok(up) => shared.set_upstream(up),
+            Err(e) => tracing::error!(upstream = u.name, error = %e, "stored upstream not usable"),
+        }
+    }
     for u in store.load_users().map_err(|e| format!("{}: {e}", db.display()))? {
         if !cfg.users.iter().any(|c| *c.name.get_ref() == u.name) {
             let creds =
