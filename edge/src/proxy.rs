@@ -142,7 +142,17 @@ pub struct Core {
     records: VecDeque<CallRecord>,
     store_ops: Vec<StoreOp>,
     events: Vec<CallEvent>,
+    stats: CoreStats,
     next_media_sweep: Option<Instant>,
+}
+
+/// Counters the runtime turns into metrics (taken with [`Core::take_stats`]).
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    /// Initial INVITEs routed.
+    pub call_attempts: u64,
+    /// INVITE-to-answer times of answered calls, in seconds.
+    pub setup_secs: Vec<f64>,
 }
 
 impl Core {
@@ -164,6 +174,7 @@ impl Core {
             records: VecDeque::new(),
             store_ops: Vec::new(),
             events: Vec::new(),
+            stats: CoreStats::default(),
             next_media_sweep: None,
             sh,
         }
@@ -188,6 +199,11 @@ impl Core {
     /// Next finished call record (media figures for the CDR, metrics and log).
     pub fn poll_record(&mut self) -> Option<CallRecord> {
         self.records.pop_front()
+    }
+
+    /// Counters since the last call.
+    pub fn take_stats(&mut self) -> CoreStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// Call events (ringing, answered, ended) for subscribers.
@@ -1166,6 +1182,7 @@ impl Core {
             let (f, t) = (msg.from_hdr().map(|f| f.uri.to_string()).unwrap_or_default(), msg.request_uri().unwrap_or("").to_string());
             let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
             an.start(now, &call_id, &from_tag, anchored, parties, policy, &f, &t);
+            self.stats.call_attempts += 1;
             if self.next_media_sweep.is_none() {
                 self.next_media_sweep = Some(now + Anchor::sweep_interval());
             }
@@ -1269,6 +1286,9 @@ impl Core {
             && !an.is_answered(&m.call_id)
             && let Some(parties) = an.parties(&m.call_id)
         {
+            if let Some(age) = an.age(&m.call_id, now) {
+                self.stats.setup_secs.push(age);
+            }
             self.events.push(CallEvent { event: "answered", call_id: m.call_id.clone(), parties, record: None });
         }
         let ct = self.clients.get(&cid)?;

@@ -288,6 +288,11 @@ impl Anchor {
         Some(c.parties.clone())
     }
 
+    /// Seconds since a call's INVITE.
+    pub fn age(&self, call_id: &str, now: Instant) -> Option<f64> {
+        self.calls.get(call_id).map(|c| now.saturating_duration_since(c.started).as_secs_f64())
+    }
+
     /// A call's parties.
     pub fn parties(&self, call_id: &str) -> Option<CallParties> {
         self.calls.get(call_id).map(|c| c.parties.clone())

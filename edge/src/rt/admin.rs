@@ -19,6 +19,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         b("edge_call_jitter_seconds", &[0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]),
         b("edge_call_loss_ratio", &[0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5]),
         b("edge_call_rtt_seconds", &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8]),
+        b("edge_call_setup_seconds", &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]),
     ] {
         builder = builder.set_buckets_for_metric(m, &v).map_err(|e| format!("metrics: {e}"))?;
     }
@@ -42,6 +43,18 @@ fn describe() {
     );
     describe_gauge!("edge_media_ports_in_use", "Relay ports held by calls, per worker");
     describe_gauge!("edge_media_calls", "Anchored calls, per worker");
+    describe_counter!("edge_media_bytes_relayed_total", "Bytes of RTP/RTCP forwarded by the relay");
+    describe_counter!("edge_sip_requests_total", "SIP requests by method, received (in) and sent (out)");
+    describe_counter!("edge_sip_responses_total", "SIP responses by status class, received (in) and sent (out)");
+    describe_gauge!("edge_transactions_active", "SIP transactions in progress, per worker and kind");
+    describe_gauge!("edge_calls_active", "Calls (dialogs) in progress, per worker");
+    describe_counter!("edge_call_attempts_total", "Initial INVITEs routed");
+    describe_histogram!("edge_call_setup_seconds", "Time from INVITE to answer of answered calls");
+    describe_gauge!("edge_registrations", "Registered contacts (bindings)");
+    describe_gauge!("edge_users", "Users known to the registrar");
+    describe_gauge!("edge_connections", "Open TCP/TLS/WS/WSS connections by transport");
+    describe_counter!("edge_connections_accepted_total", "Accepted TCP/TLS/WS/WSS connections by transport");
+    describe_gauge!("edge_upstream_up", "1 if the upstream's next hop resolves, per upstream");
 }
 
 /// Binds the admin listeners (before the workers start, so a taken port fails the start).

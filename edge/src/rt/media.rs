@@ -101,6 +101,7 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
     let mut ready: Vec<u16> = Vec::with_capacity(1024);
     let packets = metrics::counter!("edge_media_packets_relayed_total");
     let dropped = metrics::counter!("edge_media_packets_dropped_total");
+    let bytes = metrics::counter!("edge_media_bytes_relayed_total");
     loop {
         let mut guard = match poll.readable_mut().await {
             Ok(g) => g,
@@ -123,7 +124,7 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
             ready.clear();
             ready.extend(events.iter().map(|e| e.token().0 as u16));
             let now = Instant::now();
-            let (mut fwd, mut drop) = (0u64, 0u64);
+            let (mut fwd, mut drop, mut fwd_bytes) = (0u64, 0u64, 0u64);
             for &port in &ready {
                 loop {
                     let n = {
@@ -150,7 +151,10 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
                             let src = unmap(m.addr);
                             match core.handle_media(now, port, src, &mut pkt) {
                                 Some(f) => match socks.socks.get(&f.from_port).map(|o| o.sock.send_to(&pkt, f.to)) {
-                                    Some(Ok(_)) => fwd += 1,
+                                    Some(Ok(n)) => {
+                                        fwd += 1;
+                                        fwd_bytes += n as u64;
+                                    }
                                     _ => drop += 1,
                                 },
                                 None => drop += 1,
@@ -165,6 +169,7 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
                 }
             }
             packets.increment(fwd);
+            bytes.increment(fwd_bytes);
             dropped.increment(drop);
             if events.iter().count() < events.capacity() {
                 // Everything ready was drained. A packet arriving from now on makes the

@@ -32,6 +32,24 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 
+/// Counts a SIP message by method (requests) or status class (responses).
+pub fn count_sip(msg: &Message, dir: &'static str) {
+    if msg.is_request() {
+        metrics::counter!("edge_sip_requests_total", "method" => msg.method_str().to_string(), "direction" => dir).increment(1);
+    } else {
+        let class = match msg.status().unwrap_or(0) / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            6 => "6xx",
+            _ => "other",
+        };
+        metrics::counter!("edge_sip_responses_total", "class" => class, "direction" => dir).increment(1);
+    }
+}
+
 /// Requests of the admin API to a worker's core.
 pub enum AdminCmd {
     /// The calls this worker owns.
@@ -204,6 +222,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
         admin: admin_txs,
     });
     {
+        let sh = shared.clone();
+        conn_rt.spawn(async move {
+            loop {
+                metrics::gauge!("edge_registrations").set(sh.location.len() as f64);
+                metrics::gauge!("edge_users").set(sh.auth.user_count() as f64);
+                for u in sh.upstream_list().iter() {
+                    metrics::gauge!("edge_upstream_up", "upstream" => u.name.clone()).set(if u.dest.is_some() { 1.0 } else { 0.0 });
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
+    }
+    {
         let caps = rt.captures.clone();
         conn_rt.spawn(async move {
             loop {
@@ -355,6 +386,20 @@ impl Worker {
     /// Hands ended calls to the call-record writer and refreshes the relay gauges.
     fn drain_records(&self) {
         let mut core = self.core.borrow_mut();
+        let stats = core.take_stats();
+        if stats.call_attempts > 0 {
+            metrics::counter!("edge_call_attempts_total").increment(stats.call_attempts);
+        }
+        for s in stats.setup_secs {
+            metrics::histogram!("edge_call_setup_seconds").record(s);
+        }
+        let (srv, cli) = core.transaction_counts();
+        let w = self.idx.to_string();
+        metrics::gauge!("edge_transactions_active", "kind" => "server", "worker" => w.clone()).set(srv as f64);
+        metrics::gauge!("edge_transactions_active", "kind" => "client", "worker" => w.clone()).set(cli as f64);
+        if let Some(a) = core.anchor() {
+            metrics::gauge!("edge_calls_active", "worker" => w).set(a.calls() as f64);
+        }
         let mut any = false;
         while let Some(r) = core.poll_record() {
             any = true;
@@ -371,6 +416,7 @@ impl Worker {
 
     /// Returns `false` on an immediate failure.
     fn transmit(&self, t: Transmit) -> bool {
+        count_out(&t.data);
         if self.rt.captures.is_active() {
             let local = capture::local_for(&self.rt.core, &t.to);
             self.rt.captures.offer(&t.data, None, local, t.to.addr);
@@ -506,4 +552,25 @@ fn worker_main(
             }
         }
     });
+}
+
+/// Counts an outgoing message from its first line (no full parse on the send path).
+fn count_out(data: &[u8]) {
+    let line = data.split(|&b| b == b' ').take(2).collect::<Vec<_>>();
+    if line.first().is_some_and(|f| *f == b"SIP/2.0") {
+        let class = match line.get(1).and_then(|c| c.first()) {
+            Some(b'1') => "1xx",
+            Some(b'2') => "2xx",
+            Some(b'3') => "3xx",
+            Some(b'4') => "4xx",
+            Some(b'5') => "5xx",
+            Some(b'6') => "6xx",
+            _ => "other",
+        };
+        metrics::counter!("edge_sip_responses_total", "class" => class, "direction" => "out").increment(1);
+    } else if let Some(m) = line.first() {
+        let method = crate::msg::Method::from_token(m);
+        let name = if method == crate::msg::Method::Extension { "other".to_string() } else { String::from_utf8_lossy(m).to_string() };
+        metrics::counter!("edge_sip_requests_total", "method" => name, "direction" => "out").increment(1);
+    }
 }

@@ -48,6 +48,9 @@ pub async fn accept_loop(rt: Arc<RtShared>, t: Transport, l: TcpListener, tls: O
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let timeout = std::time::Duration::from_secs(10);
+            let gauge = metrics::gauge!("edge_connections", "transport" => t.uri_param());
+            gauge.increment(1.0);
+            metrics::counter!("edge_connections_accepted_total", "transport" => t.uri_param()).increment(1);
             match (t, acceptor) {
                 (Transport::Tcp, _) => run_stream(rt, sock, t, remote, None).await,
                 (Transport::Ws, _) => run_ws(rt, sock, t, remote).await,
@@ -63,6 +66,7 @@ pub async fn accept_loop(rt: Arc<RtShared>, t: Transport, l: TcpListener, tls: O
                 },
                 _ => {}
             }
+            gauge.decrement(1.0);
         });
     }
 }
@@ -71,6 +75,7 @@ pub async fn accept_loop(rt: Arc<RtShared>, t: Transport, l: TcpListener, tls: O
 fn deliver(rt: &RtShared, from: Peer, data: Bytes, reply: &tokio::sync::mpsc::UnboundedSender<Bytes>) {
     match Message::parse(data.clone()) {
         Ok(msg) => {
+            super::count_sip(&msg, "in");
             if rt.captures.is_active() {
                 rt.captures.offer(&data, Some(&msg), from.addr, super::capture::local_for(&rt.core, &from));
             }
