@@ -254,6 +254,13 @@ fn api_users_survive_a_restart_and_the_call_log_has_the_calls() {
     let log = json(&log);
     assert_eq!(log.as_array().unwrap().len(), 3, "{log}");
     assert_eq!(log[0]["reason"], "bye_from_caller");
+    // What the phone's call history shows, seen from erin.
+    let ph = &log[0]["phone"];
+    assert_eq!(ph["type"], "outbound", "{ph}");
+    assert_eq!(ph["name_or_number"], "svc");
+    assert_eq!(ph["line"], "erin");
+    assert!(ph["duration_secs"].as_f64().unwrap() >= 0.09, "{ph}");
+    assert!(ph["start"].as_f64().unwrap() <= log[0]["ended_at"].as_f64().unwrap());
     assert!(log[0]["ended_at"].as_f64().unwrap() > 1.7e9);
     let (_, none) = http(admin, "GET", "/api/v1/calls/log?user=nobody", Some(&tok), None);
     assert_eq!(json(&none).as_array().unwrap().len(), 0);

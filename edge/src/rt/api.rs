@@ -525,8 +525,52 @@ async fn call_log(State(st): State<ApiState>, q: Result<Query<CallLogQuery>, Que
             return Err(ApiError::bad_request(format!("{k}: expected Unix seconds")));
         }
     }
-    let rows = st.store.call_records(&CallQuery { user: q.user, since: q.since, until: q.until, limit }).map_err(ApiError::store)?;
-    Ok(Json(rows))
+    let rows =
+        st.store.call_records(&CallQuery { user: q.user.clone(), since: q.since, until: q.until, limit }).map_err(ApiError::store)?;
+    Ok(Json(rows.into_iter().map(|r| with_phone_view(r, q.user.as_deref())).collect()))
+}
+
+/// Adds the fields a phone's call history shows (`phone`), seen from `user` when given:
+/// `type` inbound/outbound/missed (internal calls count as outbound for the caller),
+/// `name_or_number` of the other party, `line` (the number called on inbound, the caller
+/// ID presented on outbound), `start` (Unix seconds), `duration_secs` (talk time), and the
+/// quality of what this side received: `mos`, `jitter_ms`, `loss_pct`, `rtt_ms`.
+fn with_phone_view(mut r: serde_json::Value, user: Option<&str>) -> serde_json::Value {
+    let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+    let (caller, called, direction) = (s("caller"), s("called"), s("direction"));
+    let caller_name = r["caller_name"].as_str().map(String::from);
+    let outbound = match user {
+        Some(u) => caller == u,
+        None => direction == "outbound" || direction == "internal",
+    };
+    let talk = r["talk_secs"].as_f64().unwrap_or(0.0);
+    let kind = if outbound {
+        "outbound"
+    } else if talk > 0.0 {
+        "inbound"
+    } else {
+        "missed"
+    };
+    let (other, line) =
+        if outbound { (called.clone(), caller.clone()) } else { (caller_name.clone().unwrap_or(caller.clone()), called.clone()) };
+    let ended = r["ended_at"].as_f64().unwrap_or(0.0);
+    let received = if outbound { &r["media"][0]["from_b"] } else { &r["media"][0]["from_a"] };
+    let q = |k: &str| received.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let view = serde_json::json!({
+        "type": kind,
+        "name_or_number": other,
+        "line": line,
+        "start": ended - r["duration_secs"].as_f64().unwrap_or(0.0),
+        "duration_secs": talk,
+        "mos": q("mos"),
+        "jitter_ms": q("jitter_ms"),
+        "loss_pct": q("loss_pct"),
+        "rtt_ms": q("rtt_ms"),
+    });
+    if let Some(o) = r.as_object_mut() {
+        o.insert("phone".into(), view);
+    }
+    r
 }
 
 // ------------------------------------------------------------------ upstreams
