@@ -699,3 +699,82 @@ fn a_trunk_created_through_the_api_takes_the_next_call_and_survives_a_restart() 
     assert_eq!(http(admin, "DELETE", "/api/v1/upstreams/trunk1", t, None).0, 404);
     assert!(!call(&edge).status.success());
 }
+
+/// A webhook receiver: answers the first POST with 500 (to exercise retries), later ones
+/// with 200; returns every body it got, in order.
+fn webhook_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut rd = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if rd.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = rd.read_exact(&mut body);
+            n += 1;
+            let code = if n == 1 { "500 Internal Server Error" } else { "200 OK" };
+            if let Ok(v) = serde_json::from_slice(&body) {
+                g.lock().unwrap().push(v);
+            }
+            let _ = write!(s, "HTTP/1.1 {code}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn webhooks_get_every_event_in_order_with_retries() {
+    let (hook, got) = webhook_server();
+    let uas = free_port();
+    let extra = format!(
+        "[[user]]\nname = \"erin\"\npassword = \"pw\"\n[events]\nwebhooks = [\"http://127.0.0.1:{hook}/hook\"]\nwebhook_backoff_ms = 100\n"
+    );
+    let edge = Edge::start(&extra, &["--upstream", &format!("sip:127.0.0.1:{uas}")]);
+    let _a = Answer::start(&["--listen", &format!("127.0.0.1:{uas}"), "--ring-ms", "50", "--answer-ms", "200"]);
+    let o = run(
+        &[
+            "call",
+            "--target",
+            &format!("sip:{}", edge.udp),
+            "--from",
+            "sip:erin@edge.test",
+            "--user",
+            "erin:pw",
+            "--to",
+            "sip:42@example.net",
+            "--calls",
+            "1",
+            "--hold-ms",
+            "200",
+            "--quiet",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(e2e_tests::wait_until(Duration::from_secs(10), || got.lock().unwrap().len() >= 4), "{:?}", got.lock().unwrap());
+    let got = got.lock().unwrap().clone();
+    let names: Vec<&str> = got.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    // The first delivery was refused (500) and retried.
+    assert_eq!(names, ["ringing", "ringing", "answered", "ended"], "{got:?}");
+    assert!(got.iter().all(|v| v["caller"] == "erin" && v["called"] == "42" && v["direction"] == "outbound"));
+    assert_eq!(got[3]["record"]["reason"], "bye_from_caller");
+    assert!(
+        e2e_tests::wait_until(Duration::from_secs(5), || e2e_tests::metric(&edge.metrics(), "edge_webhook_delivered_total") == 3.0),
+        "{}",
+        edge.metrics()
+    );
+}

@@ -26,6 +26,29 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub media: MediaConfig,
     pub admin: AdminConfig,
+    pub events: EventsConfig,
+}
+
+/// Call events pushed to webhooks (the SSE stream needs no configuration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// URLs (http or https) that get every call event as a JSON POST.
+    pub webhooks: Vec<String>,
+    /// Events kept per URL while it is slow or down (then new ones are dropped).
+    pub webhook_queue: usize,
+    /// Attempts per event, the first included.
+    pub webhook_attempts: u32,
+    /// First retry delay in ms (doubled each time, at most 30 s).
+    pub webhook_backoff_ms: u64,
+    /// Time limit of one POST in ms.
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { webhooks: vec![], webhook_queue: 1000, webhook_attempts: 5, webhook_backoff_ms: 500, webhook_timeout_ms: 5000 }
+    }
 }
 
 /// SRTP handling of one leg (RFC 4568 SDES).
@@ -224,6 +247,7 @@ impl Default for Config {
             upstreams: vec![],
             media: MediaConfig::default(),
             admin: AdminConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -359,6 +383,15 @@ impl Config {
         }
         if self.media.port_min < 1024 || self.media.port_max < self.media.port_min.saturating_add(3) {
             return Err(err(None, "keys `media.port_min`/`media.port_max`: expected 1024 <= port_min and at least 4 ports".into()));
+        }
+        for u in &self.events.webhooks {
+            let ok = (u.starts_with("http://") || u.starts_with("https://")) && u.len() > 8;
+            if !ok {
+                return Err(err(None, format!("key `events.webhooks`: expected http:// or https:// URLs, got {u:?}")));
+            }
+        }
+        if self.events.webhook_queue == 0 || self.events.webhook_attempts == 0 {
+            return Err(err(None, "keys `events.webhook_queue`/`webhook_attempts`: expected at least 1".into()));
         }
         if self.media.inactivity_secs == 0 || self.media.hold_inactivity_secs == 0 {
             return Err(err(None, "keys `media.inactivity_secs`/`hold_inactivity_secs`: expected at least 1".into()));

@@ -54,6 +54,9 @@ fn describe() {
     describe_gauge!("edge_users", "Users known to the registrar");
     describe_gauge!("edge_connections", "Open TCP/TLS/WS/WSS connections by transport");
     describe_counter!("edge_connections_accepted_total", "Accepted TCP/TLS/WS/WSS connections by transport");
+    describe_counter!("edge_webhook_delivered_total", "Call events delivered to a webhook");
+    describe_counter!("edge_webhook_failed_total", "Call events a webhook did not take after every retry");
+    describe_counter!("edge_webhook_dropped_total", "Call events dropped because a webhook's queue was full");
     describe_gauge!("edge_upstream_up", "1 if the upstream's next hop resolves, per upstream");
 }
 

@@ -18,6 +18,7 @@ pub mod media;
 pub mod stream;
 pub mod tls;
 pub mod udp;
+pub mod webhook;
 
 use crate::config::Config;
 use crate::core::{Input, Output, Peer, Shared, Transmit};
@@ -221,6 +222,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
         captures: Arc::new(capture::Captures::new(capture::dir(&cfg.data_dir))),
         admin: admin_txs,
     });
+    webhook::start(
+        webhook::WebhookConfig {
+            urls: cfg.events.webhooks.clone(),
+            queue: cfg.events.webhook_queue,
+            attempts: cfg.events.webhook_attempts,
+            backoff: std::time::Duration::from_millis(cfg.events.webhook_backoff_ms),
+            timeout: std::time::Duration::from_millis(cfg.events.webhook_timeout_ms),
+        },
+        &rt.events,
+        conn_rt.handle(),
+    );
     {
         let sh = shared.clone();
         conn_rt.spawn(async move {
