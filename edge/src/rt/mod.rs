@@ -111,6 +111,8 @@ pub struct Bound {
 
 /// Starts the edge and blocks until Ctrl-C / SIGTERM.
 pub fn run(cfg: Config) -> Result<(), String> {
+    // Before anything registers a metric: handles taken earlier would stay no-ops.
+    let prometheus = admin::install_recorder()?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("data_dir {}: {e}", cfg.data_dir.display()))?;
     let workers = if cfg.sip.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.sip.workers };
     let conn_rt = tokio::runtime::Builder::new_multi_thread()
@@ -255,7 +257,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
             }
         });
     }
-    let prometheus = admin::install_recorder()?;
     if !admin_listeners.is_empty() {
         let token_path =
             if cfg.admin.token_file.is_absolute() { cfg.admin.token_file.clone() } else { cfg.data_dir.join(&cfg.admin.token_file) };
