@@ -9,7 +9,7 @@
 use crate::auth::Verdict;
 use crate::core::{Input, Output, Peer, Shared, Transmit, uri_transport};
 use crate::location::Binding;
-use crate::media::anchor::{Anchor, CallEvent, CallParties, CallRecord, DialogEnds, EndReason, SdpKind};
+use crate::media::anchor::{Anchor, CallEvent, CallParties, CallRecord, DialogEnds, EndReason, SdpKind, Transfer};
 use crate::media::relay::{Forward as MediaForward, Side};
 use crate::msg::text::trim;
 use crate::msg::via::MAGIC_COOKIE;
@@ -1215,6 +1215,26 @@ impl Core {
                 self.end_call(now, &call_id, reason);
                 Ok((None, None))
             }
+            Method::Refer => {
+                // A transfer (RFC 3515): tell subscribers who is transferred where.
+                if let Some(parties) = an.parties(&call_id) {
+                    let target = msg.header_other("Refer-To").or_else(|| msg.header_other("r")).unwrap_or("");
+                    let to = NameAddr::parse(target)
+                        .and_then(|n| {
+                            SipUri::parse(n.uri).ok().and_then(|u| u.user.map(|x| crate::msg::uri::percent_decode(x).to_string()))
+                        })
+                        .unwrap_or_default();
+                    let by = if side == Side::A { "caller" } else { "callee" };
+                    self.events.push(CallEvent {
+                        event: "transferred",
+                        call_id: call_id.clone(),
+                        parties,
+                        record: None,
+                        transfer: Some(Transfer { to, by }),
+                    });
+                }
+                Ok((None, None))
+            }
             Method::Invite | Method::Update => {
                 let tsx = MediaTsx { call_id: call_id.clone(), requester: side, offer_sent: sdp, initial: false };
                 if !sdp {
@@ -1278,7 +1298,7 @@ impl Core {
             && (180..=183).contains(&code)
             && let Some(parties) = self.anchor.as_mut().and_then(|a| a.ringing(&m.call_id))
         {
-            self.events.push(CallEvent { event: "ringing", call_id: m.call_id.clone(), parties, record: None });
+            self.events.push(CallEvent { event: "ringing", call_id: m.call_id.clone(), parties, record: None, transfer: None });
         }
         if m.initial
             && (200..300).contains(&code)
@@ -1289,7 +1309,7 @@ impl Core {
             if let Some(age) = an.age(&m.call_id, now) {
                 self.stats.setup_secs.push(age);
             }
-            self.events.push(CallEvent { event: "answered", call_id: m.call_id.clone(), parties, record: None });
+            self.events.push(CallEvent { event: "answered", call_id: m.call_id.clone(), parties, record: None, transfer: None });
         }
         let ct = self.clients.get(&cid)?;
         let callee_peer = ct.to;
@@ -1346,6 +1366,7 @@ impl Core {
                 call_id: rec.call_id.clone(),
                 parties: rec.parties.clone(),
                 record: Some(rec.clone()),
+                transfer: None,
             });
             self.records.push_back(rec);
         }

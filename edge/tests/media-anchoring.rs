@@ -87,3 +87,28 @@ fn answer_is_rewritten_and_anchoring_can_be_off_per_upstream() {
     assert!(body(&fwd).contains("c=IN IP4 10.1.1.1\r\n") && body(&fwd).contains("m=audio 4000 "), "untouched");
     assert_eq!(c.anchor().unwrap().relay().ports_in_use(), 0);
 }
+
+#[test]
+fn events_ringing_answered_transferred_ended_in_order() {
+    let (mut c, t0) = core_with(UP);
+    feed_raw(&mut c, t0, udp(CALLER), &offer_invite("m-ev", "z9hG4bKm5"));
+    let fwd = forwarded(&drain(&mut c));
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd, 180, "u5", ""));
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd, 200, "u5", "Contact: <sip:u@127.0.0.1:5090>\r\n"));
+    drain(&mut c);
+    // The callee transfers the caller (REFER in the dialog, routed back through the edge).
+    let refer = "REFER sip:c@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKref1\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:svc@example.net>;tag=u5\r\nTo: <sip:c@example.org>;tag=ct\r\nCall-ID: m-ev\r\nCSeq: 2 REFER\r\nRefer-To: <sip:600@example.net>\r\nContact: <sip:u@127.0.0.1:5090>\r\nContent-Length: 0\r\n\r\n";
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), refer);
+    let out = drain(&mut c);
+    assert!(out.iter().any(|(t, m)| m.method() == Method::Refer && t.to.addr.to_string() == CALLER), "REFER forwarded to the caller");
+    let bye = "BYE sip:u@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKbye9\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:c@example.org>;tag=ct\r\nTo: <sip:svc@example.net>;tag=u5\r\nCall-ID: m-ev\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+    feed_raw(&mut c, t0, udp(CALLER), bye);
+    let ev = c.take_events();
+    let names: Vec<&str> = ev.iter().map(|e| e.event).collect();
+    assert_eq!(names, ["ringing", "answered", "transferred", "ended"]);
+    let tr = ev[2].transfer.as_ref().unwrap();
+    assert_eq!((tr.to.as_str(), tr.by), ("600", "callee"));
+    assert_eq!(ev[0].parties.caller, "c");
+    assert_eq!(ev[0].parties.called, "svc");
+    assert_eq!(ev[0].parties.direction, "transit");
+}

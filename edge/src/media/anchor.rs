@@ -98,10 +98,19 @@ pub struct CallParties {
     pub agent: Option<String>,
 }
 
+/// Where a call is transferred (REFER, RFC 3515).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transfer {
+    /// User part (number) of the Refer-To target.
+    pub to: String,
+    /// `caller` or `callee`: who sent the REFER.
+    pub by: &'static str,
+}
+
 /// What happens to a call, for subscribers (SSE, webhooks).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallEvent {
-    /// `ringing`, `answered` or `ended`.
+    /// `ringing`, `answered`, `transferred` or `ended`.
     pub event: &'static str,
     pub call_id: String,
     #[serde(flatten)]
@@ -109,6 +118,9 @@ pub struct CallEvent {
     /// Set on `ended`: why, durations and the per-direction quality.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<CallRecord>,
+    /// Set on `transferred`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
 }
 
 /// What the edge needs to end a confirmed dialog by itself (BYE to both ends).
