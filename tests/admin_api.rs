@@ -113,6 +113,11 @@ fn every_endpoint_needs_the_token_and_answers_bad_input_with_4xx() {
         ("GET", "/api/v1/upstreams/u", None),
         ("PUT", "/api/v1/upstreams/u", Some("{\"uri\":\"sip:127.0.0.1\"}")),
         ("DELETE", "/api/v1/upstreams/u", None),
+        ("GET", "/api/v1/routes", None),
+        ("POST", "/api/v1/routes", Some("{\"name\":\"r\",\"upstream\":\"u\"}")),
+        ("GET", "/api/v1/routes/r", None),
+        ("PUT", "/api/v1/routes/r", Some("{\"upstream\":\"u\"}")),
+        ("DELETE", "/api/v1/routes/r", None),
     ] {
         for tok in [None, Some("wrong")] {
             let (code, body) = http(admin, m, p, tok, b);
@@ -777,4 +782,56 @@ fn webhooks_get_every_event_in_order_with_retries() {
         "{}",
         edge.metrics()
     );
+}
+
+#[test]
+fn routes_send_matching_numbers_to_their_trunk() {
+    let (dead, live) = (free_port(), free_port());
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let tok = token(&edge);
+    let t = Some(tok.as_str());
+    let _b = Answer::start(&["--listen", &format!("127.0.0.1:{live}")]);
+    // The preferred trunk answers nothing; "live" takes only what a route sends it.
+    for (name, port, prio) in [("dead", dead, 10), ("live", live, 20)] {
+        let body = format!("{{\"name\":\"{name}\",\"uri\":\"sip:127.0.0.1:{port}\",\"priority\":{prio}}}");
+        assert_eq!(http(admin, "POST", "/api/v1/upstreams", t, Some(&body)).0, 201);
+    }
+    let call = |to: &str| {
+        run(
+            &[
+                "call",
+                "--target",
+                &format!("sip:{}", edge.udp),
+                "--to",
+                to,
+                "--calls",
+                "1",
+                "--hold-ms",
+                "50",
+                "--timeout-ms",
+                "1500",
+                "--max-time-s",
+                "10",
+                "--quiet",
+            ],
+            Duration::from_secs(30),
+        )
+        .status
+        .success()
+    };
+    assert!(!call("sip:4930123@example.net"), "no route yet: the dead trunk gets it");
+    let (code, b) = http(admin, "POST", "/api/v1/routes", t, Some("{\"name\":\"germany\",\"prefix\":\"49\",\"upstream\":\"live\"}"));
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(http(admin, "POST", "/api/v1/routes", t, Some("{\"name\":\"x\",\"upstream\":\"nowhere\"}")).0, 409);
+    assert_eq!(http(admin, "POST", "/api/v1/routes", t, Some("{\"name\":\"germany\",\"upstream\":\"live\"}")).0, 409);
+    assert_eq!(http(admin, "POST", "/api/v1/routes", t, Some("{\"name\":\"y\",\"prefix\":\"4 9\",\"upstream\":\"live\"}")).0, 400);
+    assert!(call("sip:4930123@example.net"), "the route sends 49... to the live trunk");
+    assert!(!call("sip:3312345@example.net"), "other numbers still go to the preferred trunk");
+    assert_eq!(http(admin, "PUT", "/api/v1/routes/germany", t, Some("{\"prefix\":\"33\",\"upstream\":\"live\"}")).0, 200);
+    assert!(call("sip:3312345@example.net"));
+    assert_eq!(json(&http(admin, "GET", "/api/v1/routes", t, None).1)[0]["prefix"], "33");
+    assert_eq!(http(admin, "DELETE", "/api/v1/routes/germany", t, None).0, 204);
+    assert_eq!(http(admin, "GET", "/api/v1/routes/germany", t, None).0, 404);
+    assert!(!call("sip:3312345@example.net"));
 }

@@ -69,6 +69,28 @@ pub struct Upstream {
     pub srtp: Option<SrtpPolicy>,
 }
 
+/// A route: requests to other domains whose Request-URI matches go to `upstream`
+/// (instead of the preferred upstream). Routes are tried by `priority`, lowest first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Route {
+    pub name: String,
+    pub priority: u32,
+    /// The Request-URI user part (the number dialled) starts with this.
+    pub prefix: Option<String>,
+    /// The Request-URI host is this domain (case-insensitive).
+    pub domain: Option<String>,
+    /// Name of the upstream to use.
+    pub upstream: String,
+}
+
+impl Route {
+    /// `true` if a Request-URI (user, host) matches.
+    pub fn matches(&self, user: Option<&str>, host: &str) -> bool {
+        self.prefix.as_deref().is_none_or(|p| user.is_some_and(|u| u.starts_with(p)))
+            && self.domain.as_deref().is_none_or(|d| d.eq_ignore_ascii_case(host))
+    }
+}
+
 /// Media anchoring policy (from `[media]`, `[[user]]` and `[[upstream]]`).
 #[derive(Debug, Clone)]
 pub struct MediaPolicy {
@@ -105,6 +127,7 @@ pub struct Shared {
     pub location: Location,
     /// Upstreams (trunks), most preferred first; changed at run time through the admin API.
     upstreams: std::sync::RwLock<std::sync::Arc<Vec<Upstream>>>,
+    routes: std::sync::RwLock<std::sync::Arc<Vec<Route>>>,
     pub media: MediaPolicy,
     token_key: [u8; 32],
 }
@@ -192,6 +215,7 @@ impl Shared {
             challenge_local_callers: cfg.auth.challenge_local_callers,
             location: Location::new(),
             upstreams: std::sync::RwLock::new(std::sync::Arc::new(sorted(upstreams))),
+            routes: std::sync::RwLock::new(std::sync::Arc::new(Vec::new())),
             media,
             token_key: key,
         }
@@ -200,6 +224,48 @@ impl Shared {
     /// The preferred upstream (takes calls to other domains).
     pub fn upstream(&self) -> Option<Upstream> {
         self.upstreams.read().ok().and_then(|u| u.first().cloned())
+    }
+
+    /// The upstream for a request to another domain: the first matching route's (if its
+    /// upstream exists), else the preferred one.
+    pub fn upstream_for(&self, user: Option<&str>, host: &str) -> Option<Upstream> {
+        let ups = self.upstream_list();
+        let routes = self.route_list();
+        for r in routes.iter().filter(|r| r.matches(user, host)) {
+            if let Some(u) = ups.iter().find(|u| u.name == r.upstream) {
+                return Some(u.clone());
+            }
+        }
+        ups.first().cloned()
+    }
+
+    /// The upstream whose next hop is `addr`, if any.
+    pub fn upstream_at(&self, addr: SocketAddr) -> Option<Upstream> {
+        self.upstream_list().iter().find(|u| u.dest.is_some_and(|d| d.addr == addr)).cloned()
+    }
+
+    /// Every route, in the order they are tried.
+    pub fn route_list(&self) -> std::sync::Arc<Vec<Route>> {
+        self.routes.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Adds or replaces (by name) a route.
+    pub fn set_route(&self, route: Route) {
+        if let Ok(mut w) = self.routes.write() {
+            let mut v: Vec<Route> = w.iter().filter(|r| r.name != route.name).cloned().collect();
+            v.push(route);
+            v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
+            *w = std::sync::Arc::new(v);
+        }
+    }
+
+    /// Removes a route; `false` if there was none of that name.
+    pub fn remove_route(&self, name: &str) -> bool {
+        let Ok(mut w) = self.routes.write() else { return false };
+        let v: Vec<Route> = w.iter().filter(|r| r.name != name).cloned().collect();
+        let removed = v.len() != w.len();
+        *w = std::sync::Arc::new(v);
+        removed
     }
 
     /// Every upstream, most preferred first.

@@ -702,7 +702,7 @@ impl Core {
                     return;
                 }
             }
-        } else if let Some(up) = self.sh.upstream() {
+        } else if let Some(up) = self.sh.upstream_for(ruri.user, ruri.host) {
             let Some(dest) = up.dest else {
                 self.reject(now, sid, from, &msg, tv, 503, "Service Unavailable (upstream does not resolve)", "");
                 return;
@@ -1127,9 +1127,7 @@ impl Core {
 
     /// SRTP policy of a leg reached through `p`.
     fn leg_policy(&self, p: &Peer) -> crate::config::SrtpPolicy {
-        if let Some(up) = &self.sh.upstream()
-            && up.dest.is_some_and(|d| d.addr == p.addr)
-        {
+        if let Some(up) = self.sh.upstream_at(p.addr) {
             return up.srtp.unwrap_or(crate::config::SrtpPolicy::Keep);
         }
         if matches!(p.transport, Transport::Tls | Transport::Wss) { self.sh.media.srtp_secure } else { self.sh.media.srtp }
@@ -1146,11 +1144,8 @@ impl Core {
                 on = *v;
             }
         }
-        if let Some(up) = &self.sh.upstream()
-            && let Some(v) = up.anchor_media
-            && let Some(d) = up.dest
-            && (d.addr == from.addr || targets.iter().any(|t| t.dest.addr == d.addr))
-        {
+        let via_upstream = std::iter::once(from.addr).chain(targets.iter().map(|t| t.dest.addr)).find_map(|a| self.sh.upstream_at(a));
+        if let Some(v) = via_upstream.and_then(|u| u.anchor_media) {
             on = v;
         }
         on

@@ -100,6 +100,12 @@ pub trait Store: Send + Sync {
     fn delete_upstream(&self, name: &str) -> Result<bool, StoreError>;
     /// Every stored upstream.
     fn load_upstreams(&self) -> Result<Vec<StoredUpstream>, StoreError>;
+    /// Creates or replaces a route.
+    fn put_route(&self, r: &crate::core::Route) -> Result<(), StoreError>;
+    /// Deletes a route; `false` if there was none.
+    fn delete_route(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every stored route.
+    fn load_routes(&self) -> Result<Vec<crate::core::Route>, StoreError>;
     /// Creates or replaces a user.
     fn put_user(&self, u: &StoredUser) -> Result<(), StoreError>;
     /// Deletes a user (and its bindings); `false` if there was none.
@@ -134,6 +140,9 @@ CREATE INDEX IF NOT EXISTS calls_ended ON calls (ended_at);
 CREATE TABLE IF NOT EXISTS upstreams (
     name TEXT PRIMARY KEY, uri TEXT NOT NULL, priority INTEGER NOT NULL, anchor_media INTEGER, srtp TEXT
 );
+CREATE TABLE IF NOT EXISTS routes (
+    name TEXT PRIMARY KEY, priority INTEGER NOT NULL, prefix TEXT, domain TEXT, upstream TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, ha1_md5 TEXT, ha1_sha256 TEXT, max_contacts INTEGER
 );
@@ -167,6 +176,27 @@ impl Store for SqliteStore {
             params![u.name, u.uri, u.priority, u.anchor_media, u.srtp],
         )?;
         Ok(())
+    }
+
+    fn put_route(&self, r: &crate::core::Route) -> Result<(), StoreError> {
+        self.lock()?.execute(
+            "INSERT OR REPLACE INTO routes (name, priority, prefix, domain, upstream) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.name, r.priority, r.prefix, r.domain, r.upstream],
+        )?;
+        Ok(())
+    }
+
+    fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.execute("DELETE FROM routes WHERE name = ?1", params![name])? > 0)
+    }
+
+    fn load_routes(&self) -> Result<Vec<crate::core::Route>, StoreError> {
+        let conn = self.lock()?;
+        let mut st = conn.prepare("SELECT name, priority, prefix, domain, upstream FROM routes")?;
+        let rows = st.query_map([], |r| {
+            Ok(crate::core::Route { name: r.get(0)?, priority: r.get(1)?, prefix: r.get(2)?, domain: r.get(3)?, upstream: r.get(4)? })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn delete_upstream(&self, name: &str) -> Result<bool, StoreError> {

@@ -782,6 +782,170 @@ async fn delete_upstream(State(st): State<ApiState>, Path(name): Path<String>) -
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ------------------------------------------------------------------ routes
+
+/// A route: calls to other domains whose Request-URI matches go to `upstream`; routes are
+/// tried by `priority` (lowest first), else the preferred upstream takes the call.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RouteInput {
+    /// The dialled number (Request-URI user part) starts with this.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[0-9A-Za-z+*#._-]{1,32}$", nullable = false)]
+    prefix: Option<String>,
+    /// The Request-URI host is this domain.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[A-Za-z0-9.-]{1,253}$", nullable = false)]
+    domain: Option<String>,
+    /// Upstream name (must exist).
+    #[schema(min_length = 1)]
+    upstream: String,
+    /// Lower is tried first (default 100).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 100000, nullable = false)]
+    priority: Option<u32>,
+}
+
+/// A new route.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewRoute {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
+    name: String,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[0-9A-Za-z+*#._-]{1,32}$", nullable = false)]
+    prefix: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[A-Za-z0-9.-]{1,253}$", nullable = false)]
+    domain: Option<String>,
+    #[schema(min_length = 1)]
+    upstream: String,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 100000, nullable = false)]
+    priority: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct RouteView {
+    name: String,
+    priority: u32,
+    prefix: Option<String>,
+    domain: Option<String>,
+    upstream: String,
+}
+
+impl From<&crate::core::Route> for RouteView {
+    fn from(r: &crate::core::Route) -> RouteView {
+        RouteView {
+            name: r.name.clone(),
+            priority: r.priority,
+            prefix: r.prefix.clone(),
+            domain: r.domain.clone(),
+            upstream: r.upstream.clone(),
+        }
+    }
+}
+
+fn check_route(st: &ApiState, name: &str, r: RouteInput) -> ApiResult<crate::core::Route> {
+    let field = |v: &Option<String>, key: &str, ok: &dyn Fn(char) -> bool, max: usize| -> ApiResult<()> {
+        match v {
+            Some(x) if x.is_empty() || x.len() > max || !x.chars().all(ok) => {
+                Err(ApiError::bad_request(format!("{key}: {x:?} is not allowed")))
+            }
+            _ => Ok(()),
+        }
+    };
+    field(&r.prefix, "prefix", &|c| c.is_ascii_alphanumeric() || "+*#._-".contains(c), 32)?;
+    field(&r.domain, "domain", &|c| c.is_ascii_alphanumeric() || ".-".contains(c), 253)?;
+    if r.priority.is_some_and(|p| p > 100_000) {
+        return Err(ApiError::bad_request("priority: expected 0 to 100000"));
+    }
+    if !st.shared.upstream_list().iter().any(|u| u.name == r.upstream) {
+        return Err(ApiError::conflict(format!("upstream {:?} does not exist", r.upstream)));
+    }
+    Ok(crate::core::Route {
+        name: name.to_string(),
+        priority: r.priority.unwrap_or(100),
+        prefix: r.prefix,
+        domain: r.domain,
+        upstream: r.upstream,
+    })
+}
+
+/// All routes, in the order they are tried.
+#[utoipa::path(get, path = "/api/v1/routes", tag = "routes", security(("token" = [])),
+    responses((status = 200, body = [RouteView]), (status = 401, body = ApiError)))]
+async fn list_routes(State(st): State<ApiState>) -> Json<Vec<RouteView>> {
+    Json(st.shared.route_list().iter().map(RouteView::from).collect())
+}
+
+/// Adds a route (applies to the next call).
+#[utoipa::path(post, path = "/api/v1/routes", tag = "routes", security(("token" = [])), request_body = NewRoute,
+    responses((status = 201, body = RouteView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_route(
+    State(st): State<ApiState>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<RouteView>)> {
+    let NewRoute { name, prefix, domain, upstream, priority } = object(body)?;
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Err(ApiError::bad_request(format!("name: {name:?}: expected letters, digits, '_', '.', '-'")));
+    }
+    if st.shared.route_list().iter().any(|r| r.name == name) {
+        return Err(ApiError::conflict(format!("route {name:?} exists")));
+    }
+    let r = check_route(&st, &name, RouteInput { prefix, domain, upstream, priority })?;
+    st.store.put_route(&r).map_err(ApiError::store)?;
+    let view = RouteView::from(&r);
+    st.shared.set_route(r);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// One route.
+#[utoipa::path(get, path = "/api/v1/routes/{name}", tag = "routes", security(("token" = [])),
+    params(("name" = String, Path, description = "route name")),
+    responses((status = 200, body = RouteView), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_route(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult<Json<RouteView>> {
+    st.shared
+        .route_list()
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found(format!("no route {name:?}")))
+}
+
+/// Replaces a route.
+#[utoipa::path(put, path = "/api/v1/routes/{name}", tag = "routes", security(("token" = [])), request_body = RouteInput,
+    params(("name" = String, Path, description = "route name")),
+    responses((status = 200, body = RouteView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn put_route(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<Json<RouteView>> {
+    let input: RouteInput = object(body)?;
+    if !st.shared.route_list().iter().any(|r| r.name == name) {
+        return Err(ApiError::not_found(format!("no route {name:?}")));
+    }
+    let r = check_route(&st, &name, input)?;
+    st.store.put_route(&r).map_err(ApiError::store)?;
+    let view = RouteView::from(&r);
+    st.shared.set_route(r);
+    Ok(Json(view))
+}
+
+/// Deletes a route.
+#[utoipa::path(delete, path = "/api/v1/routes/{name}", tag = "routes", security(("token" = [])),
+    params(("name" = String, Path, description = "route name")),
+    responses((status = 204), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn delete_route(State(st): State<ApiState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    if !st.shared.route_list().iter().any(|r| r.name == name) {
+        return Err(ApiError::not_found(format!("no route {name:?}")));
+    }
+    st.store.delete_route(&name).map_err(ApiError::store)?;
+    st.shared.remove_route(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ------------------------------------------------------------------ active calls
 
 /// Calls in progress: parties, state, legs and live media figures.
@@ -1120,6 +1284,8 @@ pub fn router(st: ApiState) -> axum::Router {
         .routes(routes!(logout))
         .routes(routes!(call_log))
         .routes(routes!(active_calls))
+        .routes(routes!(list_routes, create_route))
+        .routes(routes!(get_route, put_route, delete_route))
         .routes(routes!(list_upstreams, create_upstream))
         .routes(routes!(get_upstream, put_upstream, delete_upstream))
         .routes(routes!(hangup))

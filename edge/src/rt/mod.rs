@@ -187,6 +187,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(e) => tracing::error!(upstream = u.name, error = %e, "stored upstream not usable"),
         }
     }
+    for r in store.load_routes().map_err(|e| format!("{}: {e}", db.display()))? {
+        shared.set_route(r);
+    }
     for u in store.load_users().map_err(|e| format!("{}: {e}", db.display()))? {
         if !cfg.users.iter().any(|c| *c.name.get_ref() == u.name) {
             let creds =
