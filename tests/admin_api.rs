@@ -267,6 +267,11 @@ fn api_users_survive_a_restart_and_the_call_log_has_the_calls() {
     assert!(ph["duration_secs"].as_f64().unwrap() >= 0.09, "{ph}");
     assert!(ph["start"].as_f64().unwrap() <= log[0]["ended_at"].as_f64().unwrap());
     assert!(log[0]["ended_at"].as_f64().unwrap() > 1.7e9);
+    let (_, out) = http(admin, "GET", "/api/v1/calls/log?user=erin&direction=outbound&limit=2", Some(&tok), None);
+    assert_eq!(json(&out).as_array().unwrap().len(), 2);
+    let (_, inb) = http(admin, "GET", "/api/v1/calls/log?user=erin&direction=inbound", Some(&tok), None);
+    assert_eq!(json(&inb).as_array().unwrap().len(), 0);
+    assert_eq!(http(admin, "GET", "/api/v1/calls/log?direction=sideways", Some(&tok), None).0, 400);
     let (_, none) = http(admin, "GET", "/api/v1/calls/log?user=nobody", Some(&tok), None);
     assert_eq!(json(&none).as_array().unwrap().len(), 0);
     // Restart: the API user and the token are still there.

@@ -507,6 +507,9 @@ struct CallLogQuery {
     /// At most this many (default 100).
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
+    /// Only calls of this type (seen from `user` when given): `inbound`, `outbound`, `missed`.
+    #[param(pattern = "^(inbound|outbound|missed)$")]
+    direction: Option<String>,
 }
 
 /// Finished calls, newest first: parties, end reason, durations and per-direction media
@@ -525,9 +528,24 @@ async fn call_log(State(st): State<ApiState>, q: Result<Query<CallLogQuery>, Que
             return Err(ApiError::bad_request(format!("{k}: expected Unix seconds")));
         }
     }
-    let rows =
-        st.store.call_records(&CallQuery { user: q.user.clone(), since: q.since, until: q.until, limit }).map_err(ApiError::store)?;
-    Ok(Json(rows.into_iter().map(|r| with_phone_view(r, q.user.as_deref())).collect()))
+    if let Some(d) = &q.direction
+        && !matches!(d.as_str(), "inbound" | "outbound" | "missed")
+    {
+        return Err(ApiError::bad_request("direction: expected inbound, outbound or missed"));
+    }
+    // The type is known only once the view is computed: read more, then cut.
+    let fetch = if q.direction.is_some() { 10_000 } else { limit };
+    let rows = st
+        .store
+        .call_records(&CallQuery { user: q.user.clone(), since: q.since, until: q.until, limit: fetch })
+        .map_err(ApiError::store)?;
+    let rows = rows
+        .into_iter()
+        .map(|r| with_phone_view(r, q.user.as_deref()))
+        .filter(|r| q.direction.as_deref().is_none_or(|d| r["phone"]["type"] == d))
+        .take(limit)
+        .collect();
+    Ok(Json(rows))
 }
 
 /// Adds the fields a phone's call history shows (`phone`), seen from `user` when given:
