@@ -12,6 +12,7 @@ pub mod media;
 pub mod msg;
 pub mod proxy;
 pub mod registrar;
+pub mod resolve;
 pub mod rt;
 pub mod store;
 pub mod transport;
