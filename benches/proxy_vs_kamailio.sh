@@ -8,6 +8,9 @@
 # then the ratios edge/Kamailio. Every run is bounded in calls and time; loopback only.
 #
 # Usage: benches/proxy_vs_kamailio.sh [RATE] [CALLS]   (defaults: 1000 calls/s, 20000 calls)
+# EDGE_ANCHOR=true anchors the media of every call in the edge (default false: Kamailio here
+# relays signalling only, so the like-for-like comparison is without a media relay);
+# ONLY=edge skips Kamailio.
 # Needs: sipp, kamailio (WITH_BENCH_PEERS=1 scripts/setup.sh installs both), taskset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +72,10 @@ tls = []
 ws = []
 wss = []
 workers = 1
+[admin]
+listen = []
+[media]
+anchor = ${EDGE_ANCHOR:-false}
 [[upstream]]
 uri = "sip:127.0.0.1:5090"
 TOML
@@ -114,6 +121,7 @@ measure() {
 }
 
 measure edge
+[ "${ONLY:-}" = edge ] && exit 0
 measure kamailio
 echo
 echo "ratio CPU per call edge/kamailio: $(python3 -c "print(f'{$edge_CPU/$kamailio_CPU:.3f}')")  (bar <= 1.0, goal <= 0.5)"

@@ -54,6 +54,27 @@ impl Method {
             _ => Method::Extension,
         }
     }
+
+    /// The method's name (`"other"` for extension methods), e.g. for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Info => "INFO",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Refer => "REFER",
+            Method::Message => "MESSAGE",
+            Method::Publish => "PUBLISH",
+            Method::Extension => "other",
+        }
+    }
 }
 
 /// One header line: its kind and byte ranges of name and (possibly folded) value.

@@ -33,21 +33,25 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 
-/// Counts a SIP message by method (requests) or status class (responses).
+/// Counts a SIP message by method (requests) or status class (responses). Labels are
+/// static strings: no allocation per message.
 pub fn count_sip(msg: &Message, dir: &'static str) {
     if msg.is_request() {
-        metrics::counter!("edge_sip_requests_total", "method" => msg.method_str().to_string(), "direction" => dir).increment(1);
+        metrics::counter!("edge_sip_requests_total", "method" => msg.method().name(), "direction" => dir).increment(1);
     } else {
-        let class = match msg.status().unwrap_or(0) / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            5 => "5xx",
-            6 => "6xx",
-            _ => "other",
-        };
-        metrics::counter!("edge_sip_responses_total", "class" => class, "direction" => dir).increment(1);
+        metrics::counter!("edge_sip_responses_total", "class" => status_class(msg.status().unwrap_or(0)), "direction" => dir).increment(1);
+    }
+}
+
+fn status_class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        6 => "6xx",
+        _ => "other",
     }
 }
 
@@ -113,6 +117,12 @@ pub struct Bound {
 pub fn run(cfg: Config) -> Result<(), String> {
     // Before anything registers a metric: handles taken earlier would stay no-ops.
     let prometheus = admin::install_recorder()?;
+    // Each anchored call holds four relay sockets: raise the soft descriptor limit to the
+    // hard one (the default soft limit of 1024 would cap anchoring near 250 calls).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("data_dir {}: {e}", cfg.data_dir.display()))?;
     let workers = if cfg.sip.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.sip.workers };
     let conn_rt = tokio::runtime::Builder::new_multi_thread()
@@ -355,6 +365,33 @@ struct Worker {
     core: RefCell<Core>,
     udp: Vec<Rc<tokio::net::UdpSocket>>,
     wake: Notify,
+    m: WorkerMetrics,
+}
+
+/// Metric handles of one worker, taken once (updating them is an atomic store).
+struct WorkerMetrics {
+    attempts: metrics::Counter,
+    setup: metrics::Histogram,
+    server_tsx: metrics::Gauge,
+    client_tsx: metrics::Gauge,
+    calls: metrics::Gauge,
+    ports: metrics::Gauge,
+    media_calls: metrics::Gauge,
+}
+
+impl WorkerMetrics {
+    fn new(idx: usize) -> WorkerMetrics {
+        let w = idx.to_string();
+        WorkerMetrics {
+            attempts: metrics::counter!("edge_call_attempts_total"),
+            setup: metrics::histogram!("edge_call_setup_seconds"),
+            server_tsx: metrics::gauge!("edge_transactions_active", "kind" => "server", "worker" => w.clone()),
+            client_tsx: metrics::gauge!("edge_transactions_active", "kind" => "client", "worker" => w.clone()),
+            calls: metrics::gauge!("edge_calls_active", "worker" => w.clone()),
+            ports: metrics::gauge!("edge_media_ports_in_use", "worker" => w.clone()),
+            media_calls: metrics::gauge!("edge_media_calls", "worker" => w),
+        }
+    }
 }
 
 impl Worker {
@@ -404,17 +441,16 @@ impl Worker {
         let mut core = self.core.borrow_mut();
         let stats = core.take_stats();
         if stats.call_attempts > 0 {
-            metrics::counter!("edge_call_attempts_total").increment(stats.call_attempts);
+            self.m.attempts.increment(stats.call_attempts);
         }
         for s in stats.setup_secs {
-            metrics::histogram!("edge_call_setup_seconds").record(s);
+            self.m.setup.record(s);
         }
         let (srv, cli) = core.transaction_counts();
-        let w = self.idx.to_string();
-        metrics::gauge!("edge_transactions_active", "kind" => "server", "worker" => w.clone()).set(srv as f64);
-        metrics::gauge!("edge_transactions_active", "kind" => "client", "worker" => w.clone()).set(cli as f64);
+        self.m.server_tsx.set(srv as f64);
+        self.m.client_tsx.set(cli as f64);
         if let Some(a) = core.anchor() {
-            metrics::gauge!("edge_calls_active", "worker" => w).set(a.calls() as f64);
+            self.m.calls.set(a.calls() as f64);
         }
         let mut any = false;
         while let Some(r) = core.poll_record() {
@@ -424,9 +460,8 @@ impl Worker {
         if let Some(a) = core.anchor()
             && (any || a.calls() > 0)
         {
-            let w = self.idx.to_string();
-            metrics::gauge!("edge_media_ports_in_use", "worker" => w.clone()).set(a.relay().ports_in_use() as f64);
-            metrics::gauge!("edge_media_calls", "worker" => w).set(a.calls() as f64);
+            self.m.ports.set(a.relay().ports_in_use() as f64);
+            self.m.media_calls.set(a.calls() as f64);
         }
     }
 
@@ -499,6 +534,7 @@ fn worker_main(
             core: RefCell::new(Core::new(rt.core.clone(), idx as u32, seed)),
             udp: udp.clone(),
             wake: Notify::new(),
+            m: WorkerMetrics::new(idx),
         });
         for (sock, state) in udp.into_iter().zip(states) {
             tokio::task::spawn_local(udp::recv_loop(w.clone(), sock, state));
@@ -570,23 +606,14 @@ fn worker_main(
     });
 }
 
-/// Counts an outgoing message from its first line (no full parse on the send path).
+/// Counts an outgoing message from its first line (no parse, no allocation).
 fn count_out(data: &[u8]) {
-    let line = data.split(|&b| b == b' ').take(2).collect::<Vec<_>>();
-    if line.first().is_some_and(|f| *f == b"SIP/2.0") {
-        let class = match line.get(1).and_then(|c| c.first()) {
-            Some(b'1') => "1xx",
-            Some(b'2') => "2xx",
-            Some(b'3') => "3xx",
-            Some(b'4') => "4xx",
-            Some(b'5') => "5xx",
-            Some(b'6') => "6xx",
-            _ => "other",
-        };
-        metrics::counter!("edge_sip_responses_total", "class" => class, "direction" => "out").increment(1);
-    } else if let Some(m) = line.first() {
-        let method = crate::msg::Method::from_token(m);
-        let name = if method == crate::msg::Method::Extension { "other".to_string() } else { String::from_utf8_lossy(m).to_string() };
-        metrics::counter!("edge_sip_requests_total", "method" => name, "direction" => "out").increment(1);
+    if let Some(rest) = data.strip_prefix(b"SIP/2.0 ") {
+        let code = rest.iter().take(3).fold(0u16, |a, &d| a * 10 + d.wrapping_sub(b'0') as u16);
+        metrics::counter!("edge_sip_responses_total", "class" => status_class(code), "direction" => "out").increment(1);
+    } else {
+        let token = data.split(|&b| b == b' ').next().unwrap_or(b"");
+        let method = crate::msg::Method::from_token(token).name();
+        metrics::counter!("edge_sip_requests_total", "method" => method, "direction" => "out").increment(1);
     }
 }
