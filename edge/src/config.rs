@@ -158,6 +158,9 @@ pub struct SipConfig {
     pub t4_ms: u64,
     /// RFC 3261 16.6 Timer C for INVITE in seconds (> 180).
     pub timer_c_secs: u64,
+    /// Longest call in seconds: then the edge ends it (BYE both ways). Also ends dialogs
+    /// whose BYE the edge never saw.
+    pub max_call_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -268,6 +271,7 @@ impl Default for SipConfig {
             t2_ms: 4000,
             t4_ms: 5000,
             timer_c_secs: 181,
+            max_call_secs: 43_200,
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct Shared {
     pub listeners: Vec<(Transport, SocketAddr)>,
     pub timers: TimerConfig,
     pub timer_c: Duration,
+    /// Longest call.
+    pub max_call: Duration,
     pub registrar: RegistrarConfig,
     pub auth: Authenticator,
     pub challenge_local_callers: bool,
@@ -210,6 +212,7 @@ impl Shared {
                 t4: Duration::from_millis(cfg.sip.t4_ms),
             },
             timer_c: Duration::from_secs(cfg.sip.timer_c_secs),
+            max_call: Duration::from_secs(cfg.sip.max_call_secs.max(1)),
             registrar: cfg.registrar.clone(),
             auth: Authenticator::new(realm, algs, users, key, base, Duration::from_secs(cfg.auth.nonce_ttl_secs)),
             challenge_local_callers: cfg.auth.challenge_local_callers,

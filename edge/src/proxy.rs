@@ -1386,6 +1386,12 @@ impl Core {
             self.bye_both(now, &call_id, "Reason: Q.850;cause=102;text=\"media timeout\"\r\n");
             self.end_call(now, &call_id, EndReason::MediaTimeout);
         }
+        let old = self.anchor.as_ref().map(|a| a.too_old(now, self.sh.max_call)).unwrap_or_default();
+        for call_id in old {
+            tracing::info!(call_id, "call reached sip.max_call_secs: ending it");
+            self.bye_both(now, &call_id, "Reason: Q.850;cause=102;text=\"maximum call duration\"\r\n");
+            self.end_call(now, &call_id, EndReason::MaxDuration);
+        }
         let active = self.anchor.as_ref().is_some_and(|a| a.calls() > 0);
         self.next_media_sweep = active.then(|| now + Anchor::sweep_interval());
     }

@@ -112,3 +112,33 @@ fn events_ringing_answered_transferred_ended_in_order() {
     assert_eq!(ev[0].parties.called, "svc");
     assert_eq!(ev[0].parties.direction, "transit");
 }
+
+#[test]
+fn a_call_past_max_call_secs_is_ended_with_bye_both_ways() {
+    use edge::config::Config;
+    use edge::core::Shared;
+    let toml = format!("[sip]\ndomain = \"edge.test\"\nmax_call_secs = 100\n{UP}");
+    let cfg = Config::from_toml(&toml, "test").unwrap();
+    let t0 = std::time::Instant::now();
+    let listeners = vec![(edge::transport::Transport::Udp, EDGE.parse().unwrap())];
+    let sh = std::sync::Arc::new(Shared::new(&cfg, listeners, None, t0, [9; 32]));
+    let mut c = edge::proxy::Core::new(sh, 0, 42);
+    // A call without SDP: nothing to anchor, so only the duration limit can end it.
+    let inv = "INVITE sip:svc@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKmax\r\nMax-Forwards: 70\r\nFrom: <sip:c@example.org>;tag=ct\r\nTo: <sip:svc@example.net>\r\nCall-ID: m-max\r\nCSeq: 1 INVITE\r\nContact: <sip:c@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n";
+    feed_raw(&mut c, t0, udp(CALLER), inv);
+    let fwd = forwarded(&drain(&mut c));
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &answer(&fwd, 200, "u9", "Contact: <sip:u@127.0.0.1:5090>\r\n"));
+    drain(&mut c);
+    let mut now = t0;
+    let out = advance(&mut c, &mut now, t0 + secs(99));
+    assert!(out.iter().all(|(_, m)| m.method() != Method::Bye), "not yet");
+    let out = advance(&mut c, &mut now, t0 + secs(102));
+    let mut byes: Vec<_> = out.iter().filter(|(_, m)| m.is_request() && m.method() == Method::Bye).collect();
+    // Unanswered BYEs are retransmitted (Timer E): count each transaction once.
+    byes.sort_by_key(|(_, m)| m.top_via().and_then(|v| v.branch()).unwrap_or("").to_string());
+    byes.dedup_by_key(|(_, m)| m.top_via().and_then(|v| v.branch()).unwrap_or("").to_string());
+    assert_eq!(byes.len(), 2, "BYE to both ends");
+    assert!(byes.iter().any(|(t, _)| t.to.addr.to_string() == CALLER));
+    assert!(byes.iter().any(|(t, _)| t.to.addr.to_string() == "127.0.0.1:5090"));
+    assert_eq!(c.poll_record().map(|r| r.reason), Some(EndReason::MaxDuration));
+}

@@ -61,6 +61,8 @@ pub enum EndReason {
     MediaTimeout,
     /// Hung up through the admin API.
     HungUp,
+    /// Longer than `sip.max_call_secs` (or its BYE was never seen).
+    MaxDuration,
 }
 
 /// A call in progress, for the admin API.
@@ -515,6 +517,11 @@ impl Anchor {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Calls started more than `max` ago.
+    pub fn too_old(&self, now: Instant, max: Duration) -> Vec<String> {
+        self.calls.iter().filter(|(_, c)| now.saturating_duration_since(c.started) >= max).map(|(id, _)| id.clone()).collect()
     }
 
     /// Longest a session may stay idle before [`Anchor::inactive`] reports it.
