@@ -114,6 +114,7 @@ fn events_ringing_answered_transferred_ended_in_order() {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // the virtual clock starts at the real now
 fn a_call_past_max_call_secs_is_ended_with_bye_both_ways() {
     use edge::config::Config;
     use edge::core::Shared;
