@@ -10,7 +10,7 @@ use codec::quality::{CodecImpairment, EModelInput, Jitter, SeqTracker, mos};
 use codec::rtcp::{self, Rtcp};
 use codec::rtp::{RtpHeader, is_rtcp};
 use codec::srtp::Srtp;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
@@ -214,7 +214,10 @@ fn ntp_mid(ntp: u64) -> u32 {
 /// All relay sessions of one worker.
 pub struct Relay {
     cfg: RelayConfig,
-    free: BTreeSet<u16>,
+    /// Free RTP ports, least recently used first: a released pair goes to the back, so it
+    /// is reused only after every other pair (late packets of the old call cannot latch
+    /// the next one).
+    free: VecDeque<u16>,
     by_port: HashMap<u16, (u64, Side, bool)>,
     sessions: HashMap<u64, Session>,
     next: u64,
@@ -252,7 +255,7 @@ impl Relay {
         // Skip pairs another process holds; they go back to the pool for later.
         let mut skipped = Vec::new();
         let mut got = None;
-        while let Some(p) = self.free.pop_first() {
+        while let Some(p) = self.free.pop_front() {
             if ports.bind(p) {
                 if ports.bind(p + 1) {
                     got = Some(p);
@@ -276,7 +279,7 @@ impl Relay {
         let Some(pb) = self.take_pair(ports) else {
             ports.release(pa);
             ports.release(pa + 1);
-            self.free.insert(pa);
+            self.free.push_front(pa);
             return Err(RelayError::NoPorts);
         };
         self.next += 1;
@@ -456,7 +459,7 @@ impl Relay {
             self.by_port.remove(&(p + 1));
             ports.release(p);
             ports.release(p + 1);
-            self.free.insert(p);
+            self.free.push_back(p);
         }
         r
     }
@@ -592,5 +595,16 @@ mod tests {
         let rtt = rep.from_a.rtt_ms.unwrap();
         assert!((rtt - 30.0).abs() < 0.1, "{rtt}");
         assert_eq!(rep.from_b.rtt_ms, None);
+    }
+
+    #[test]
+    fn released_ports_are_reused_last() {
+        let t0 = Instant::now();
+        let mut r = Relay::new(RelayConfig { ports: 40000..=40011, ..Default::default() });
+        let (id, pa, pb) = r.open(t0, &mut NoSockets).unwrap();
+        r.close(id, t0, &mut NoSockets);
+        let (_, qa, qb) = r.open(t0, &mut NoSockets).unwrap();
+        assert!(![pa, pb].contains(&qa) && ![pa, pb].contains(&qb), "fresh ports first: {pa} {pb} then {qa} {qb}");
+        assert_eq!(r.pairs_free(), 4);
     }
 }
