@@ -843,3 +843,50 @@ fn routes_send_matching_numbers_to_their_trunk() {
     assert_eq!(http(admin, "GET", "/api/v1/routes/germany", t, None).0, 404);
     assert!(!call("sip:3312345@example.net"));
 }
+
+#[test]
+fn calls_fail_over_to_the_second_target_when_the_first_dies() {
+    let (p1, p2) = (free_port(), free_port());
+    let extra = format!("[[upstream]]\nuri = \"sip:127.0.0.1:{p1}\"\ntargets = [\"sip:127.0.0.1:{p2}\"]\ninvite_timeout_ms = 1000\n");
+    let edge = Edge::start(&extra, &[]);
+    let mut primary = Answer::start(&["--listen", &format!("127.0.0.1:{p1}")]);
+    let _secondary = Answer::start(&["--listen", &format!("127.0.0.1:{p2}")]);
+    let dir = tempfile::tempdir().unwrap();
+    let rj = dir.path().join("r.json");
+    let target = format!("sip:{}", edge.udp);
+    let rj2 = rj.clone();
+    let calls = std::thread::spawn(move || {
+        run(
+            &[
+                "call",
+                "--target",
+                &target,
+                "--to",
+                "sip:42@example.net",
+                "--rate",
+                "20",
+                "--calls",
+                "120",
+                "--hold-ms",
+                "20",
+                "--timeout-ms",
+                "4000",
+                "--quiet",
+                "--report-json",
+                rj2.to_str().unwrap(),
+            ],
+            Duration::from_secs(90),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(2000));
+    let _ = primary.0.kill();
+    let _ = primary.0.wait();
+    let _ = calls.join().unwrap();
+    let r = e2e_tests::json(&rj);
+    let ok = r["calls_succeeded"].as_u64().unwrap();
+    // Only calls in the middle of their 20 ms hold on the primary at the kill can fail
+    // (their BYE has nowhere to go); every later call is retried on the secondary.
+    assert!(ok >= 116, "{r}");
+    let log = edge.log();
+    assert_eq!(log.matches("upstream target down").count(), 1, "the failure is logged once: {log}");
+}

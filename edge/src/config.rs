@@ -235,6 +235,14 @@ pub struct UpstreamConfig {
     pub anchor_media: Option<bool>,
     /// SRTP policy of the leg towards this upstream (e.g. `plain` for a trunk).
     pub srtp: Option<SrtpPolicy>,
+    /// More targets tried in order after `uri` when it fails (IP-address URIs).
+    #[serde(default)]
+    pub targets: Vec<Spanned<String>>,
+    /// A target that gives no provisional response to an INVITE within this time is
+    /// skipped for the call (and for `failover_block_secs`), default 2000.
+    pub invite_timeout_ms: Option<u64>,
+    /// How long a failed target is skipped, default 30 (a 503's Retry-After wins).
+    pub failover_block_secs: Option<u64>,
 }
 
 impl Default for Config {
@@ -384,6 +392,15 @@ impl Config {
             crate::msg::SipUri::parse(up.uri.get_ref()).map_err(|e| {
                 err(Some(up.uri.span()), format!("key `upstream.uri`: expected a sip: URI ({e}), got {:?}", up.uri.get_ref()))
             })?;
+            for t in &up.targets {
+                let ok = crate::msg::SipUri::parse(t.get_ref()).ok().is_some_and(|u| u.ip().is_some());
+                if !ok {
+                    return Err(err(
+                        Some(t.span()),
+                        format!("key `upstream.targets`: expected a sip: URI with an IP address, got {:?}", t.get_ref()),
+                    ));
+                }
+            }
         }
         if self.media.port_min < 1024 || self.media.port_max < self.media.port_min.saturating_add(3) {
             return Err(err(None, "keys `media.port_min`/`media.port_max`: expected 1024 <= port_min and at least 4 ports".into()));

@@ -63,6 +63,12 @@ pub struct Upstream {
     pub uri: String,
     /// The resolved next hop; `None` while its host name does not resolve (calls get 503).
     pub dest: Option<Peer>,
+    /// Fail-over targets after `dest`, in order.
+    pub more: Vec<Peer>,
+    /// No provisional response to an INVITE within this time: try the next target.
+    pub invite_timeout: Duration,
+    /// How long a failed target is skipped (unless a Retry-After says otherwise).
+    pub block_for: Duration,
     /// Media anchoring override for calls through it.
     pub anchor_media: Option<bool>,
     /// SRTP policy of the leg towards it.
@@ -130,6 +136,8 @@ pub struct Shared {
     /// Upstreams (trunks), most preferred first; changed at run time through the admin API.
     upstreams: std::sync::RwLock<std::sync::Arc<Vec<Upstream>>>,
     routes: std::sync::RwLock<std::sync::Arc<Vec<Route>>>,
+    /// Health of upstream targets (per target, shared by the workers).
+    pub health: std::sync::Mutex<crate::resolve::Health>,
     pub media: MediaPolicy,
     token_key: [u8; 32],
 }
@@ -181,6 +189,17 @@ impl Shared {
                     source: "config",
                     uri,
                     dest: Some(Peer { transport, addr, flow: None }),
+                    more: u
+                        .targets
+                        .iter()
+                        .filter_map(|t| {
+                            let p = SipUri::parse(t.get_ref()).ok()?;
+                            let tr = uri_transport(&p);
+                            Some(Peer { transport: tr, addr: SocketAddr::new(p.ip()?, p.port.unwrap_or(tr.default_port())), flow: None })
+                        })
+                        .collect(),
+                    invite_timeout: Duration::from_millis(u.invite_timeout_ms.unwrap_or(2000)),
+                    block_for: Duration::from_secs(u.failover_block_secs.unwrap_or(30)),
                     anchor_media: u.anchor_media,
                     srtp: u.srtp,
                 })
@@ -219,6 +238,7 @@ impl Shared {
             location: Location::new(),
             upstreams: std::sync::RwLock::new(std::sync::Arc::new(sorted(upstreams))),
             routes: std::sync::RwLock::new(std::sync::Arc::new(Vec::new())),
+            health: std::sync::Mutex::new(crate::resolve::Health::default()),
             media,
             token_key: key,
         }
@@ -244,7 +264,7 @@ impl Shared {
 
     /// The upstream whose next hop is `addr`, if any.
     pub fn upstream_at(&self, addr: SocketAddr) -> Option<Upstream> {
-        self.upstream_list().iter().find(|u| u.dest.is_some_and(|d| d.addr == addr)).cloned()
+        self.upstream_list().iter().find(|u| u.dest.is_some_and(|d| d.addr == addr) || u.more.iter().any(|m| m.addr == addr)).cloned()
     }
 
     /// Every route, in the order they are tried.

@@ -69,8 +69,16 @@ fn apply_flags(
     }
     if let Some(up) = upstream {
         edge::msg::SipUri::parse(&up).map_err(|e| format!("--upstream {up:?}: {e}"))?;
-        cfg.upstreams =
-            vec![UpstreamConfig { name: None, priority: None, uri: toml::Spanned::new(0..0, up), anchor_media: None, srtp: None }];
+        cfg.upstreams = vec![UpstreamConfig {
+            name: None,
+            priority: None,
+            uri: toml::Spanned::new(0..0, up),
+            anchor_media: None,
+            srtp: None,
+            targets: vec![],
+            invite_timeout_ms: None,
+            failover_block_secs: None,
+        }];
     }
     Ok(())
 }

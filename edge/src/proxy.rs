@@ -37,6 +37,8 @@ enum TimerKey {
     Server(u64),
     Client(u64),
     Ctx(u64),
+    /// A fail-over branch's INVITE timeout (no provisional response yet).
+    Failover(u64),
 }
 
 enum SKind {
@@ -86,6 +88,8 @@ struct ClientTsx {
     done: bool,
     /// The INVITE/UPDATE belongs to an anchored dialog.
     media: Option<MediaTsx>,
+    /// A provisional response (101-199) came back on this branch.
+    provisional: bool,
 }
 
 /// A request's rewritten body (if any) and the media context of its client transactions.
@@ -113,6 +117,35 @@ struct ProxyCtx {
     scheduled: Option<Instant>,
     /// Anchored call started by this (initial) INVITE: ended if it fails.
     media_call: Option<String>,
+    /// Fail-over state when the request went to an upstream with several targets.
+    failover: Option<Box<Failover>>,
+}
+
+/// What building one forwarded copy of a request needs.
+struct Branch<'a> {
+    msg: &'a Message,
+    from: &'a Peer,
+    top_via: Option<&'a str>,
+    popped: usize,
+    max_forwards: Option<u32>,
+    record_route: bool,
+    body: Option<&'a [u8]>,
+    loop_branch: &'a str,
+}
+
+/// What a new branch to the next upstream target needs (RFC 3263 4.3 style fail-over).
+struct Failover {
+    cursor: crate::resolve::Cursor,
+    msg: Message,
+    from: Peer,
+    top_via: Option<String>,
+    popped: usize,
+    max_forwards: Option<u32>,
+    record_route: bool,
+    body: Option<Vec<u8>>,
+    loop_branch: String,
+    invite_timeout: std::time::Duration,
+    block_for: std::time::Duration,
 }
 
 /// Where a forwarded request goes.
@@ -306,6 +339,7 @@ impl Core {
                 TimerKey::Server(id) => self.server_timeout(now, id, at),
                 TimerKey::Client(id) => self.client_timeout(now, id, at),
                 TimerKey::Ctx(id) => self.ctx_timeout(now, id, at),
+                TimerKey::Failover(id) => self.failover_timeout(now, id),
             }
         }
     }
@@ -667,6 +701,7 @@ impl Core {
 
         // Decide the targets (16.5).
         let mut targets: Vec<Target> = Vec::new();
+        let mut failover_seed: Option<(crate::resolve::Cursor, std::time::Duration, std::time::Duration)> = None;
         if let Some(first) = remaining.first() {
             // Loose routing: next hop is the next Route.
             match self.dest_for(NameAddr::parse(first).map(|n| n.uri).unwrap_or("")) {
@@ -703,10 +738,28 @@ impl Core {
                 }
             }
         } else if let Some(up) = self.sh.upstream_for(ruri.user, ruri.host) {
-            let Some(dest) = up.dest else {
+            let Some(first) = up.dest else {
                 self.reject(now, sid, from, &msg, tv, 503, "Service Unavailable (upstream does not resolve)", "");
                 return;
             };
+            let mut dest = first;
+            if !up.more.is_empty() && method == Method::Invite && sid.is_some() {
+                // Several targets: try them in order, skipping those that failed recently.
+                let all: Vec<crate::resolve::Target> = std::iter::once(first)
+                    .chain(up.more.iter().copied())
+                    .map(|p| crate::resolve::Target { addr: p.addr, transport: p.transport })
+                    .collect();
+                let health = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
+                let mut cursor = crate::resolve::Cursor::new(all, crate::resolve::Selection::Priority, 0, "", &health);
+                let Some(t) = cursor.next(&health, now) else {
+                    drop(health);
+                    self.reject(now, sid, from, &msg, tv, 503, "Service Unavailable (every upstream target is down)", "Retry-After: 5\r\n");
+                    return;
+                };
+                drop(health);
+                dest = Peer { transport: t.transport, addr: t.addr, flow: None };
+                failover_seed = Some((cursor, up.invite_timeout, up.block_for));
+            }
             targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false });
         } else {
             self.reject(now, sid, from, &msg, tv, 403, "Forbidden (relaying denied)", "");
@@ -739,8 +792,32 @@ impl Core {
         let invite = method == Method::Invite;
         let record_route = !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify);
         let media_call = media.as_ref().filter(|m| m.initial).map(|m| m.call_id.clone());
-        let mut ctx =
-            ProxyCtx { server: sid, branches: vec![], best: None, final_sent: false, invite, timer_c: None, scheduled: None, media_call };
+        let mut ctx = ProxyCtx {
+            server: sid,
+            branches: vec![],
+            best: None,
+            final_sent: false,
+            invite,
+            timer_c: None,
+            scheduled: None,
+            media_call,
+            failover: None,
+        };
+        if let Some((cursor, invite_timeout, block_for)) = failover_seed {
+            ctx.failover = Some(Box::new(Failover {
+                cursor,
+                msg: msg.clone(),
+                from,
+                top_via: top_via.clone(),
+                popped,
+                max_forwards: new_mf,
+                record_route,
+                body: body.map(|b| b.to_vec()),
+                loop_branch: lh.clone(),
+                invite_timeout,
+                block_for,
+            }));
+        }
         if invite {
             ctx.timer_c = Some(now + self.sh.timer_c);
         }
@@ -749,43 +826,8 @@ impl Core {
             st.ctx = Some(ctx_id);
         }
         for t in targets {
-            let r = self.rand();
-            let branch = format!("{lh}.{:x}{r:x}", self.worker);
-            let Some(data) = self.build_forward(&msg, &from, &t, tv, &branch, popped, new_mf, record_route, body) else {
-                continue;
-            };
-            let cid = self.id();
-            let reliable = t.dest.transport.reliable();
-            let kind = if invite {
-                CKind::Inv(client_inv::ClientInvite::new(now, reliable, self.sh.timers))
-            } else {
-                CKind::Non(client::ClientNonInvite::new(now, reliable, self.sh.timers))
-            };
-            let index_key = format!("{branch}|{}", msg.method_str());
-            let sent = if invite { Message::parse(data.clone()).ok() } else { None };
-            self.clients.insert(
-                cid,
-                ClientTsx {
-                    index_key: index_key.clone(),
-                    kind,
-                    to: t.dest,
-                    request: data.clone(),
-                    sent,
-                    ack: None,
-                    ctx: Some(ctx_id),
-                    cancel: CancelState::None,
-                    cancel_reason: None,
-                    scheduled: None,
-                    done: false,
-                    media: media.clone(),
-                },
-            );
-            self.client_index.insert(index_key, cid);
-            if let Some(c) = self.ctxs.get_mut(&ctx_id) {
-                c.branches.push(cid);
-            }
-            self.send(t.dest, data, Some(cid));
-            self.reschedule_client(cid);
+            let b = Branch { msg: &msg, from: &from, top_via: tv, popped, max_forwards: new_mf, record_route, body, loop_branch: &lh };
+            self.new_branch(now, ctx_id, &b, &t, media.clone());
         }
         let no_branch = self.ctxs.get(&ctx_id).is_none_or(|c| c.branches.is_empty());
         if no_branch {
@@ -800,6 +842,128 @@ impl Core {
             return;
         }
         self.reschedule_ctx(ctx_id);
+    }
+
+    /// Creates, sends and schedules one client transaction of context `ctx_id` to `t`.
+    fn new_branch(&mut self, now: Instant, ctx_id: u64, b: &Branch<'_>, t: &Target, media: Option<MediaTsx>) -> Option<u64> {
+        let msg = b.msg;
+        let invite = msg.method() == Method::Invite;
+        let r = self.rand();
+        let branch = format!("{}.{:x}{r:x}", b.loop_branch, self.worker);
+        let data = self.build_forward(msg, b.from, t, b.top_via, &branch, b.popped, b.max_forwards, b.record_route, b.body)?;
+        let cid = self.id();
+        let reliable = t.dest.transport.reliable();
+        let kind = if invite {
+            CKind::Inv(client_inv::ClientInvite::new(now, reliable, self.sh.timers))
+        } else {
+            CKind::Non(client::ClientNonInvite::new(now, reliable, self.sh.timers))
+        };
+        let index_key = format!("{branch}|{}", msg.method_str());
+        let sent = if invite { Message::parse(data.clone()).ok() } else { None };
+        self.clients.insert(
+            cid,
+            ClientTsx {
+                index_key: index_key.clone(),
+                kind,
+                to: t.dest,
+                request: data.clone(),
+                sent,
+                ack: None,
+                ctx: Some(ctx_id),
+                cancel: CancelState::None,
+                cancel_reason: None,
+                scheduled: None,
+                done: false,
+                media,
+                provisional: false,
+            },
+        );
+        self.client_index.insert(index_key, cid);
+        if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+            c.branches.push(cid);
+        }
+        self.send(t.dest, data, Some(cid));
+        self.reschedule_client(cid);
+        self.schedule_failover(now, ctx_id, cid);
+        Some(cid)
+    }
+
+    /// Arms the INVITE timeout of a fail-over branch.
+    fn schedule_failover(&mut self, now: Instant, ctx_id: u64, cid: u64) {
+        if let Some(f) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()) {
+            let at = now + f.invite_timeout;
+            self.timers.push(Reverse((at, TimerKey::Failover(cid))));
+        }
+    }
+
+    /// A fail-over branch gave no provisional response in time: abandon it (no CANCEL
+    /// before a 1xx, RFC 3261 9.1) and continue with the next target.
+    fn failover_timeout(&mut self, now: Instant, cid: u64) {
+        let Some(ct) = self.clients.get(&cid) else { return };
+        if ct.done || ct.provisional {
+            return;
+        }
+        if self.try_failover(now, cid, None)
+            && let Some(ct) = self.clients.remove(&cid)
+        {
+            self.client_index.remove(&ct.index_key);
+        }
+    }
+
+    /// Branch `cid` failed before any provisional response (transport error, timeout, 503):
+    /// mark its target down and start a branch to the next usable target. `false` if there
+    /// is no fail-over (or no target left): the failure is then processed as usual.
+    fn try_failover(&mut self, now: Instant, cid: u64, retry_after: Option<std::time::Duration>) -> bool {
+        let Some(ct) = self.clients.get(&cid) else { return false };
+        let (Some(ctx_id), to, media, provisional) = (ct.ctx, ct.to, ct.media.clone(), ct.provisional) else { return false };
+        if provisional {
+            return false;
+        }
+        let Some(mut f) = self.ctxs.get_mut(&ctx_id).and_then(|c| c.failover.take()) else { return false };
+        let failed = crate::resolve::Target { addr: to.addr, transport: to.transport };
+        let next = {
+            let mut h = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(crate::resolve::Change::Down(t)) = h.handle_failure(failed, now, Some(retry_after.unwrap_or(f.block_for))) {
+                tracing::warn!(target = %t.addr, transport = t.transport.uri_param(), "upstream target down: failing over");
+            }
+            f.cursor.next(&h, now)
+        };
+        let started = match next {
+            Some(t) => {
+                if let Some(c) = self.clients.get_mut(&cid) {
+                    c.done = true;
+                }
+                let target = Target {
+                    request_uri: None,
+                    push_routes: vec![],
+                    dest: Peer { transport: t.transport, addr: t.addr, flow: None },
+                    out_token: false,
+                };
+                let b = Branch {
+                    msg: &f.msg,
+                    from: &f.from,
+                    top_via: f.top_via.as_deref(),
+                    popped: f.popped,
+                    max_forwards: f.max_forwards,
+                    record_route: f.record_route,
+                    body: f.body.as_deref(),
+                    loop_branch: &f.loop_branch,
+                };
+                self.new_branch(now, ctx_id, &b, &target, media)
+            }
+            None => None,
+        };
+        let timeout = f.invite_timeout;
+        if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+            c.failover = Some(f);
+        }
+        match started {
+            Some(new_cid) => {
+                self.timers.push(Reverse((now + timeout, TimerKey::Failover(new_cid))));
+                true
+            }
+            None => false,
+        }
     }
 
     fn binding_target(&self, b: &Binding) -> Target {
@@ -953,6 +1117,21 @@ impl Core {
     fn deliver(&mut self, now: Instant, cid: u64, msg: Message, code: u16) {
         let Some(ct) = self.clients.get_mut(&cid) else { return };
         let Some(ctx_id) = ct.ctx else { return };
+        if (101..200).contains(&code) {
+            ct.provisional = true;
+        }
+        // Fail-over (RFC 3263 4.3): a target that failed before any provisional response.
+        if matches!(code, 408 | 503) && !ct.provisional && !ct.done {
+            let retry_after = msg
+                .header_other("Retry-After")
+                .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(std::time::Duration::from_secs);
+            if self.try_failover(now, cid, retry_after) {
+                return;
+            }
+        }
+        let Some(ct) = self.clients.get_mut(&cid) else { return };
         if code >= 200 {
             ct.done = true;
         }
@@ -1090,6 +1269,7 @@ impl Core {
                 scheduled: None,
                 done: false,
                 media: None,
+                provisional: false,
             },
         );
         self.client_index.insert(index_key, id);
@@ -1111,6 +1291,9 @@ impl Core {
 
     /// A branch ended without a response: behave as if `code` arrived (RFC 3261 16.7 step 2 / 16.8).
     fn branch_failed(&mut self, now: Instant, cid: u64, code: u16, reason: &str) {
+        if self.clients.get(&cid).is_some_and(|c| !c.done) && self.try_failover(now, cid, None) {
+            return;
+        }
         let Some(ct) = self.clients.get_mut(&cid) else { return };
         ct.done = true;
         if ct.ctx.is_none() {
@@ -1489,6 +1672,7 @@ impl Core {
                 scheduled: None,
                 done: false,
                 media: None,
+                provisional: false,
             },
         );
         self.client_index.insert(index_key, id);

@@ -686,6 +686,9 @@ pub async fn make_upstream(s: &crate::store::StoredUpstream) -> Result<crate::co
         source: "api",
         uri: s.uri.clone(),
         dest: None,
+        more: vec![],
+        invite_timeout: std::time::Duration::from_secs(2),
+        block_for: std::time::Duration::from_secs(30),
         anchor_media: s.anchor_media,
         srtp,
     };
