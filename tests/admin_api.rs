@@ -889,4 +889,12 @@ fn calls_fail_over_to_the_second_target_when_the_first_dies() {
     assert!(ok >= 116, "{r}");
     let log = edge.log();
     assert_eq!(log.matches("upstream target down").count(), 1, "the failure is logged once: {log}");
+    // The admin API shows the primary target skipped, the secondary usable.
+    let tok = token(&edge);
+    let (_, ups) = http(edge.admin.unwrap(), "GET", "/api/v1/upstreams", Some(&tok), None);
+    let t = &json(&ups)[0]["targets"];
+    assert_eq!(t[0]["target"], format!("udp 127.0.0.1:{p1}").as_str(), "{ups}");
+    assert_eq!(t[0]["usable"], false, "{ups}");
+    assert!(t[0]["blocked_for_secs"].as_f64().unwrap() > 0.0);
+    assert_eq!(t[1]["usable"], true);
 }

@@ -170,6 +170,12 @@ impl Health {
         }
     }
 
+    /// How long `t` stays skipped after a failure (`None`: not blocked at `now`).
+    pub fn blocked_for(&self, t: &Target, now: Instant) -> Option<Duration> {
+        let until = self.map.get(t)?.blocked_until?;
+        (until > now).then(|| until - now)
+    }
+
     /// Probe round-trip time (EWMA).
     pub fn rtt(&self, t: &Target) -> Option<Duration> {
         self.map.get(t).and_then(|s| s.rtt).map(Duration::from_secs_f64)

@@ -57,6 +57,7 @@ fn describe() {
     describe_counter!("edge_webhook_delivered_total", "Call events delivered to a webhook");
     describe_counter!("edge_webhook_failed_total", "Call events a webhook did not take after every retry");
     describe_counter!("edge_webhook_dropped_total", "Call events dropped because a webhook's queue was full");
+    describe_gauge!("edge_upstream_target_up", "1 if an upstream target is not skipped after a failure, per target");
     describe_gauge!("edge_upstream_up", "1 if the upstream's next hop resolves, per upstream");
 }
 

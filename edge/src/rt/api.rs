@@ -607,6 +607,19 @@ struct UpstreamView {
     source: &'static str,
     /// `true` for the one taking calls now.
     preferred: bool,
+    /// Every target with its state, in fail-over order.
+    targets: Vec<TargetView>,
+}
+
+/// One target of an upstream.
+#[derive(Serialize, ToSchema)]
+struct TargetView {
+    /// Transport and address.
+    target: String,
+    /// `false` while it is skipped after a failure.
+    usable: bool,
+    /// Seconds until it is tried again.
+    blocked_for_secs: Option<f64>,
 }
 
 /// A new upstream.
@@ -655,8 +668,24 @@ fn present_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, 
     bool::deserialize(d).map(Some)
 }
 
-fn view_upstream(u: &crate::core::Upstream, preferred: bool) -> UpstreamView {
+fn view_upstream(u: &crate::core::Upstream, preferred: bool, health: &crate::resolve::Health) -> UpstreamView {
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    let targets = u
+        .dest
+        .iter()
+        .chain(u.more.iter())
+        .map(|p| {
+            let t = crate::resolve::Target { addr: p.addr, transport: p.transport };
+            TargetView {
+                target: format!("{} {}", p.transport.uri_param(), p.addr),
+                usable: health.usable(&t, now),
+                blocked_for_secs: health.blocked_for(&t, now).map(|d| d.as_secs_f64()),
+            }
+        })
+        .collect();
     UpstreamView {
+        targets,
         name: u.name.clone(),
         uri: u.uri.clone(),
         priority: u.priority,
@@ -716,7 +745,14 @@ pub async fn make_upstream(s: &crate::store::StoredUpstream) -> Result<crate::co
 #[utoipa::path(get, path = "/api/v1/upstreams", tag = "upstreams", security(("token" = [])),
     responses((status = 200, body = [UpstreamView]), (status = 401, body = ApiError)))]
 async fn list_upstreams(State(st): State<ApiState>) -> Json<Vec<UpstreamView>> {
-    Json(st.shared.upstream_list().iter().enumerate().map(|(i, u)| view_upstream(u, i == 0)).collect())
+    Json(
+        st.shared
+            .upstream_list()
+            .iter()
+            .enumerate()
+            .map(|(i, u)| view_upstream(u, i == 0, &st.shared.health.lock().unwrap_or_else(|e| e.into_inner())))
+            .collect(),
+    )
 }
 
 async fn save_upstream(st: &ApiState, name: String, u: UpstreamInput) -> ApiResult<UpstreamView> {
@@ -734,7 +770,11 @@ async fn save_upstream(st: &ApiState, name: String, u: UpstreamInput) -> ApiResu
     st.store.put_upstream(&s).map_err(ApiError::store)?;
     st.shared.set_upstream(up);
     let list = st.shared.upstream_list();
-    list.iter().enumerate().find(|(_, x)| x.name == name).map(|(i, x)| view_upstream(x, i == 0)).ok_or_else(|| ApiError::not_found(name))
+    list.iter()
+        .enumerate()
+        .find(|(_, x)| x.name == name)
+        .map(|(i, x)| view_upstream(x, i == 0, &st.shared.health.lock().unwrap_or_else(|e| e.into_inner())))
+        .ok_or_else(|| ApiError::not_found(name))
 }
 
 /// Adds an upstream; the next call uses it if it is the preferred one.
@@ -764,7 +804,7 @@ async fn get_upstream(State(st): State<ApiState>, Path(name): Path<String>) -> A
     list.iter()
         .enumerate()
         .find(|(_, x)| x.name == name)
-        .map(|(i, x)| Json(view_upstream(x, i == 0)))
+        .map(|(i, x)| Json(view_upstream(x, i == 0, &st.shared.health.lock().unwrap_or_else(|e| e.into_inner()))))
         .ok_or_else(|| ApiError::not_found(format!("no upstream {name:?}")))
 }
 

@@ -254,8 +254,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
             loop {
                 metrics::gauge!("edge_registrations").set(sh.location.len() as f64);
                 metrics::gauge!("edge_users").set(sh.auth.user_count() as f64);
+                let now = Instant::now();
                 for u in sh.upstream_list().iter() {
                     metrics::gauge!("edge_upstream_up", "upstream" => u.name.clone()).set(if u.dest.is_some() { 1.0 } else { 0.0 });
+                    let health = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+                    for p in u.dest.iter().chain(u.more.iter()) {
+                        let usable = health.usable(&crate::resolve::Target { addr: p.addr, transport: p.transport }, now);
+                        metrics::gauge!("edge_upstream_target_up", "upstream" => u.name.clone(), "target" => format!("{} {}", p.transport.uri_param(), p.addr))
+                            .set(if usable { 1.0 } else { 0.0 });
+                    }
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
