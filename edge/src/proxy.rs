@@ -20,6 +20,7 @@ use crate::store::StoreOp;
 use crate::transport::Transport;
 use crate::tsx::{client, client_inv, server, server_inv};
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -122,28 +123,38 @@ struct ProxyCtx {
 }
 
 /// What building one forwarded copy of a request needs.
+/// Borrowed for the branches of one request; owned (`'static`) when kept for fail-over.
 struct Branch<'a> {
-    msg: &'a Message,
-    from: &'a Peer,
-    top_via: Option<&'a str>,
+    msg: Cow<'a, Message>,
+    from: Peer,
+    top_via: Option<Cow<'a, str>>,
     popped: usize,
     max_forwards: Option<u32>,
     record_route: bool,
-    body: Option<&'a [u8]>,
-    loop_branch: &'a str,
+    body: Option<Cow<'a, [u8]>>,
+    loop_branch: Cow<'a, str>,
+}
+
+impl Branch<'_> {
+    /// An owned copy, kept for branches created later.
+    fn to_static(&self) -> Branch<'static> {
+        Branch {
+            msg: Cow::Owned(Message::clone(&self.msg)),
+            from: self.from,
+            top_via: self.top_via.as_ref().map(|v| Cow::Owned(v.to_string())),
+            popped: self.popped,
+            max_forwards: self.max_forwards,
+            record_route: self.record_route,
+            body: self.body.as_ref().map(|b| Cow::Owned(b.to_vec())),
+            loop_branch: Cow::Owned(self.loop_branch.to_string()),
+        }
+    }
 }
 
 /// What a new branch to the next upstream target needs (RFC 3263 4.3 style fail-over).
 struct Failover {
     cursor: crate::resolve::Cursor,
-    msg: Message,
-    from: Peer,
-    top_via: Option<String>,
-    popped: usize,
-    max_forwards: Option<u32>,
-    record_route: bool,
-    body: Option<Vec<u8>>,
-    loop_branch: String,
+    branch: Branch<'static>,
     invite_timeout: std::time::Duration,
     block_for: std::time::Duration,
 }
@@ -792,6 +803,16 @@ impl Core {
         let invite = method == Method::Invite;
         let record_route = !in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify);
         let media_call = media.as_ref().filter(|m| m.initial).map(|m| m.call_id.clone());
+        let request_branch = Branch {
+            msg: Cow::Borrowed(&msg),
+            from,
+            top_via: tv.map(Cow::Borrowed),
+            popped,
+            max_forwards: new_mf,
+            record_route,
+            body: body.map(Cow::Borrowed),
+            loop_branch: Cow::Borrowed(&lh),
+        };
         let mut ctx = ProxyCtx {
             server: sid,
             branches: vec![],
@@ -804,19 +825,7 @@ impl Core {
             failover: None,
         };
         if let Some((cursor, invite_timeout, block_for)) = failover_seed {
-            ctx.failover = Some(Box::new(Failover {
-                cursor,
-                msg: msg.clone(),
-                from,
-                top_via: top_via.clone(),
-                popped,
-                max_forwards: new_mf,
-                record_route,
-                body: body.map(|b| b.to_vec()),
-                loop_branch: lh.clone(),
-                invite_timeout,
-                block_for,
-            }));
+            ctx.failover = Some(Box::new(Failover { cursor, branch: request_branch.to_static(), invite_timeout, block_for }));
         }
         if invite {
             ctx.timer_c = Some(now + self.sh.timer_c);
@@ -826,8 +835,7 @@ impl Core {
             st.ctx = Some(ctx_id);
         }
         for t in targets {
-            let b = Branch { msg: &msg, from: &from, top_via: tv, popped, max_forwards: new_mf, record_route, body, loop_branch: &lh };
-            self.new_branch(now, ctx_id, &b, &t, media.clone());
+            self.new_branch(now, ctx_id, &request_branch, &t, media.clone());
         }
         let no_branch = self.ctxs.get(&ctx_id).is_none_or(|c| c.branches.is_empty());
         if no_branch {
@@ -846,30 +854,61 @@ impl Core {
 
     /// Creates, sends and schedules one client transaction of context `ctx_id` to `t`.
     fn new_branch(&mut self, now: Instant, ctx_id: u64, b: &Branch<'_>, t: &Target, media: Option<MediaTsx>) -> Option<u64> {
-        let msg = b.msg;
+        let msg = &*b.msg;
         let invite = msg.method() == Method::Invite;
         let r = self.rand();
         let branch = format!("{}.{:x}{r:x}", b.loop_branch, self.worker);
-        let data = self.build_forward(msg, b.from, t, b.top_via, &branch, b.popped, b.max_forwards, b.record_route, b.body)?;
-        let cid = self.id();
-        let reliable = t.dest.transport.reliable();
+        let data = self.build_forward(
+            msg,
+            &b.from,
+            t,
+            b.top_via.as_deref(),
+            &branch,
+            b.popped,
+            b.max_forwards,
+            b.record_route,
+            b.body.as_deref(),
+        )?;
+        let sent = if invite { Message::parse(data.clone()).ok() } else { None };
+        let cid = self.start_client(now, format!("{branch}|{}", msg.method_str()), invite, t.dest, data, sent, Some(ctx_id), media);
+        if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+            c.branches.push(cid);
+        }
+        self.schedule_failover(now, ctx_id, cid);
+        Some(cid)
+    }
+
+    /// Creates a client transaction (`sent`: the parsed INVITE, to build its CANCEL and
+    /// ACK), sends its request and schedules its timers.
+    #[allow(clippy::too_many_arguments)]
+    fn start_client(
+        &mut self,
+        now: Instant,
+        index_key: String,
+        invite: bool,
+        to: Peer,
+        data: Bytes,
+        sent: Option<Message>,
+        ctx: Option<u64>,
+        media: Option<MediaTsx>,
+    ) -> u64 {
+        let id = self.id();
+        let reliable = to.transport.reliable();
         let kind = if invite {
             CKind::Inv(client_inv::ClientInvite::new(now, reliable, self.sh.timers))
         } else {
             CKind::Non(client::ClientNonInvite::new(now, reliable, self.sh.timers))
         };
-        let index_key = format!("{branch}|{}", msg.method_str());
-        let sent = if invite { Message::parse(data.clone()).ok() } else { None };
         self.clients.insert(
-            cid,
+            id,
             ClientTsx {
                 index_key: index_key.clone(),
                 kind,
-                to: t.dest,
+                to,
                 request: data.clone(),
                 sent,
                 ack: None,
-                ctx: Some(ctx_id),
+                ctx,
                 cancel: CancelState::None,
                 cancel_reason: None,
                 scheduled: None,
@@ -878,14 +917,10 @@ impl Core {
                 provisional: false,
             },
         );
-        self.client_index.insert(index_key, cid);
-        if let Some(c) = self.ctxs.get_mut(&ctx_id) {
-            c.branches.push(cid);
-        }
-        self.send(t.dest, data, Some(cid));
-        self.reschedule_client(cid);
-        self.schedule_failover(now, ctx_id, cid);
-        Some(cid)
+        self.client_index.insert(index_key, id);
+        self.send(to, data, Some(id));
+        self.reschedule_client(id);
+        id
     }
 
     /// Arms the INVITE timeout of a fail-over branch.
@@ -939,17 +974,7 @@ impl Core {
                     dest: Peer { transport: t.transport, addr: t.addr, flow: None },
                     out_token: false,
                 };
-                let b = Branch {
-                    msg: &f.msg,
-                    from: &f.from,
-                    top_via: f.top_via.as_deref(),
-                    popped: f.popped,
-                    max_forwards: f.max_forwards,
-                    record_route: f.record_route,
-                    body: f.body.as_deref(),
-                    loop_branch: &f.loop_branch,
-                };
-                self.new_branch(now, ctx_id, &b, &target, media)
+                self.new_branch(now, ctx_id, &f.branch, &target, media)
             }
             None => None,
         };
@@ -1251,30 +1276,7 @@ impl Core {
         let data = build_cancel(sent, reason);
         let to = ct.to;
         let branch = sent.top_via().and_then(|v| v.branch()).unwrap_or("").to_string();
-        let id = self.id();
-        let index_key = format!("{branch}|CANCEL");
-        let kind = CKind::Non(client::ClientNonInvite::new(now, to.transport.reliable(), self.sh.timers));
-        self.clients.insert(
-            id,
-            ClientTsx {
-                index_key: index_key.clone(),
-                kind,
-                to,
-                request: data.clone(),
-                sent: None,
-                ack: None,
-                ctx: None,
-                cancel: CancelState::None,
-                cancel_reason: None,
-                scheduled: None,
-                done: false,
-                media: None,
-                provisional: false,
-            },
-        );
-        self.client_index.insert(index_key, id);
-        self.send(to, data, Some(id));
-        self.reschedule_client(id);
+        self.start_client(now, format!("{branch}|CANCEL"), false, to, data, None, None, None);
     }
 
     fn client_transport_error(&mut self, now: Instant, cid: u64) {
@@ -1653,31 +1655,7 @@ impl Core {
             let _ = write!(s, "Route: {}\r\n", routes.join(", "));
         }
         let _ = write!(s, "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} BYE\r\n{extra}Content-Length: 0\r\n\r\n");
-        let data = Bytes::from(s);
-        let id = self.id();
-        let index_key = format!("{branch}|BYE");
-        let kind = CKind::Non(client::ClientNonInvite::new(now, peer.transport.reliable(), self.sh.timers));
-        self.clients.insert(
-            id,
-            ClientTsx {
-                index_key: index_key.clone(),
-                kind,
-                to: peer,
-                request: data.clone(),
-                sent: None,
-                ack: None,
-                ctx: None,
-                cancel: CancelState::None,
-                cancel_reason: None,
-                scheduled: None,
-                done: false,
-                media: None,
-                provisional: false,
-            },
-        );
-        self.client_index.insert(index_key, id);
-        self.send(peer, data, Some(id));
-        self.reschedule_client(id);
+        self.start_client(now, format!("{branch}|BYE"), false, peer, Bytes::from(s), None, None, None);
     }
 
     // ---------------------------------------------------------------- timers

@@ -246,11 +246,6 @@ impl Relay {
         self.sessions.len()
     }
 
-    /// `true` if `port` belongs to a live session (the runtime routes its packets here).
-    pub fn owns_port(&self, port: u16) -> bool {
-        self.by_port.contains_key(&port)
-    }
-
     fn take_pair(&mut self, ports: &mut dyn Ports) -> Option<u16> {
         // Skip pairs another process holds; they go back to the pool for later.
         let mut skipped = Vec::new();

@@ -196,6 +196,3 @@ fn unmap(a: SocketAddr) -> SocketAddr {
         v4 => v4,
     }
 }
-
-/// How often the worker refreshes the relay gauges.
-pub const GAUGE_EVERY: Duration = Duration::from_secs(1);
