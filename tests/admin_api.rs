@@ -6,7 +6,7 @@
 
 #![allow(clippy::disallowed_methods)]
 
-use e2e_tests::{Answer, Edge, all_headers, authorization, free_port, run, status, text};
+use e2e_tests::{Answer, Edge, free_port, run, status, text};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -56,26 +56,7 @@ fn token(edge: &Edge) -> String {
 
 /// REGISTER with digest; returns the final status.
 fn register(sock: &UdpSocket, edge: SocketAddr, user: &str, pass: &str, expires: u32) -> u16 {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let me = sock.local_addr().unwrap();
-    let send = |auth: &str, cseq: u32| {
-        let m = format!(
-            "REGISTER sip:edge.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{n}x{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@edge.test>;tag=a\r\nTo: <sip:{user}@edge.test>\r\nCall-ID: api-{user}-{me}\r\nCSeq: {} REGISTER\r\nContact: <sip:{user}@{me}>\r\nExpires: {expires}\r\n{auth}Content-Length: 0\r\n\r\n",
-            n * 2 + cseq
-        );
-        sock.send_to(m.as_bytes(), edge).unwrap();
-        let _ = sock.set_read_timeout(Some(Duration::from_secs(3)));
-        let mut buf = vec![0u8; 65536];
-        let n = sock.recv(&mut buf).expect("response to REGISTER");
-        String::from_utf8_lossy(&buf[..n]).to_string()
-    };
-    let ch = send("", 1);
-    if status(&ch) != Some(401) {
-        return status(&ch).unwrap_or(0);
-    }
-    let a = authorization(&all_headers(&ch, "WWW-Authenticate"), user, pass, "REGISTER", "sip:edge.test");
-    status(&send(&format!("Authorization: {a}\r\n"), 2)).unwrap_or(0)
+    e2e_tests::register_udp(sock, edge, user, pass, expires).expect("response to REGISTER")
 }
 
 #[test]

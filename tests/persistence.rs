@@ -5,9 +5,9 @@
 
 #![allow(clippy::disallowed_methods)]
 
-use e2e_tests::{Answer, Edge, all_headers, authorization, free_port, header, json, run, status};
+use e2e_tests::{Answer, Edge, all_headers, free_port, header, json, register_udp, run, status};
 use edge::store::{CallQuery, SqliteStore, Store};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,16 +24,6 @@ fn recv(s: &UdpSocket, limit: Duration) -> Option<String> {
             return Some(m);
         }
     }
-}
-
-fn register(s: &UdpSocket, edge: SocketAddr, user: &str, auth: Option<&str>, cseq: u32) -> Option<String> {
-    let me = s.local_addr().unwrap();
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    let msg = format!(
-        "REGISTER sip:edge.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKr{user}{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@edge.test>;tag=r{user}\r\nTo: <sip:{user}@edge.test>\r\nCall-ID: reg-{user}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{me}>\r\nExpires: 3600\r\n{auth}Content-Length: 0\r\n\r\n"
-    );
-    s.send_to(msg.as_bytes(), edge).ok()?;
-    recv(s, Duration::from_secs(2))
 }
 
 #[test]
@@ -55,13 +45,8 @@ fn sigkill_under_load_loses_no_acknowledged_binding_or_finished_call() {
                     break;
                 }
                 let user = format!("p{i}");
-                let Some(ch) = register(&sock, edge_udp, &user, None, 1) else { break };
-                if status(&ch) != Some(401) {
-                    break;
-                }
-                let a = authorization(&all_headers(&ch, "WWW-Authenticate"), &user, &format!("pw{i}"), "REGISTER", "sip:edge.test");
-                match register(&sock, edge_udp, &user, Some(&a), 2) {
-                    Some(ok) if status(&ok) == Some(200) => acked.lock().unwrap().push(user),
+                match register_udp(&sock, edge_udp, &user, &format!("pw{i}"), 3600) {
+                    Some(200) => acked.lock().unwrap().push(user),
                     _ => break,
                 }
                 // A steady registration rate, so the kill lands in the middle.

@@ -414,3 +414,28 @@ pub fn all_headers<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
         })
         .collect()
 }
+
+/// REGISTERs `user` with digest (answering the 401) over UDP from `sock`, contact = the
+/// socket; the final status, or `None` when the edge does not answer within 3 s.
+pub fn register_udp(sock: &UdpSocket, edge: SocketAddr, user: &str, pass: &str, expires: u32) -> Option<u16> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let me = sock.local_addr().ok()?;
+    let send = |auth: &str, cseq: u32| -> Option<String> {
+        let m = format!(
+            "REGISTER sip:edge.test SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{user}{n}x{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@edge.test>;tag=a\r\nTo: <sip:{user}@edge.test>\r\nCall-ID: reg-{user}-{me}\r\nCSeq: {} REGISTER\r\nContact: <sip:{user}@{me}>\r\nExpires: {expires}\r\n{auth}Content-Length: 0\r\n\r\n",
+            n * 2 + cseq
+        );
+        sock.send_to(m.as_bytes(), edge).ok()?;
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut buf = vec![0u8; 65536];
+        let k = sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..k]).to_string())
+    };
+    let ch = send("", 1)?;
+    if status(&ch) != Some(401) {
+        return status(&ch);
+    }
+    let a = authorization(&all_headers(&ch, "WWW-Authenticate"), user, pass, "REGISTER", "sip:edge.test");
+    status(&send(&format!("Authorization: {a}\r\n"), 2)?)
+}
