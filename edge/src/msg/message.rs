@@ -55,6 +55,25 @@ impl Method {
         }
     }
 
+    /// Every method, in declaration order (`ALL[m as usize] == m`).
+    pub const ALL: [Method; 15] = [
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Register,
+        Method::Options,
+        Method::Info,
+        Method::Update,
+        Method::Prack,
+        Method::Subscribe,
+        Method::Notify,
+        Method::Refer,
+        Method::Message,
+        Method::Publish,
+        Method::Extension,
+    ];
+
     /// The method's name (`"other"` for extension methods), e.g. for metric labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -492,6 +511,15 @@ fn parse_start_line(b: &[u8], start: usize, end: usize) -> Result<StartLine, Par
 
 #[cfg(test)]
 pub(crate) mod tests {
+
+    #[test]
+    fn method_table_is_indexed_by_discriminant() {
+        for (i, m) in Method::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i);
+            assert_eq!(Method::from_token(m.name().as_bytes()), if *m == Method::Extension { Method::Extension } else { *m });
+        }
+    }
+
     use super::*;
 
     pub const INVITE: &str = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\

@@ -33,25 +33,42 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 
-/// Counts a SIP message by method (requests) or status class (responses). Labels are
-/// static strings: no allocation per message.
-pub fn count_sip(msg: &Message, dir: &'static str) {
-    if msg.is_request() {
-        metrics::counter!("edge_sip_requests_total", "method" => msg.method().name(), "direction" => dir).increment(1);
-    } else {
-        metrics::counter!("edge_sip_responses_total", "class" => status_class(msg.status().unwrap_or(0)), "direction" => dir).increment(1);
+const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "other"];
+
+/// SIP message counters, taken once: counting a message is one atomic add (no registry
+/// lookup, no allocation). Index `[direction][method or class]`, direction 0 = in, 1 = out.
+struct SipCounters {
+    requests: [[metrics::Counter; 15]; 2],
+    responses: [[metrics::Counter; 7]; 2],
+}
+
+fn sip_counters() -> &'static SipCounters {
+    static C: std::sync::OnceLock<SipCounters> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        let dirs = ["in", "out"];
+        SipCounters {
+            requests: dirs.map(|d| {
+                crate::msg::Method::ALL.map(|m| metrics::counter!("edge_sip_requests_total", "method" => m.name(), "direction" => d))
+            }),
+            responses: dirs.map(|d| CLASSES.map(|c| metrics::counter!("edge_sip_responses_total", "class" => c, "direction" => d))),
+        }
+    })
+}
+
+fn class_index(code: u16) -> usize {
+    match code / 100 {
+        1..=6 => (code / 100 - 1) as usize,
+        _ => 6,
     }
 }
 
-fn status_class(code: u16) -> &'static str {
-    match code / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        5 => "5xx",
-        6 => "6xx",
-        _ => "other",
+/// Counts a received SIP message by method (requests) or status class (responses).
+pub fn count_sip(msg: &Message) {
+    let c = sip_counters();
+    if msg.is_request() {
+        c.requests[0][msg.method() as usize].increment(1);
+    } else {
+        c.responses[0][class_index(msg.status().unwrap_or(0))].increment(1);
     }
 }
 
@@ -615,12 +632,12 @@ fn worker_main(
 
 /// Counts an outgoing message from its first line (no parse, no allocation).
 fn count_out(data: &[u8]) {
+    let c = sip_counters();
     if let Some(rest) = data.strip_prefix(b"SIP/2.0 ") {
         let code = rest.iter().take(3).fold(0u16, |a, &d| a * 10 + d.wrapping_sub(b'0') as u16);
-        metrics::counter!("edge_sip_responses_total", "class" => status_class(code), "direction" => "out").increment(1);
+        c.responses[1][class_index(code)].increment(1);
     } else {
         let token = data.split(|&b| b == b' ').next().unwrap_or(b"");
-        let method = crate::msg::Method::from_token(token).name();
-        metrics::counter!("edge_sip_requests_total", "method" => method, "direction" => "out").increment(1);
+        c.requests[1][crate::msg::Method::from_token(token) as usize].increment(1);
     }
 }

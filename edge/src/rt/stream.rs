@@ -75,7 +75,7 @@ pub async fn accept_loop(rt: Arc<RtShared>, t: Transport, l: TcpListener, tls: O
 fn deliver(rt: &RtShared, from: Peer, data: Bytes, reply: &tokio::sync::mpsc::UnboundedSender<Bytes>) {
     match Message::parse(data.clone()) {
         Ok(msg) => {
-            super::count_sip(&msg, "in");
+            super::count_sip(&msg);
             if rt.captures.is_active() {
                 rt.captures.offer(&data, Some(&msg), from.addr, super::capture::local_for(&rt.core, &from));
             }

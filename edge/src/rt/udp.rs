@@ -98,7 +98,7 @@ fn on_datagram(w: &Worker, sock: &tokio::net::UdpSocket, now: Instant, data: &[u
     let bytes = Bytes::copy_from_slice(data);
     match Message::parse(bytes) {
         Ok(msg) => {
-            super::count_sip(&msg, "in");
+            super::count_sip(&msg);
             if w.rt.captures.is_active()
                 && let Ok(local) = sock.local_addr()
             {
