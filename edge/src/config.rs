@@ -27,6 +27,87 @@ pub struct Config {
     pub media: MediaConfig,
     pub admin: AdminConfig,
     pub events: EventsConfig,
+    /// Dial plan routes (more can be added through the admin API).
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    pub dialplan: DialplanConfig,
+    pub dns: DnsConfig,
+}
+
+/// DNS for RFC 3263 trunk resolution.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`address:port`); empty: the system's (`/etc/resolv.conf`, hosts file).
+    pub servers: Vec<SocketAddr>,
+    /// Time limit of one query in ms.
+    pub timeout_ms: u64,
+    /// Records are kept at least this long, whatever their TTL (a TTL of 0 would mean a
+    /// lookup per call).
+    pub min_ttl_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { servers: vec![], timeout_ms: 2000, min_ttl_secs: 5 }
+    }
+}
+
+/// Dial-plan settings that are not per route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialplanConfig {
+    /// Emergency numbers in addition to 112 and 911: never converted, always routed to
+    /// `emergency_route`.
+    pub emergency_numbers: Vec<String>,
+    /// Name of the route emergency calls take (default: the first matching route).
+    pub emergency_route: Option<String>,
+}
+
+/// A `[[route]]`: see `dialplan::Route`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Spanned<String>,
+    /// Lower is tried first (default: 1000 + position in the file).
+    pub priority: Option<u32>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub domain: Option<String>,
+    /// One trunk ...
+    pub upstream: Option<String>,
+    /// ... or several, tried in order (or by `weights`).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub weights: Vec<u16>,
+    #[serde(default)]
+    pub convert: Vec<crate::dialplan::Convert>,
+}
+
+impl RouteConfig {
+    /// The route this defines, checked (`trunk_exists` knows the upstream names).
+    pub fn to_route(
+        &self,
+        index: usize,
+        trunk_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<crate::dialplan::Route, crate::dialplan::RouteError> {
+        let mut ups = self.upstreams.clone();
+        if let Some(u) = &self.upstream {
+            ups.insert(0, u.clone());
+        }
+        crate::dialplan::Route::new(
+            self.name.get_ref(),
+            self.priority.unwrap_or(1000 + index as u32),
+            self.prefix.clone(),
+            self.regex.clone(),
+            self.domain.clone(),
+            ups,
+            self.weights.clone(),
+            self.convert.clone(),
+            trunk_exists,
+        )
+    }
 }
 
 /// Call events pushed to webhooks (the SSE stream needs no configuration).
@@ -220,6 +301,10 @@ pub struct UserConfig {
     pub max_contacts: Option<usize>,
     /// Overrides media.anchor for calls from or to this user.
     pub anchor_media: Option<bool>,
+    /// Calls to this user from anonymous callers (`Privacy: id`, or an anonymous From)
+    /// get 433 Anonymity Disallowed (RFC 5079).
+    #[serde(default)]
+    pub reject_anonymous: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +328,64 @@ pub struct UpstreamConfig {
     pub invite_timeout_ms: Option<u64>,
     /// How long a failed target is skipped, default 30 (a 503's Retry-After wins).
     pub failover_block_secs: Option<u64>,
+    /// `priority`, `weighted` (RFC 2782, default), `round_robin`, `call_id_hash`, `least_latency`.
+    pub selection: Option<String>,
+    /// Calls in progress at most (503 beyond).
+    pub max_calls: Option<u32>,
+    /// New calls per second at most (503 beyond).
+    pub max_cps: Option<f64>,
+    /// Keep P-Asserted-Identity/Privacy towards this trunk (RFC 3325 trust domain).
+    pub trusted: Option<bool>,
+    /// Digest credentials for 401/407 from the trunk.
+    pub auth_user: Option<String>,
+    pub auth_password: Option<String>,
+    /// OPTIONS probe interval in ms (0/absent: no probing).
+    pub probe_interval_ms: Option<u64>,
+    /// A probe unanswered after this long failed (default: the interval, at most 2000).
+    pub probe_timeout_ms: Option<u64>,
+    /// Down after this many failed probes in a row (default 2).
+    pub probe_down_after: Option<u32>,
+    /// Up after this many good probes in a row (default 2).
+    pub probe_up_after: Option<u32>,
+}
+
+impl UpstreamConfig {
+    /// The name: given or `upstream-N`.
+    pub fn name_or(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("upstream-{index}"))
+    }
+
+    /// The trunk options of this section.
+    pub fn options(&self) -> crate::trunk::TrunkOptions {
+        crate::trunk::TrunkOptions {
+            targets: self.targets.iter().map(|t| t.get_ref().clone()).collect(),
+            selection: self.selection.clone(),
+            invite_timeout_ms: self.invite_timeout_ms,
+            failover_block_secs: self.failover_block_secs,
+            max_calls: self.max_calls,
+            max_cps: self.max_cps,
+            trusted: self.trusted,
+            auth_user: self.auth_user.clone(),
+            auth_password: self.auth_password.clone(),
+            probe_interval_ms: self.probe_interval_ms,
+            probe_timeout_ms: self.probe_timeout_ms,
+            probe_down_after: self.probe_down_after,
+            probe_up_after: self.probe_up_after,
+        }
+    }
+
+    /// The trunk this section defines.
+    pub fn build(&self, index: usize) -> Result<crate::trunk::Upstream, String> {
+        crate::trunk::Upstream::build(
+            &self.name_or(index),
+            self.priority.unwrap_or(100 + index as u32),
+            "config",
+            self.uri.get_ref(),
+            self.anchor_media,
+            self.srtp,
+            &self.options(),
+        )
+    }
 }
 
 impl Default for Config {
@@ -259,6 +402,9 @@ impl Default for Config {
             media: MediaConfig::default(),
             admin: AdminConfig::default(),
             events: EventsConfig::default(),
+            routes: vec![],
+            dialplan: DialplanConfig::default(),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -388,18 +534,28 @@ impl Config {
                 }
             }
         }
-        for up in &self.upstreams {
-            crate::msg::SipUri::parse(up.uri.get_ref()).map_err(|e| {
-                err(Some(up.uri.span()), format!("key `upstream.uri`: expected a sip: URI ({e}), got {:?}", up.uri.get_ref()))
-            })?;
-            for t in &up.targets {
-                let ok = crate::msg::SipUri::parse(t.get_ref()).ok().is_some_and(|u| u.ip().is_some());
-                if !ok {
-                    return Err(err(
-                        Some(t.span()),
-                        format!("key `upstream.targets`: expected a sip: URI with an IP address, got {:?}", t.get_ref()),
-                    ));
-                }
+        let mut names = std::collections::HashSet::new();
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let t = up.build(i).map_err(|e| err(Some(up.uri.span()), format!("[[upstream]] {:?}: {e}", up.name_or(i))))?;
+            if !names.insert(t.name.clone()) {
+                return Err(err(Some(up.uri.span()), format!("[[upstream]] {:?} is defined twice", t.name)));
+            }
+        }
+        let mut route_names = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            r.to_route(i, &|n| names.contains(n)).map_err(|e| err(Some(r.name.span()), format!("[[route]] {e}")))?;
+            if !route_names.insert(r.name.get_ref().clone()) {
+                return Err(err(Some(r.name.span()), format!("[[route]] {:?} is defined twice", r.name.get_ref())));
+            }
+        }
+        if let Some(er) = &self.dialplan.emergency_route
+            && !route_names.contains(er)
+        {
+            return Err(err(None, format!("key `dialplan.emergency_route`: no [[route]] named {er:?}")));
+        }
+        for n in &self.dialplan.emergency_numbers {
+            if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "+*#".contains(c)) {
+                return Err(err(None, format!("key `dialplan.emergency_numbers`: {n:?} is not a number")));
             }
         }
         if self.media.port_min < 1024 || self.media.port_max < self.media.port_min.saturating_add(3) {
@@ -456,7 +612,25 @@ mod tests {
         let e = Config::from_toml("[[user]]\nname = \"bob\"\n", "f.toml").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("password"), "{e}");
         let e = Config::from_toml("\n[[upstream]]\nuri = \"http://x\"\n", "f.toml").unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("upstream.uri"), "{e}");
+        assert!(e.contains("line 3") && e.contains("[[upstream]]") && e.contains("uri"), "{e}");
+        let e =
+            Config::from_toml("[[upstream]]\nname = \"a\"\nuri = \"sip:gw.test\"\n[[route]]\nname = \"r\"\nupstream = \"b\"\n", "f.toml")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("line 5") && e.contains("unknown upstream") && e.contains("\"b\""), "{e}");
+        let e = Config::from_toml(
+            "[[upstream]]\nname = \"a\"\nuri = \"sip:gw.test\"\n[[route]]\nname = \"r\"\nupstream = \"a\"\nregex = \"[\"\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 5") && e.contains("regex") && e.contains("\"r\""), "{e}");
+        let e = Config::from_toml("[[upstream]]\nname = \"a\"\nuri = \"sip:gw.test\"\nselection = \"random\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("selection"), "{e}");
+        let e = Config::from_toml("[dialplan]\nemergency_route = \"sos\"\n", "f.toml").unwrap_err().to_string();
+        assert!(e.contains("emergency_route") && e.contains("sos"), "{e}");
         let e = Config::from_toml("[registrar]\non_max_contacts = \"drop\"\n", "f.toml").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("reject"), "{e}");
     }

@@ -51,50 +51,21 @@ pub enum Output {
     Transmit(Transmit),
 }
 
-/// A static next hop (`[[upstream]]`).
+pub use crate::dialplan::Route;
+pub use crate::trunk::Upstream;
+
+/// Where the dial plan sends one call: trunks to try in order, and the number to send.
 #[derive(Debug, Clone)]
-pub struct Upstream {
-    /// Name (the API's key).
-    pub name: String,
-    /// Lower is preferred; the preferred upstream takes calls to other domains.
-    pub priority: u32,
-    /// `config` or `api`.
-    pub source: &'static str,
-    pub uri: String,
-    /// The resolved next hop; `None` while its host name does not resolve (calls get 503).
-    pub dest: Option<Peer>,
-    /// Fail-over targets after `dest`, in order.
-    pub more: Vec<Peer>,
-    /// No provisional response to an INVITE within this time: try the next target.
-    pub invite_timeout: Duration,
-    /// How long a failed target is skipped (unless a Retry-After says otherwise).
-    pub block_for: Duration,
-    /// Media anchoring override for calls through it.
-    pub anchor_media: Option<bool>,
-    /// SRTP policy of the leg towards it.
-    pub srtp: Option<SrtpPolicy>,
-}
-
-/// A route: requests to other domains whose Request-URI matches go to `upstream`
-/// (instead of the preferred upstream). Routes are tried by `priority`, lowest first.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Route {
-    pub name: String,
-    pub priority: u32,
-    /// The Request-URI user part (the number dialled) starts with this.
-    pub prefix: Option<String>,
-    /// The Request-URI host is this domain (case-insensitive).
-    pub domain: Option<String>,
-    /// Name of the upstream to use.
-    pub upstream: String,
-}
-
-impl Route {
-    /// `true` if a Request-URI (user, host) matches.
-    pub fn matches(&self, user: Option<&str>, host: &str) -> bool {
-        self.prefix.as_deref().is_none_or(|p| user.is_some_and(|u| u.starts_with(p)))
-            && self.domain.as_deref().is_none_or(|d| d.eq_ignore_ascii_case(host))
-    }
+pub struct Plan {
+    pub trunks: Vec<Upstream>,
+    /// The user part to send (converted), when the Request-URI is rewritten.
+    pub user: Option<String>,
+    /// Rewrite the Request-URI to `sip:{user}@{trunk host}` (converted number, or a call to
+    /// our own domain routed out).
+    pub rewrite: bool,
+    pub emergency: bool,
+    /// The route that matched (none: the preferred upstream).
+    pub route: Option<String>,
 }
 
 /// Media anchoring policy (from `[media]`, `[[user]]` and `[[upstream]]`).
@@ -138,6 +109,15 @@ pub struct Shared {
     routes: std::sync::RwLock<std::sync::Arc<Vec<Route>>>,
     /// Health of upstream targets (per target, shared by the workers).
     pub health: std::sync::Mutex<crate::resolve::Health>,
+    /// DNS records of trunk host names (filled by `rt/dns.rs`; read per call, never queried per call).
+    dns_cache: std::sync::RwLock<HashMap<String, std::sync::Arc<crate::trunk::Resolved>>>,
+    /// Calls in progress and call rate per trunk.
+    pub loads: crate::trunk::Loads,
+    /// Emergency numbers beyond 112/911, and the route they take.
+    pub emergency_numbers: Vec<String>,
+    pub emergency_route: Option<String>,
+    /// Users who refuse anonymous calls (433).
+    pub reject_anonymous: std::collections::HashSet<String>,
     pub media: MediaPolicy,
     token_key: [u8; 32],
 }
@@ -172,39 +152,17 @@ impl Shared {
             users.insert(name, c);
         }
         let algs = cfg.auth.algorithms.iter().filter_map(|a| Algorithm::parse(a)).collect();
-        let upstreams: Vec<Upstream> = cfg
-            .upstreams
-            .iter()
-            .enumerate()
-            .filter_map(|(i, u)| {
-                let uri = u.uri.get_ref().clone();
-                let parsed = SipUri::parse(&uri).ok()?;
-                let transport = uri_transport(&parsed);
-                let resolved = if i == 0 { upstream_addr } else { None };
-                let addr =
-                    resolved.or_else(|| parsed.ip().map(|ip| SocketAddr::new(ip, parsed.port.unwrap_or(transport.default_port()))))?;
-                Some(Upstream {
-                    name: u.name.clone().unwrap_or_else(|| format!("upstream-{i}")),
-                    priority: u.priority.unwrap_or(100 + i as u32),
-                    source: "config",
-                    uri,
-                    dest: Some(Peer { transport, addr, flow: None }),
-                    more: u
-                        .targets
-                        .iter()
-                        .filter_map(|t| {
-                            let p = SipUri::parse(t.get_ref()).ok()?;
-                            let tr = uri_transport(&p);
-                            Some(Peer { transport: tr, addr: SocketAddr::new(p.ip()?, p.port.unwrap_or(tr.default_port())), flow: None })
-                        })
-                        .collect(),
-                    invite_timeout: Duration::from_millis(u.invite_timeout_ms.unwrap_or(2000)),
-                    block_for: Duration::from_secs(u.failover_block_secs.unwrap_or(30)),
-                    anchor_media: u.anchor_media,
-                    srtp: u.srtp,
-                })
-            })
-            .collect();
+        let mut upstreams: Vec<Upstream> = cfg.upstreams.iter().enumerate().filter_map(|(i, u)| u.build(i).ok()).collect();
+        // The first upstream's host name resolved at start (before DNS runs), as a static target.
+        if let (Some(addr), Some(first)) = (upstream_addr, upstreams.first_mut())
+            && first.dns.is_some()
+            && first.records.is_empty()
+        {
+            let transport = SipUri::parse(&first.uri).map(|u| uri_transport(&u)).unwrap_or(Transport::Udp);
+            first.records.push(crate::resolve::Record { priority: 0, weight: 0, target: crate::resolve::Target { addr, transport } });
+        }
+        let names: std::collections::HashSet<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+        let routes: Vec<Route> = cfg.routes.iter().enumerate().filter_map(|(i, r)| r.to_route(i, &|n| names.contains(n)).ok()).collect();
         let m = &cfg.media;
         let media = MediaPolicy {
             anchor: m.anchor,
@@ -237,8 +195,13 @@ impl Shared {
             challenge_local_callers: cfg.auth.challenge_local_callers,
             location: Location::new(),
             upstreams: std::sync::RwLock::new(std::sync::Arc::new(sorted(upstreams))),
-            routes: std::sync::RwLock::new(std::sync::Arc::new(Vec::new())),
+            routes: std::sync::RwLock::new(std::sync::Arc::new(sorted_routes(routes))),
             health: std::sync::Mutex::new(crate::resolve::Health::default()),
+            dns_cache: std::sync::RwLock::new(HashMap::new()),
+            loads: crate::trunk::Loads::default(),
+            emergency_numbers: cfg.dialplan.emergency_numbers.clone(),
+            emergency_route: cfg.dialplan.emergency_route.clone(),
+            reject_anonymous: cfg.users.iter().filter(|u| u.reject_anonymous).map(|u| u.name.get_ref().clone()).collect(),
             media,
             token_key: key,
         }
@@ -249,22 +212,55 @@ impl Shared {
         self.upstreams.read().ok().and_then(|u| u.first().cloned())
     }
 
-    /// The upstream for a request to another domain: the first matching route's (if its
-    /// upstream exists), else the preferred one.
-    pub fn upstream_for(&self, user: Option<&str>, host: &str) -> Option<Upstream> {
+    /// The dial plan's decision for a Request-URI (`user` percent-decoded) to `host`;
+    /// `local`: the host is our domain (only number routes apply). Without a matching
+    /// route, calls to other domains take the preferred upstream. `rand` picks weighted trunks.
+    pub fn route_call(&self, user: Option<&str>, host: &str, local: bool, rand: &mut impl FnMut() -> u32) -> Option<Plan> {
         let ups = self.upstream_list();
         let routes = self.route_list();
-        for r in routes.iter().filter(|r| r.matches(user, host)) {
-            if let Some(u) = ups.iter().find(|u| u.name == r.upstream) {
-                return Some(u.clone());
+        match crate::dialplan::decide(&routes, user, host, local, &self.emergency_numbers, self.emergency_route.as_deref()) {
+            Some(d) => {
+                let mut names: Vec<&String> = d.route.upstreams.iter().collect();
+                if !d.route.weights.is_empty() {
+                    let keyed: Vec<(u16, u16, &String)> = names.iter().zip(&d.route.weights).map(|(n, w)| (0, *w, *n)).collect();
+                    names = crate::resolve::order_weighted(&keyed, rand);
+                }
+                let trunks: Vec<Upstream> = names.iter().filter_map(|n| ups.iter().find(|u| &&u.name == n).cloned()).collect();
+                let rewrite = local || d.user.as_deref() != user;
+                Some(Plan { trunks, user: d.user, rewrite, emergency: d.emergency, route: Some(d.route.name.clone()) })
             }
+            None if !local => {
+                Some(Plan { trunks: ups.first().cloned().into_iter().collect(), user: None, rewrite: false, emergency: false, route: None })
+            }
+            None => None,
         }
-        ups.first().cloned()
     }
 
-    /// The upstream whose next hop is `addr`, if any.
-    pub fn upstream_at(&self, addr: SocketAddr) -> Option<Upstream> {
-        self.upstream_list().iter().find(|u| u.dest.is_some_and(|d| d.addr == addr) || u.more.iter().any(|m| m.addr == addr)).cloned()
+    /// The DNS records of a trunk host name, while valid at `now`.
+    pub fn resolved(&self, q: &crate::trunk::DnsQuery, now: Instant) -> Option<std::sync::Arc<crate::trunk::Resolved>> {
+        let c = self.dns_cache.read().ok()?;
+        c.get(&q.key()).filter(|r| r.valid_until > now).cloned()
+    }
+
+    /// Stores (or with `None` drops) the records of a DNS name.
+    pub fn set_resolved(&self, q: &crate::trunk::DnsQuery, r: Option<crate::trunk::Resolved>) {
+        if let Ok(mut c) = self.dns_cache.write() {
+            match r {
+                Some(r) => c.insert(q.key(), std::sync::Arc::new(r)),
+                None => c.remove(&q.key()),
+            };
+        }
+    }
+
+    /// Every record of a trunk at `now` (resolved, then static).
+    pub fn records_of(&self, up: &Upstream, now: Instant) -> Vec<crate::resolve::Record> {
+        let r = up.dns.as_ref().and_then(|q| self.resolved(q, now));
+        up.all_records(r.as_deref())
+    }
+
+    /// The upstream one of whose targets is `addr`, if any.
+    pub fn upstream_at(&self, addr: SocketAddr, now: Instant) -> Option<Upstream> {
+        self.upstream_list().iter().find(|u| self.records_of(u, now).iter().any(|r| r.target.addr == addr)).cloned()
     }
 
     /// Every route, in the order they are tried.
@@ -277,8 +273,7 @@ impl Shared {
         if let Ok(mut w) = self.routes.write() {
             let mut v: Vec<Route> = w.iter().filter(|r| r.name != route.name).cloned().collect();
             v.push(route);
-            v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
-            *w = std::sync::Arc::new(v);
+            *w = std::sync::Arc::new(sorted_routes(v));
         }
     }
 
@@ -387,6 +382,11 @@ impl Shared {
         let port = u16::from_be_bytes(body[body.len() - 2..].try_into().ok()?);
         Some(Peer { transport, addr: SocketAddr::new(ip, port), flow: (flow != u64::MAX).then_some(FlowId(flow)) })
     }
+}
+
+fn sorted_routes(mut v: Vec<Route>) -> Vec<Route> {
+    v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.name.cmp(&b.name)));
+    v
 }
 
 fn sorted(mut v: Vec<Upstream>) -> Vec<Upstream> {

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod dialplan;
 pub mod location;
 pub mod media;
 pub mod msg;
@@ -16,4 +17,5 @@ pub mod resolve;
 pub mod rt;
 pub mod store;
 pub mod transport;
+pub mod trunk;
 pub mod tsx;

@@ -65,20 +65,15 @@ fn apply_flags(
             ha1_sha256: None,
             max_contacts: None,
             anchor_media: None,
+            reject_anonymous: false,
         });
     }
     if let Some(up) = upstream {
         edge::msg::SipUri::parse(&up).map_err(|e| format!("--upstream {up:?}: {e}"))?;
-        cfg.upstreams = vec![UpstreamConfig {
-            name: None,
-            priority: None,
-            uri: toml::Spanned::new(0..0, up),
-            anchor_media: None,
-            srtp: None,
-            targets: vec![],
-            invite_timeout_ms: None,
-            failover_block_secs: None,
-        }];
+        let src = format!("uri = {}", toml::Value::String(up.clone()));
+        let u: UpstreamConfig = toml::from_str(&src).map_err(|e| format!("--upstream {up:?}: {}", e.message()))?;
+        u.build(0).map_err(|e| format!("--upstream {up:?}: {e}"))?;
+        cfg.upstreams = vec![u];
     }
     Ok(())
 }

@@ -40,6 +40,8 @@ enum TimerKey {
     Ctx(u64),
     /// A fail-over branch's INVITE timeout (no provisional response yet).
     Failover(u64),
+    /// An OPTIONS probe's deadline.
+    Probe(u64),
 }
 
 enum SKind {
@@ -155,8 +157,25 @@ impl Branch<'_> {
 struct Failover {
     cursor: crate::resolve::Cursor,
     branch: Branch<'static>,
-    invite_timeout: std::time::Duration,
-    block_for: std::time::Duration,
+    /// The route's trunks (a cursor entry's group indexes this).
+    legs: Vec<Leg>,
+    /// The trunk whose call limits this call holds.
+    admitted: Option<u16>,
+    /// Trunks whose limits refused the call.
+    refused: Vec<u16>,
+    call_id: String,
+    /// Group of the current branch.
+    current: u16,
+}
+
+/// Fail-over state before the request's branch exists.
+struct FailoverSeed {
+    cursor: crate::resolve::Cursor,
+    legs: Vec<Leg>,
+    admitted: Option<u16>,
+    refused: Vec<u16>,
+    call_id: String,
+    current: u16,
 }
 
 /// Where a forwarded request goes.
@@ -166,6 +185,33 @@ struct Target {
     dest: Peer,
     /// Flow token for the callee side of a Record-Route (connection or NAT binding).
     out_token: bool,
+    /// Headers left out (identity headers towards untrusted trunks, RFC 3325 5).
+    drop_headers: &'static [&'static str],
+    /// Header lines added (P-Asserted-Identity of an authenticated caller).
+    append: String,
+}
+
+impl Target {
+    fn to(dest: Peer) -> Target {
+        Target { request_uri: None, push_routes: vec![], dest, out_token: false, drop_headers: &[], append: String::new() }
+    }
+}
+
+/// Identity headers (RFC 3323, RFC 3325) removed towards untrusted trunks.
+const IDENTITY_HEADERS: &[&str] = &["P-Asserted-Identity", "P-Preferred-Identity", "Privacy"];
+/// Identity claims of an untrusted caller, replaced by what the edge asserts itself.
+const CLAIMED_IDENTITY: &[&str] = &["P-Asserted-Identity", "P-Preferred-Identity"];
+
+/// One trunk of a call's route, as the branches to it need it.
+struct Leg {
+    name: String,
+    request_uri: Option<String>,
+    drop_headers: &'static [&'static str],
+    append: String,
+    invite_timeout: std::time::Duration,
+    block_for: std::time::Duration,
+    max_calls: Option<u32>,
+    max_cps: Option<f64>,
 }
 
 /// The per-worker proxy/registrar core.
@@ -188,6 +234,15 @@ pub struct Core {
     events: Vec<CallEvent>,
     stats: CoreStats,
     next_media_sweep: Option<Instant>,
+    /// Trunk holding each call's limit slot (released when the call ends).
+    trunk_calls: HashMap<String, String>,
+    /// Calls routed, for round-robin selection.
+    routed: u64,
+    /// OPTIONS probing of trunk targets (worker 0 only).
+    prober: crate::resolve::Prober,
+    next_probe: Option<Instant>,
+    /// Probe transactions: target probed and its trunk's probe settings.
+    probes: HashMap<u64, (crate::resolve::Target, crate::trunk::Probe)>,
 }
 
 /// Counters the runtime turns into metrics (taken with [`Core::take_stats`]).
@@ -220,6 +275,11 @@ impl Core {
             events: Vec::new(),
             stats: CoreStats::default(),
             next_media_sweep: None,
+            trunk_calls: HashMap::new(),
+            routed: 0,
+            prober: crate::resolve::Prober::default(),
+            next_probe: None,
+            probes: HashMap::new(),
             sh,
         }
     }
@@ -283,7 +343,7 @@ impl Core {
     /// When [`Core::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.timers.peek().map(|Reverse((at, _))| *at);
-        [t, self.next_sweep, self.next_media_sweep].into_iter().flatten().min()
+        [t, self.next_sweep, self.next_media_sweep, self.next_probe].into_iter().flatten().min()
     }
 
     fn id(&mut self) -> u64 {
@@ -351,7 +411,83 @@ impl Core {
                 TimerKey::Client(id) => self.client_timeout(now, id, at),
                 TimerKey::Ctx(id) => self.ctx_timeout(now, id, at),
                 TimerKey::Failover(id) => self.failover_timeout(now, id),
+                TimerKey::Probe(id) => self.probe_timeout(now, id),
             }
+        }
+        if self.next_probe.is_some_and(|t| t <= now) {
+            self.send_probes(now);
+        }
+    }
+
+    // ---------------------------------------------------------------- probes
+
+    /// Starts OPTIONS probing of trunk targets (the runtime calls this on one worker).
+    pub fn start_probing(&mut self, now: Instant) {
+        self.next_probe = Some(now);
+    }
+
+    /// Sends the OPTIONS probes that are due (RFC 3261 11) to every target of every trunk
+    /// with probing on.
+    fn send_probes(&mut self, now: Instant) {
+        let mut set = Vec::new();
+        let mut cfg = HashMap::new();
+        for up in self.sh.upstream_list().iter() {
+            let Some(p) = up.probe else { continue };
+            for r in self.sh.records_of(up, now) {
+                set.push((r.target, p.interval));
+                cfg.insert(r.target, p);
+            }
+        }
+        for t in self.prober.poll_due(now, &set) {
+            let Some(p) = cfg.get(&t).copied() else { continue };
+            let Some(local) = self.sh.local_addr(t.transport) else { continue };
+            let r = self.rand();
+            let branch = format!("{MAGIC_COOKIE}-probe{r:x}{:x}", self.worker);
+            let host = match t.addr {
+                SocketAddr::V4(a) => a.to_string(),
+                SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+            };
+            let tp = if t.transport == Transport::Udp { String::new() } else { format!(";transport={}", t.transport.uri_param()) };
+            let data = format!(
+                "OPTIONS sip:{host}{tp} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:edge@{dom}>;tag={r:x}\r\nTo: <sip:{host}{tp}>\r\nCall-ID: probe-{r:x}@{dom}\r\nCSeq: 1 OPTIONS\r\n\
+                 Accept: application/sdp\r\nContent-Length: 0\r\n\r\n",
+                t.transport.via_token(),
+                dom = self.sh.domain,
+            );
+            let peer = Peer { transport: t.transport, addr: t.addr, flow: None };
+            let cid = self.start_client(now, format!("{branch}|OPTIONS"), false, peer, Bytes::from(data), None, None, None);
+            self.probes.insert(cid, (t, p));
+            self.timers.push(Reverse((now + p.timeout, TimerKey::Probe(cid))));
+        }
+        let next = self.prober.poll_timeout().unwrap_or(now + std::time::Duration::from_secs(1));
+        // Looked at again at least every second: trunks and DNS records change.
+        self.next_probe = Some(next.min(now + std::time::Duration::from_secs(1)));
+    }
+
+    /// A probe got no final response in time: failed (its transaction is dropped).
+    fn probe_timeout(&mut self, now: Instant, cid: u64) {
+        if self.probes.contains_key(&cid) {
+            self.probe_result(now, cid, false);
+            if let Some(ct) = self.clients.remove(&cid) {
+                self.client_index.remove(&ct.index_key);
+            }
+        }
+    }
+
+    /// A probe ended: any final response but 408/503 means the target is alive.
+    fn probe_result(&mut self, now: Instant, cid: u64, ok: bool) {
+        let Some((t, p)) = self.probes.remove(&cid) else { return };
+        let rtt = self.prober.handle_result(t, now);
+        let mut h = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
+        match h.handle_probe_with(t, now, ok, if ok { rtt } else { None }, p.down_after, p.up_after) {
+            Some(crate::resolve::Change::Down(t)) => {
+                tracing::warn!(target = %t.addr, transport = t.transport.uri_param(), "upstream target down (OPTIONS probes failed)")
+            }
+            Some(crate::resolve::Change::Up(t)) => {
+                tracing::info!(target = %t.addr, transport = t.transport.uri_param(), "upstream target up again (OPTIONS probes answered)")
+            }
+            None => {}
         }
     }
 
@@ -681,6 +817,7 @@ impl Core {
         }
 
         // Authenticate callers that claim to be local users (out of dialog).
+        let mut asserted: Option<String> = None;
         if !in_dialog && self.sh.challenge_local_callers && !matches!(method, Method::Ack | Method::Cancel | Method::Register) {
             let local_from = msg.from_hdr().and_then(|f| {
                 let u = SipUri::parse(f.uri).ok()?;
@@ -689,7 +826,7 @@ impl Core {
             });
             if let Some(user) = local_from {
                 match self.sh.auth.verify(now, msg.method_str(), msg.header_lines(HeaderName::ProxyAuthorization)) {
-                    Verdict::Ok(u) if u == user => {}
+                    Verdict::Ok(u) if u == user => asserted = Some(user),
                     Verdict::Ok(_) => {
                         self.reject(now, sid, from, &msg, tv, 403, "Forbidden (From does not match credentials)", "");
                         return;
@@ -712,22 +849,22 @@ impl Core {
 
         // Decide the targets (16.5).
         let mut targets: Vec<Target> = Vec::new();
-        let mut failover_seed: Option<(crate::resolve::Cursor, std::time::Duration, std::time::Duration)> = None;
+        let mut failover_seed: Option<FailoverSeed> = None;
         if let Some(first) = remaining.first() {
             // Loose routing: next hop is the next Route.
-            match self.dest_for(NameAddr::parse(first).map(|n| n.uri).unwrap_or("")) {
-                Some(dest) => targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false }),
+            match self.dest_for(now, NameAddr::parse(first).map(|n| n.uri).unwrap_or("")) {
+                Some(dest) => targets.push(Target::to(dest)),
                 None => {
                     self.reject(now, sid, from, &msg, tv, 502, "Bad Gateway (unresolvable Route)", "");
                     return;
                 }
             }
         } else if let Some(peer) = token_peer {
-            targets.push(Target { request_uri: None, push_routes: vec![], dest: peer, out_token: false });
-        } else if self.sh.is_local_uri(&ruri) {
+            targets.push(Target::to(peer));
+        } else if self.sh.is_local_uri(&ruri) && self.sh.auth.user(&crate::msg::uri::percent_decode(ruri.user.unwrap_or(""))).is_some() {
             let user = crate::msg::uri::percent_decode(ruri.user.unwrap_or(""));
-            if self.sh.auth.user(&user).is_none() {
-                self.reject(now, sid, from, &msg, tv, 404, "Not Found", "");
+            if method == Method::Invite && !in_dialog && self.sh.reject_anonymous.contains(user.as_ref()) && is_anonymous(&msg) {
+                self.reject(now, sid, from, &msg, tv, 433, "Anonymity Disallowed", "");
                 return;
             }
             let aor = registrar::aor_key(&self.sh, &user);
@@ -737,44 +874,58 @@ impl Core {
                 return;
             }
             for b in bindings {
-                targets.push(self.binding_target(&b));
+                targets.push(self.binding_target(now, &b));
             }
         } else if popped > 0 && in_dialog {
             // A dialog we record-routed: the Request-URI is the remote target.
-            match self.dest_for(&ruri_text) {
-                Some(dest) => targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false }),
+            match self.dest_for(now, &ruri_text) {
+                Some(dest) => targets.push(Target::to(dest)),
                 None => {
                     self.reject(now, sid, from, &msg, tv, 502, "Bad Gateway (unresolvable Request-URI)", "");
                     return;
                 }
             }
-        } else if let Some(up) = self.sh.upstream_for(ruri.user, ruri.host) {
-            let Some(first) = up.dest else {
-                self.reject(now, sid, from, &msg, tv, 503, "Service Unavailable (upstream does not resolve)", "");
-                return;
-            };
-            let mut dest = first;
-            if !up.more.is_empty() && method == Method::Invite && sid.is_some() {
-                // Several targets: try them in order, skipping those that failed recently.
-                let all: Vec<crate::resolve::Target> = std::iter::once(first)
-                    .chain(up.more.iter().copied())
-                    .map(|p| crate::resolve::Target { addr: p.addr, transport: p.transport })
-                    .collect();
-                let health = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
-                let mut cursor = crate::resolve::Cursor::new(all, crate::resolve::Selection::Priority, 0, "", &health);
-                let Some(t) = cursor.next(&health, now) else {
-                    drop(health);
-                    self.reject(now, sid, from, &msg, tv, 503, "Service Unavailable (every upstream target is down)", "Retry-After: 5\r\n");
-                    return;
-                };
-                drop(health);
-                dest = Peer { transport: t.transport, addr: t.addr, flow: None };
-                failover_seed = Some((cursor, up.invite_timeout, up.block_for));
-            }
-            targets.push(Target { request_uri: None, push_routes: vec![], dest, out_token: false });
         } else {
-            self.reject(now, sid, from, &msg, tv, 403, "Forbidden (relaying denied)", "");
-            return;
+            // The dial plan: a number routed out (or an emergency call), or another domain.
+            let local = self.sh.is_local_uri(&ruri);
+            let user = ruri.user.map(crate::msg::uri::percent_decode);
+            let sh = self.sh.clone();
+            let plan = {
+                let mut rnd = || self.rand() as u32;
+                sh.route_call(user.as_deref(), ruri.host, local, &mut rnd)
+            };
+            let plan = match plan {
+                Some(p) if !p.trunks.is_empty() => p,
+                Some(p) if p.route.is_some() => {
+                    let why = format!("Service Unavailable (no trunk of route {} exists)", p.route.unwrap_or_default());
+                    self.reject(now, sid, from, &msg, tv, 503, &why, "");
+                    return;
+                }
+                _ if local => {
+                    self.reject(now, sid, from, &msg, tv, 404, "Not Found", "");
+                    return;
+                }
+                _ => {
+                    self.reject(now, sid, from, &msg, tv, 403, "Forbidden (relaying denied)", "");
+                    return;
+                }
+            };
+            if plan.emergency {
+                tracing::info!(number = user.as_deref().unwrap_or(""), route = plan.route.as_deref().unwrap_or("-"), "emergency call");
+            }
+            let initial_invite = method == Method::Invite && !in_dialog && sid.is_some();
+            let trusted_source = self.sh.upstream_at(from.addr, now).is_some_and(|u| u.trusted);
+            match self.trunk_start(now, &msg, &plan, initial_invite, trusted_source, asserted.as_deref()) {
+                Ok((t, f)) => {
+                    targets.push(t);
+                    failover_seed = f;
+                }
+                Err((code, why)) => {
+                    let extra = if code == 503 { "Retry-After: 5\r\n" } else { "" };
+                    self.reject(now, sid, from, &msg, tv, code, &why, extra);
+                    return;
+                }
+            }
         }
 
         // Media anchoring (issue #4): rewrite the SDP of anchored dialogs.
@@ -824,8 +975,16 @@ impl Core {
             media_call,
             failover: None,
         };
-        if let Some((cursor, invite_timeout, block_for)) = failover_seed {
-            ctx.failover = Some(Box::new(Failover { cursor, branch: request_branch.to_static(), invite_timeout, block_for }));
+        if let Some(f) = failover_seed {
+            ctx.failover = Some(Box::new(Failover {
+                cursor: f.cursor,
+                branch: request_branch.to_static(),
+                legs: f.legs,
+                admitted: f.admitted,
+                refused: f.refused,
+                call_id: f.call_id,
+                current: f.current,
+            }));
         }
         if invite {
             ctx.timer_c = Some(now + self.sh.timer_c);
@@ -926,7 +1085,7 @@ impl Core {
     /// Arms the INVITE timeout of a fail-over branch.
     fn schedule_failover(&mut self, now: Instant, ctx_id: u64, cid: u64) {
         if let Some(f) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()) {
-            let at = now + f.invite_timeout;
+            let at = now + f.legs.get(f.current as usize).map_or(std::time::Duration::from_secs(2), |l| l.invite_timeout);
             self.timers.push(Reverse((at, TimerKey::Failover(cid))));
         }
     }
@@ -945,6 +1104,121 @@ impl Core {
         }
     }
 
+    /// The targets of a call routed to trunks (dial plan or preferred upstream): the first
+    /// one to send to, and (for an initial INVITE) the fail-over state for the others.
+    /// Only cached DNS records are used: no lookup happens on this path.
+    fn trunk_start(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        plan: &crate::core::Plan,
+        initial_invite: bool,
+        trusted_source: bool,
+        asserted: Option<&str>,
+    ) -> Result<(Target, Option<FailoverSeed>), (u16, String)> {
+        let call_id = msg.call_id().unwrap_or("").to_string();
+        let legs: Vec<Leg> = plan
+            .trunks
+            .iter()
+            .map(|t| {
+                let request_uri = plan
+                    .rewrite
+                    .then(|| format!("sip:{}@{}", crate::dialplan::encode_user(plan.user.as_deref().unwrap_or("")), t.ruri_host()));
+                let (drop_headers, append) = if !t.trusted {
+                    (IDENTITY_HEADERS, String::new())
+                } else if trusted_source {
+                    (&[][..], String::new())
+                } else {
+                    let pai = asserted.map(|u| format!("P-Asserted-Identity: <sip:{u}@{}>\r\n", self.sh.domain)).unwrap_or_default();
+                    (CLAIMED_IDENTITY, pai)
+                };
+                Leg {
+                    name: t.name.clone(),
+                    request_uri,
+                    drop_headers,
+                    append,
+                    invite_timeout: t.invite_timeout,
+                    block_for: t.block_for,
+                    max_calls: t.max_calls,
+                    max_cps: t.max_cps,
+                }
+            })
+            .collect();
+        self.routed += 1;
+        let counter = self.routed;
+        let mut entries = Vec::new();
+        {
+            let sh = self.sh.clone();
+            let health = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+            for (g, t) in plan.trunks.iter().enumerate() {
+                let recs = sh.records_of(t, now);
+                let mut rnd = || self.rand() as u32;
+                for tg in crate::resolve::plan(&recs, t.selection, counter, &call_id, &health, &mut rnd) {
+                    entries.push((tg, g as u16));
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Err((503, "Service Unavailable (upstream does not resolve)".into()));
+        }
+        let mut seed =
+            FailoverSeed { cursor: crate::resolve::Cursor::new(entries), legs, admitted: None, refused: vec![], call_id, current: 0 };
+        let (tg, g) = self.next_trunk_target(now, &mut seed, initial_invite)?;
+        seed.current = g;
+        let leg = &seed.legs[g as usize];
+        let t = Target {
+            request_uri: leg.request_uri.clone(),
+            push_routes: vec![],
+            dest: Peer { transport: tg.transport, addr: tg.addr, flow: None },
+            out_token: false,
+            drop_headers: leg.drop_headers,
+            append: leg.append.clone(),
+        };
+        Ok((t, initial_invite.then_some(seed)))
+    }
+
+    /// The next usable target whose trunk takes the call (limits checked once per trunk
+    /// for an initial INVITE; the slot of the trunk left behind is given back).
+    fn next_trunk_target(
+        &mut self,
+        now: Instant,
+        f: &mut FailoverSeed,
+        initial: bool,
+    ) -> Result<(crate::resolve::Target, u16), (u16, String)> {
+        let health = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
+        let mut limited: Option<(String, crate::trunk::Refused)> = None;
+        loop {
+            let Some((tg, g)) = f.cursor.next(&health, now) else {
+                return Err(match limited {
+                    Some((n, crate::trunk::Refused::MaxCalls)) => (503, format!("Service Unavailable (trunk {n}: max_calls reached)")),
+                    Some((n, crate::trunk::Refused::MaxCps)) => (503, format!("Service Unavailable (trunk {n}: max_cps reached)")),
+                    None => (503, "Service Unavailable (every upstream target is down)".into()),
+                });
+            };
+            if !initial || f.admitted == Some(g) {
+                return Ok((tg, g));
+            }
+            if f.refused.contains(&g) {
+                continue;
+            }
+            let leg = &f.legs[g as usize];
+            match self.sh.loads.admit(&leg.name, now, leg.max_calls, leg.max_cps) {
+                Ok(()) => {
+                    if let Some(old) = f.admitted.replace(g) {
+                        self.sh.loads.release(&f.legs[old as usize].name);
+                    }
+                    self.trunk_calls.insert(f.call_id.clone(), leg.name.clone());
+                    return Ok((tg, g));
+                }
+                Err(why) => {
+                    tracing::debug!(trunk = leg.name, ?why, "trunk limit: trying the next trunk");
+                    f.refused.push(g);
+                    limited = Some((leg.name.clone(), why));
+                }
+            }
+        }
+    }
+
     /// Branch `cid` failed before any provisional response (transport error, timeout, 503):
     /// mark its target down and start a branch to the next usable target. `false` if there
     /// is no fail-over (or no target left): the failure is then processed as usual.
@@ -954,45 +1228,71 @@ impl Core {
         if provisional {
             return false;
         }
-        let Some(mut f) = self.ctxs.get_mut(&ctx_id).and_then(|c| c.failover.take()) else { return false };
+        let Some(f) = self.ctxs.get_mut(&ctx_id).and_then(|c| c.failover.take()) else { return false };
+        let Failover { cursor, branch, legs, admitted, refused, call_id, current } = *f;
         let failed = crate::resolve::Target { addr: to.addr, transport: to.transport };
-        let next = {
+        {
+            let block_for = legs.get(current as usize).map_or(std::time::Duration::from_secs(30), |l| l.block_for);
             let mut h = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(crate::resolve::Change::Down(t)) = h.handle_failure(failed, now, Some(retry_after.unwrap_or(f.block_for))) {
+            if let Some(crate::resolve::Change::Down(t)) = h.handle_failure(failed, now, Some(retry_after.unwrap_or(block_for))) {
                 tracing::warn!(target = %t.addr, transport = t.transport.uri_param(), "upstream target down: failing over");
             }
-            f.cursor.next(&h, now)
-        };
+        }
+        let mut seed = FailoverSeed { cursor, legs, admitted, refused, call_id, current };
+        let next = self.next_trunk_target(now, &mut seed, true).ok();
         let started = match next {
-            Some(t) => {
+            Some((t, g)) => {
                 if let Some(c) = self.clients.get_mut(&cid) {
                     c.done = true;
                 }
+                seed.current = g;
+                let leg = &seed.legs[g as usize];
                 let target = Target {
-                    request_uri: None,
+                    request_uri: leg.request_uri.clone(),
                     push_routes: vec![],
                     dest: Peer { transport: t.transport, addr: t.addr, flow: None },
                     out_token: false,
+                    drop_headers: leg.drop_headers,
+                    append: leg.append.clone(),
                 };
-                self.new_branch(now, ctx_id, &f.branch, &target, media)
+                let r = self.new_branch(now, ctx_id, &branch, &target, media);
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.failover = Some(Box::new(Failover {
+                        cursor: seed.cursor,
+                        branch,
+                        legs: seed.legs,
+                        admitted: seed.admitted,
+                        refused: seed.refused,
+                        call_id: seed.call_id,
+                        current: seed.current,
+                    }));
+                }
+                // Armed now that the state is back (new_branch found none).
+                if let Some(new_cid) = r {
+                    self.schedule_failover(now, ctx_id, new_cid);
+                }
+                r
             }
-            None => None,
+            None => {
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.failover = Some(Box::new(Failover {
+                        cursor: seed.cursor,
+                        branch,
+                        legs: seed.legs,
+                        admitted: seed.admitted,
+                        refused: seed.refused,
+                        call_id: seed.call_id,
+                        current: seed.current,
+                    }));
+                }
+                None
+            }
         };
-        let timeout = f.invite_timeout;
-        if let Some(c) = self.ctxs.get_mut(&ctx_id) {
-            c.failover = Some(f);
-        }
-        match started {
-            Some(new_cid) => {
-                self.timers.push(Reverse((now + timeout, TimerKey::Failover(new_cid))));
-                true
-            }
-            None => false,
-        }
+        started.is_some()
     }
 
-    fn binding_target(&self, b: &Binding) -> Target {
-        let contact_dest = self.dest_for(&b.uri);
+    fn binding_target(&self, now: Instant, b: &Binding) -> Target {
+        let contact_dest = self.dest_for(now, &b.uri);
         // Reach the contact where it really registered from (NAT, connection reuse).
         let dest = Peer { transport: b.source.transport, addr: b.source.addr, flow: b.source.flow };
         let nat = contact_dest.is_none_or(|d| d.addr != dest.addr || d.transport != dest.transport);
@@ -1002,14 +1302,16 @@ impl Core {
             dest: if b.path.is_empty() {
                 dest
             } else {
-                self.dest_for(NameAddr::parse(&b.path[0]).map(|n| n.uri).unwrap_or("")).unwrap_or(dest)
+                self.dest_for(now, NameAddr::parse(&b.path[0]).map(|n| n.uri).unwrap_or("")).unwrap_or(dest)
             },
             out_token: b.path.is_empty() && (dest.flow.is_some() || nat),
+            drop_headers: &[],
+            append: String::new(),
         }
     }
 
     /// Resolves a URI to a next hop (RFC 3263 without DNS: IP literals and the upstream).
-    fn dest_for(&self, uri: &str) -> Option<Peer> {
+    fn dest_for(&self, now: Instant, uri: &str) -> Option<Peer> {
         let u = SipUri::parse(uri).ok()?;
         let transport = uri_transport(&u);
         if let Some(ip) = u.ip() {
@@ -1019,7 +1321,8 @@ impl Core {
             && let Ok(upu) = SipUri::parse(&up.uri)
             && upu.host.eq_ignore_ascii_case(u.host)
         {
-            return up.dest;
+            let resolved = up.dns.as_ref().and_then(|q| self.sh.resolved(q, now));
+            return up.first_peer(resolved.as_deref());
         }
         None
     }
@@ -1075,8 +1378,9 @@ impl Core {
                 drop_routes: popped,
                 push_routes: &t.push_routes,
                 max_forwards: mf,
-                append: "",
+                append: &t.append,
                 body,
+                drop_headers: t.drop_headers,
             }
             .write(msg),
         )
@@ -1140,6 +1444,10 @@ impl Core {
 
     /// Response processing of RFC 3261 16.7 for branch `cid`.
     fn deliver(&mut self, now: Instant, cid: u64, msg: Message, code: u16) {
+        if code >= 200 && self.probes.contains_key(&cid) {
+            self.probe_result(now, cid, !matches!(code, 408 | 503));
+            return;
+        }
         let Some(ct) = self.clients.get_mut(&cid) else { return };
         let Some(ctx_id) = ct.ctx else { return };
         if (101..200).contains(&code) {
@@ -1296,6 +1604,9 @@ impl Core {
         if self.clients.get(&cid).is_some_and(|c| !c.done) && self.try_failover(now, cid, None) {
             return;
         }
+        if self.probes.contains_key(&cid) {
+            self.probe_result(now, cid, false);
+        }
         let Some(ct) = self.clients.get_mut(&cid) else { return };
         ct.done = true;
         if ct.ctx.is_none() {
@@ -1311,8 +1622,8 @@ impl Core {
     // ---------------------------------------------------------------- media
 
     /// SRTP policy of a leg reached through `p`.
-    fn leg_policy(&self, p: &Peer) -> crate::config::SrtpPolicy {
-        if let Some(up) = self.sh.upstream_at(p.addr) {
+    fn leg_policy(&self, now: Instant, p: &Peer) -> crate::config::SrtpPolicy {
+        if let Some(up) = self.sh.upstream_at(p.addr, now) {
             return up.srtp.unwrap_or(crate::config::SrtpPolicy::Keep);
         }
         if matches!(p.transport, Transport::Tls | Transport::Wss) { self.sh.media.srtp_secure } else { self.sh.media.srtp }
@@ -1320,7 +1631,7 @@ impl Core {
 
     /// Whether a new call is anchored: `[media] anchor`, overridden by the caller's or
     /// callee's `[[user]] anchor_media` and by the upstream's.
-    fn should_anchor(&self, msg: &Message, from: &Peer, targets: &[Target]) -> bool {
+    fn should_anchor(&self, now: Instant, msg: &Message, from: &Peer, targets: &[Target]) -> bool {
         let m = &self.sh.media;
         let mut on = m.anchor;
         let user_of = |uri: &str| SipUri::parse(uri).ok().filter(|u| self.sh.is_local_uri(u)).and_then(|u| u.user.map(String::from));
@@ -1329,7 +1640,7 @@ impl Core {
                 on = *v;
             }
         }
-        let via_upstream = std::iter::once(from.addr).chain(targets.iter().map(|t| t.dest.addr)).find_map(|a| self.sh.upstream_at(a));
+        let via_upstream = std::iter::once(from.addr).chain(targets.iter().map(|t| t.dest.addr)).find_map(|a| self.sh.upstream_at(a, now));
         if let Some(v) = via_upstream.and_then(|u| u.anchor_media) {
             on = v;
         }
@@ -1355,10 +1666,12 @@ impl Core {
         let from_tag = msg.from_hdr().and_then(|f| f.tag()).unwrap_or("").to_string();
         let sdp = is_sdp(msg);
         if method == Method::Invite && !in_dialog && stateful {
-            let anchored = self.should_anchor(msg, from, targets);
+            let anchored = self.should_anchor(now, msg, from, targets);
             let parties = self.parties(msg);
-            let policy =
-                (self.leg_policy(from), targets.first().map(|t| self.leg_policy(&t.dest)).unwrap_or(crate::config::SrtpPolicy::Keep));
+            let policy = (
+                self.leg_policy(now, from),
+                targets.first().map(|t| self.leg_policy(now, &t.dest)).unwrap_or(crate::config::SrtpPolicy::Keep),
+            );
             let (f, t) = (msg.from_hdr().map(|f| f.uri.to_string()).unwrap_or_default(), msg.request_uri().unwrap_or("").to_string());
             let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
             an.start(now, &call_id, &from_tag, anchored, parties, policy, &f, &t);
@@ -1538,6 +1851,9 @@ impl Core {
 
     /// Ends an anchored call (ports released) and queues its record.
     fn end_call(&mut self, now: Instant, call_id: &str, reason: EndReason) {
+        if let Some(trunk) = self.trunk_calls.remove(call_id) {
+            self.sh.loads.release(&trunk);
+        }
         let Some(an) = self.anchor.as_mut() else { return };
         if let Some(rec) = an.end(now, call_id, reason) {
             self.store_ops.push(StoreOp::CallRecord(Box::new(rec.clone())));
@@ -1810,6 +2126,21 @@ impl Core {
 
 /// `true` if the message carries an SDP body (RFC 3261 20.15; a missing Content-Type with a
 /// body that starts `v=0` counts, as some phones omit it).
+/// An anonymous caller (RFC 3323 `Privacy: id`/`header`/`user`, or an anonymous From as
+/// RFC 3261 8.1.1.3 suggests).
+fn is_anonymous(msg: &Message) -> bool {
+    let privacy = msg.header_other("Privacy").is_some_and(|p| {
+        p.split(';')
+            .map(str::trim)
+            .any(|v| v.eq_ignore_ascii_case("id") || v.eq_ignore_ascii_case("header") || v.eq_ignore_ascii_case("user"))
+    });
+    let from_anon = msg.from_hdr().is_some_and(|f| {
+        SipUri::parse(f.uri)
+            .is_ok_and(|u| u.user.is_some_and(|x| x.eq_ignore_ascii_case("anonymous")) || u.host.eq_ignore_ascii_case("anonymous.invalid"))
+    });
+    privacy || from_anon
+}
+
 fn is_sdp(msg: &Message) -> bool {
     let r = msg.body_range();
     if r.is_empty() {

@@ -5,8 +5,8 @@
 //! DNS itself (NAPTR/SRV/A lookups with caching) belongs to the runtime; this module only
 //! decides, on a clock it is given.
 //!
-//! Status: the building blocks of issue #6, tested on a virtual clock; the proxy does not
-//! use them yet (see docs/ARCHITECTURE.md, "Not yet done").
+//! The proxy keeps one [`Cursor`] per INVITE, worker 0 drives the [`Prober`], and
+//! `rt/dns.rs` fills the records this module orders.
 
 use crate::transport::Transport;
 use std::collections::HashMap;
@@ -27,32 +27,89 @@ pub struct Srv {
 /// small chance and come first in the running sum, as the RFC's algorithm does).
 /// `rand` returns uniformly distributed numbers (seeded in tests).
 pub fn order_srv(records: &[Srv], rand: &mut impl FnMut() -> u32) -> Vec<Srv> {
-    let mut by_prio: Vec<Srv> = records.to_vec();
-    by_prio.sort_by_key(|r| r.priority);
-    let mut out = Vec::with_capacity(records.len());
+    let keyed: Vec<(u16, u16, Srv)> = records.iter().map(|r| (r.priority, r.weight, r.clone())).collect();
+    order_weighted(&keyed, rand)
+}
+
+/// RFC 2782 ordering of any items tagged with (priority, weight).
+pub fn order_weighted<T: Clone>(items: &[(u16, u16, T)], rand: &mut impl FnMut() -> u32) -> Vec<T> {
+    let mut by_prio: Vec<&(u16, u16, T)> = items.iter().collect();
+    by_prio.sort_by_key(|r| r.0);
+    let mut out = Vec::with_capacity(items.len());
     let mut i = 0;
     while i < by_prio.len() {
-        let p = by_prio[i].priority;
-        let mut group: Vec<Srv> = by_prio[i..].iter().take_while(|r| r.priority == p).cloned().collect();
+        let p = by_prio[i].0;
+        let mut group: Vec<&(u16, u16, T)> = by_prio[i..].iter().take_while(|r| r.0 == p).copied().collect();
         i += group.len();
         // Zero-weight records first (RFC 2782: "place all those with weight 0 at the beginning").
-        group.sort_by_key(|r| r.weight != 0);
+        group.sort_by_key(|r| r.1 != 0);
         while !group.is_empty() {
-            let total: u64 = group.iter().map(|r| r.weight as u64).sum();
+            let total: u64 = group.iter().map(|r| r.1 as u64).sum();
             let pick = if total == 0 { 0 } else { rand() as u64 % (total + 1) };
             let mut sum = 0u64;
             let mut idx = group.len() - 1;
             for (k, r) in group.iter().enumerate() {
-                sum += r.weight as u64;
+                sum += r.1 as u64;
                 if sum >= pick {
                     idx = k;
                     break;
                 }
             }
-            out.push(group.remove(idx));
+            out.push(group.remove(idx).2.clone());
         }
     }
     out
+}
+
+/// One resolved address of a trunk with the SRV priority and weight it came from
+/// (static targets: their position as priority, weight 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub priority: u16,
+    pub weight: u16,
+    pub target: Target,
+}
+
+/// The targets of one trunk in the order one request tries them, by `sel`. `counter` is
+/// the trunk's request counter (round robin), `call_id` hashes for `CallIdHash`, `rand`
+/// drives RFC 2782 weighted selection.
+pub fn plan(
+    records: &[Record],
+    sel: Selection,
+    counter: u64,
+    call_id: &str,
+    health: &Health,
+    rand: &mut impl FnMut() -> u32,
+) -> Vec<Target> {
+    let mut by_srv: Vec<Record> = records.to_vec();
+    by_srv.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.weight.cmp(&a.weight)));
+    let mut targets: Vec<Target> = by_srv.iter().map(|r| r.target).collect();
+    let n = targets.len().max(1);
+    match sel {
+        Selection::Priority => {}
+        Selection::Weighted => {
+            let keyed: Vec<(u16, u16, Target)> = records.iter().map(|r| (r.priority, r.weight, r.target)).collect();
+            targets = order_weighted(&keyed, rand);
+        }
+        Selection::RoundRobin => targets.rotate_left((counter % n as u64) as usize),
+        Selection::CallIdHash => {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in call_id.bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+            targets.rotate_left((h % n as u64) as usize);
+        }
+        Selection::LeastLatency => {
+            targets.sort_by(|a, b| match (health.rtt(a), health.rtt(b)) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+        }
+    }
+    targets
 }
 
 /// A concrete destination: what health is tracked for.
@@ -65,8 +122,10 @@ pub struct Target {
 /// How the targets of a trunk are tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
-    /// In the given (SRV) order.
+    /// SRV order: priority, then the heavier weight first (deterministic).
     Priority,
+    /// RFC 2782: priority, then weighted random within a priority (the default).
+    Weighted,
     /// Round robin over the targets, one step per request.
     RoundRobin,
     /// The same Call-ID always starts at the same target.
@@ -87,6 +146,31 @@ pub struct HealthConfig {
     pub up_after: u32,
     /// Weight of a new RTT sample in the EWMA.
     pub ewma_alpha: f64,
+}
+
+impl Selection {
+    /// Parses a configuration / API name.
+    pub fn parse(s: &str) -> Option<Selection> {
+        Some(match s {
+            "priority" => Selection::Priority,
+            "weighted" => Selection::Weighted,
+            "round_robin" => Selection::RoundRobin,
+            "call_id_hash" => Selection::CallIdHash,
+            "least_latency" => Selection::LeastLatency,
+            _ => return None,
+        })
+    }
+
+    /// The configuration / API name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Selection::Priority => "priority",
+            Selection::Weighted => "weighted",
+            Selection::RoundRobin => "round_robin",
+            Selection::CallIdHash => "call_id_hash",
+            Selection::LeastLatency => "least_latency",
+        }
+    }
 }
 
 impl Default for HealthConfig {
@@ -140,8 +224,23 @@ impl Health {
 
     /// An OPTIONS probe of `t` answered (`ok`, with its round-trip time) or failed.
     pub fn handle_probe(&mut self, t: Target, now: Instant, ok: bool, rtt: Option<Duration>) -> Option<Change> {
+        let (down, up) = (self.cfg.down_after, self.cfg.up_after);
+        self.handle_probe_with(t, now, ok, rtt, down, up)
+    }
+
+    /// [`Health::handle_probe`] with the trunk's own thresholds: down after `down_after`
+    /// failed probes in a row, up after `up_after` good ones.
+    pub fn handle_probe_with(
+        &mut self,
+        t: Target,
+        now: Instant,
+        ok: bool,
+        rtt: Option<Duration>,
+        down_after: u32,
+        up_after: u32,
+    ) -> Option<Change> {
         let was = self.usable(&t, now);
-        let cfg = self.cfg;
+        let cfg = HealthConfig { down_after: down_after.max(1), up_after: up_after.max(1), ..self.cfg };
         let s = self.map.entry(t).or_default();
         if ok {
             s.fails = 0;
@@ -187,53 +286,77 @@ impl Health {
     }
 }
 
-/// The targets one request may try, in order; each retry continues where the last one
-/// stopped (RFC 3263 4.3), skipping targets that are down at that moment.
-#[derive(Debug, Clone)]
+impl Health {
+    /// `true` while probes say the target is down (as opposed to blocked after a call failed).
+    pub fn probe_down(&self, t: &Target) -> bool {
+        self.map.get(t).is_some_and(|s| s.probe_down)
+    }
+}
+
+/// The targets one request may try, in order, each tagged with its group (the index of
+/// its trunk in the route); each retry continues where the last one stopped (RFC 3263
+/// 4.3), skipping targets that are down at that moment.
+#[derive(Debug, Clone, Default)]
 pub struct Cursor {
-    targets: Vec<Target>,
+    targets: Vec<(Target, u16)>,
     next: usize,
 }
 
 impl Cursor {
-    /// A cursor over `ordered` targets (SRV order) rearranged by `sel`. `counter` is the
-    /// trunk's request counter (round robin), `call_id` hashes for `CallIdHash`.
-    pub fn new(ordered: Vec<Target>, sel: Selection, counter: u64, call_id: &str, health: &Health) -> Cursor {
-        let mut targets = ordered;
-        let n = targets.len().max(1);
-        match sel {
-            Selection::Priority => {}
-            Selection::RoundRobin => targets.rotate_left((counter % n as u64) as usize),
-            Selection::CallIdHash => {
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                for b in call_id.bytes() {
-                    h ^= b as u64;
-                    h = h.wrapping_mul(0x100_0000_01b3);
-                }
-                targets.rotate_left((h % n as u64) as usize);
-            }
-            Selection::LeastLatency => {
-                targets.sort_by(|a, b| match (health.rtt(a), health.rtt(b)) {
-                    (Some(x), Some(y)) => x.cmp(&y),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                });
-            }
-        }
+    /// A cursor over targets already in the order to try.
+    pub fn new(targets: Vec<(Target, u16)>) -> Cursor {
         Cursor { targets, next: 0 }
     }
 
-    /// The next usable target, if any is left.
-    pub fn next(&mut self, health: &Health, now: Instant) -> Option<Target> {
+    /// The next usable target (and its group), if any is left.
+    pub fn next(&mut self, health: &Health, now: Instant) -> Option<(Target, u16)> {
         while self.next < self.targets.len() {
             let t = self.targets[self.next];
             self.next += 1;
-            if health.usable(&t, now) {
+            if health.usable(&t.0, now) {
                 return Some(t);
             }
         }
         None
+    }
+}
+
+/// OPTIONS probing schedule (sans-IO): which targets are due, which probes are out, and
+/// their round-trip times. The caller sends the OPTIONS and reports the outcome.
+#[derive(Debug, Default)]
+pub struct Prober {
+    /// Next probe of each target.
+    due: HashMap<Target, Instant>,
+    /// Probes out: sent at.
+    out: HashMap<Target, Instant>,
+}
+
+impl Prober {
+    /// Targets (with their probe interval) to probe at `now`; each is marked as probed.
+    /// Targets no longer listed are forgotten.
+    pub fn poll_due(&mut self, now: Instant, targets: &[(Target, Duration)]) -> Vec<Target> {
+        self.due.retain(|t, _| targets.iter().any(|(x, _)| x == t));
+        self.out.retain(|t, _| targets.iter().any(|(x, _)| x == t));
+        let mut send = Vec::new();
+        for (t, every) in targets {
+            let due = *self.due.entry(*t).or_insert(now);
+            if now >= due && !self.out.contains_key(t) {
+                self.out.insert(*t, now);
+                self.due.insert(*t, now + *every);
+                send.push(*t);
+            }
+        }
+        send
+    }
+
+    /// A probe of `t` ended (answered or timed out): its round-trip time, if it was out.
+    pub fn handle_result(&mut self, t: Target, now: Instant) -> Option<Duration> {
+        self.out.remove(&t).map(|sent| now.saturating_duration_since(sent))
+    }
+
+    /// When the next probe is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.due.iter().filter(|(t, _)| !self.out.contains_key(t)).map(|(_, at)| *at).min()
     }
 }
 
@@ -309,18 +432,69 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::default();
         h.handle_failure(t(2), t0, None);
-        let mut c = Cursor::new(vec![t(1), t(2), t(3)], Selection::Priority, 0, "x", &h);
-        assert_eq!(c.next(&h, t0), Some(t(1)));
+        let mut c = Cursor::new(vec![(t(1), 0), (t(2), 0), (t(3), 1)]);
+        assert_eq!(c.next(&h, t0), Some((t(1), 0)));
         // The first try failed: the retry continues after it, skipping the blocked one.
-        assert_eq!(c.next(&h, t0), Some(t(3)));
+        assert_eq!(c.next(&h, t0), Some((t(3), 1)));
         assert_eq!(c.next(&h, t0), None);
-        let rr: Vec<_> = (0..3).map(|i| Cursor::new(vec![t(1), t(2), t(3)], Selection::RoundRobin, i, "", &h).targets[0]).collect();
-        assert_eq!(rr, [t(1), t(2), t(3)]);
-        let a = Cursor::new(vec![t(1), t(2), t(3)], Selection::CallIdHash, 0, "call-a", &h).targets[0];
-        assert_eq!(a, Cursor::new(vec![t(1), t(2), t(3)], Selection::CallIdHash, 9, "call-a", &h).targets[0], "stable per Call-ID");
-        h.handle_probe(t(3), t0, true, Some(Duration::from_millis(5)));
-        h.handle_probe(t(1), t0, true, Some(Duration::from_millis(50)));
-        let ll = Cursor::new(vec![t(1), t(2), t(3)], Selection::LeastLatency, 0, "", &h);
-        assert_eq!(ll.targets, [t(3), t(1), t(2)]);
+    }
+
+    #[test]
+    fn selection_algorithms_order_the_targets() {
+        let h0 = Health::default();
+        let recs: Vec<Record> = (1..=3).map(|p| Record { priority: 10, weight: 10 * p, target: t(p) }).collect();
+        let mut r = rng(1);
+        let pr = plan(&recs, Selection::Priority, 0, "", &h0, &mut r);
+        assert_eq!(pr, [t(3), t(2), t(1)], "priority: heavier weight first");
+        let rr: Vec<_> = (0..3).map(|i| plan(&recs, Selection::RoundRobin, i, "", &h0, &mut r)[0]).collect();
+        assert_eq!(rr, [t(3), t(2), t(1)]);
+        let a = plan(&recs, Selection::CallIdHash, 0, "call-a", &h0, &mut r)[0];
+        assert_eq!(a, plan(&recs, Selection::CallIdHash, 9, "call-a", &h0, &mut r)[0], "stable per Call-ID");
+        let mut h = Health::default();
+        h.handle_probe(t(3), Instant::now(), true, Some(Duration::from_millis(50)));
+        h.handle_probe(t(1), Instant::now(), true, Some(Duration::from_millis(5)));
+        assert_eq!(plan(&recs, Selection::LeastLatency, 0, "", &h, &mut r), [t(1), t(3), t(2)]);
+        let w: Vec<Record> = vec![Record { priority: 1, weight: 80, target: t(1) }, Record { priority: 1, weight: 20, target: t(2) }];
+        let first1 = (0..10_000).filter(|_| plan(&w, Selection::Weighted, 0, "", &h0, &mut r)[0] == t(1)).count();
+        assert!((7_500..=8_500).contains(&first1), "{first1}");
+    }
+
+    #[test]
+    fn probes_run_on_schedule_one_at_a_time_per_target() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(5);
+        let mut p = Prober::default();
+        let set = [(t(1), every), (t(2), every)];
+        assert_eq!(p.poll_due(t0, &set).len(), 2, "both probed at once");
+        assert_eq!(p.poll_timeout(), None, "both out");
+        assert!(p.poll_due(t0 + Duration::from_secs(6), &set).is_empty(), "no second probe while one is out");
+        assert_eq!(p.handle_result(t(1), t0 + Duration::from_millis(30)), Some(Duration::from_millis(30)));
+        assert_eq!(p.handle_result(t(1), t0 + Duration::from_millis(40)), None, "late answer ignored");
+        assert_eq!(p.poll_timeout(), Some(t0 + every));
+        assert!(p.poll_due(t0 + Duration::from_secs(4), &set).is_empty());
+        assert_eq!(p.poll_due(t0 + every, &set), [t(1)]);
+        // t(2) leaves the set: forgotten (even with its probe out).
+        p.handle_result(t(1), t0 + every);
+        assert_eq!(p.poll_due(t0 + Duration::from_secs(20), &set[..1]), [t(1)]);
+        assert_eq!((p.due.len(), p.out.len()), (1, 1));
+    }
+
+    #[test]
+    fn probe_and_call_failures_together_on_a_virtual_clock() {
+        // The primary dies: a call times out on it (blocked 30 s), probes fail (down), it
+        // comes back: up again after `up_after` good probes, before the 30 s are over.
+        let t0 = Instant::now();
+        let s = |x: u64| t0 + Duration::from_millis(x);
+        let mut h = Health::default();
+        assert_eq!(h.handle_failure(t(1), s(100), None), Some(Change::Down(t(1))));
+        assert_eq!(h.handle_probe_with(t(1), s(500), false, None, 2, 3), None);
+        assert_eq!(h.handle_probe_with(t(1), s(1000), false, None, 2, 3), None, "already down: logged once");
+        assert!(h.probe_down(&t(1)));
+        assert!(h.usable(&t(2), s(1000)), "the other target is not affected");
+        for (i, at) in [1500, 2000].into_iter().enumerate() {
+            assert_eq!(h.handle_probe_with(t(1), s(at), true, Some(Duration::from_millis(1)), 2, 3), None, "good probe {i}");
+        }
+        assert_eq!(h.handle_probe_with(t(1), s(2500), true, Some(Duration::from_millis(1)), 2, 3), Some(Change::Up(t(1))));
+        assert!(h.usable(&t(1), s(2500)));
     }
 }

@@ -82,7 +82,7 @@ pub struct StoredUser {
 }
 
 /// An upstream (trunk) created through the admin API.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoredUpstream {
     pub name: String,
     pub uri: String,
@@ -90,6 +90,8 @@ pub struct StoredUpstream {
     pub anchor_media: Option<bool>,
     /// `keep`, `plain` or `sdes`.
     pub srtp: Option<String>,
+    /// Targets, selection, limits, trust, credentials, probing.
+    pub options: crate::trunk::TrunkOptions,
 }
 
 /// Persistence of the edge's state.
@@ -104,7 +106,7 @@ pub trait Store: Send + Sync {
     fn put_route(&self, r: &crate::core::Route) -> Result<(), StoreError>;
     /// Deletes a route; `false` if there was none.
     fn delete_route(&self, name: &str) -> Result<bool, StoreError>;
-    /// Every stored route.
+    /// Every stored route (not yet checked: see `Route::checked`).
     fn load_routes(&self) -> Result<Vec<crate::core::Route>, StoreError>;
     /// Creates or replaces a user.
     fn put_user(&self, u: &StoredUser) -> Result<(), StoreError>;
@@ -143,6 +145,12 @@ CREATE TABLE IF NOT EXISTS upstreams (
 CREATE TABLE IF NOT EXISTS routes (
     name TEXT PRIMARY KEY, priority INTEGER NOT NULL, prefix TEXT, domain TEXT, upstream TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS route_specs (
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS upstream_options (
+    name TEXT PRIMARY KEY, options TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, ha1_md5 TEXT, ha1_sha256 TEXT, max_contacts INTEGER
 );
@@ -171,43 +179,84 @@ fn user_of(uri: &str) -> String {
 
 impl Store for SqliteStore {
     fn put_upstream(&self, u: &StoredUpstream) -> Result<(), StoreError> {
-        self.lock()?.execute(
+        let opts = serde_json::to_string(&u.options).map_err(|e| StoreError(e.to_string()))?;
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO upstreams (name, uri, priority, anchor_media, srtp) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![u.name, u.uri, u.priority, u.anchor_media, u.srtp],
         )?;
+        tx.execute("INSERT OR REPLACE INTO upstream_options (name, options) VALUES (?1, ?2)", params![u.name, opts])?;
+        tx.commit()?;
         Ok(())
     }
 
     fn put_route(&self, r: &crate::core::Route) -> Result<(), StoreError> {
-        self.lock()?.execute(
+        let spec = serde_json::to_string(r).map_err(|e| StoreError(e.to_string()))?;
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO routes (name, priority, prefix, domain, upstream) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![r.name, r.priority, r.prefix, r.domain, r.upstream],
+            params![r.name, r.priority, r.prefix, r.domain, r.upstreams.first()],
         )?;
+        tx.execute("INSERT OR REPLACE INTO route_specs (name, spec) VALUES (?1, ?2)", params![r.name, spec])?;
+        tx.commit()?;
         Ok(())
     }
 
     fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.lock()?.execute("DELETE FROM routes WHERE name = ?1", params![name])? > 0)
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM routes WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM route_specs WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     fn load_routes(&self) -> Result<Vec<crate::core::Route>, StoreError> {
         let conn = self.lock()?;
-        let mut st = conn.prepare("SELECT name, priority, prefix, domain, upstream FROM routes")?;
+        let mut st = conn.prepare(
+            "SELECT r.name, r.priority, r.prefix, r.domain, r.upstream, s.spec FROM routes r LEFT JOIN route_specs s ON s.name = r.name",
+        )?;
         let rows = st.query_map([], |r| {
-            Ok(crate::core::Route { name: r.get(0)?, priority: r.get(1)?, prefix: r.get(2)?, domain: r.get(3)?, upstream: r.get(4)? })
+            let spec: Option<String> = r.get(5)?;
+            if let Some(route) = spec.and_then(|s| serde_json::from_str::<crate::core::Route>(&s).ok()) {
+                return Ok(route);
+            }
+            // Stored before routes had more than one trunk.
+            let up: String = r.get(4)?;
+            let (name, priority, prefix, domain): (String, u32, Option<String>, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let v = serde_json::json!({"name": name, "priority": priority, "prefix": prefix, "regex": null, "domain": domain, "upstreams": [up]});
+            serde_json::from_value(v).map_err(|_| rusqlite::Error::InvalidQuery)
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn delete_upstream(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.lock()?.execute("DELETE FROM upstreams WHERE name = ?1", params![name])? > 0)
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM upstreams WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM upstream_options WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     fn load_upstreams(&self) -> Result<Vec<StoredUpstream>, StoreError> {
         let conn = self.lock()?;
-        let mut st = conn.prepare("SELECT name, uri, priority, anchor_media, srtp FROM upstreams ORDER BY name")?;
+        let mut st = conn.prepare(
+            "SELECT u.name, u.uri, u.priority, u.anchor_media, u.srtp, o.options FROM upstreams u \
+             LEFT JOIN upstream_options o ON o.name = u.name ORDER BY u.name",
+        )?;
         let rows = st.query_map([], |r| {
-            Ok(StoredUpstream { name: r.get(0)?, uri: r.get(1)?, priority: r.get(2)?, anchor_media: r.get(3)?, srtp: r.get(4)? })
+            let opts: Option<String> = r.get(5)?;
+            Ok(StoredUpstream {
+                name: r.get(0)?,
+                uri: r.get(1)?,
+                priority: r.get(2)?,
+                anchor_media: r.get(3)?,
+                srtp: r.get(4)?,
+                options: opts.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or_default(),
+            })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }

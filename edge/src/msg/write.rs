@@ -159,6 +159,9 @@ pub struct Forward<'a> {
     pub append: &'a str,
     /// Replaces the body (Content-Length follows), e.g. SDP rewritten for the media relay.
     pub body: Option<&'a [u8]>,
+    /// Names of headers (not interpreted ones) left out, case-insensitive, e.g.
+    /// `P-Asserted-Identity` towards an untrusted trunk (RFC 3325 5).
+    pub drop_headers: &'a [&'a str],
 }
 
 impl Forward<'_> {
@@ -252,6 +255,12 @@ impl Forward<'_> {
                         let _ = write!(out, "Content-Length: {}\r\n", body.len());
                     }
                 }
+                HeaderName::Other
+                    if !self.drop_headers.is_empty() && {
+                        let line = msg.slice(h.line);
+                        let name = line.split(|&b| b == b':').next().unwrap_or(b"").trim_ascii();
+                        self.drop_headers.iter().any(|d| d.as_bytes().eq_ignore_ascii_case(name))
+                    } => {}
                 _ => {
                     out.put_slice(msg.slice(h.line));
                     out.put_slice(b"\r\n");

@@ -593,21 +593,34 @@ fn with_phone_view(mut r: serde_json::Value, user: Option<&str>) -> serde_json::
 
 // ------------------------------------------------------------------ upstreams
 
-/// An upstream (trunk): calls to other domains go to the preferred one (lowest priority).
+/// An upstream (trunk): calls to other domains go to the preferred one (lowest priority)
+/// unless a route says otherwise.
 #[derive(Serialize, ToSchema)]
 struct UpstreamView {
     name: String,
     uri: String,
     priority: u32,
-    /// Resolved next hop (transport and address).
+    /// First target (transport and address), or `unresolved`.
     next_hop: String,
     anchor_media: Option<bool>,
     srtp: Option<String>,
     /// `config` (read-only here) or `api`.
     source: &'static str,
-    /// `true` for the one taking calls now.
+    /// `true` for the one taking calls no route claims.
     preferred: bool,
-    /// Every target with its state, in fail-over order.
+    /// The host name looked up by DNS (RFC 3263), if the URI has one.
+    dns_name: Option<String>,
+    /// Seconds the cached DNS records stay valid.
+    dns_ttl_secs: Option<f64>,
+    selection: &'static str,
+    max_calls: Option<u32>,
+    max_cps: Option<f64>,
+    /// Calls in progress through it.
+    calls: u32,
+    trusted: bool,
+    auth_user: Option<String>,
+    probe_interval_ms: Option<u64>,
+    /// Every target with its state, in SRV/static order.
     targets: Vec<TargetView>,
 }
 
@@ -616,11 +629,23 @@ struct UpstreamView {
 struct TargetView {
     /// Transport and address.
     target: String,
-    /// `false` while it is skipped after a failure.
+    /// SRV priority and weight (static targets: position, 0).
+    priority: u16,
+    weight: u16,
+    /// `false` while it is skipped after a failure or down by probes.
     usable: bool,
-    /// Seconds until it is tried again.
+    /// Down by OPTIONS probes.
+    probe_down: bool,
+    /// Seconds until it is tried again after a failure.
     blocked_for_secs: Option<f64>,
+    /// OPTIONS round-trip time (EWMA), ms.
+    rtt_ms: Option<f64>,
 }
+
+/// An IP-address target URI.
+#[derive(Deserialize, ToSchema)]
+#[schema(value_type = String, pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3})(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
+struct TargetUri(String);
 
 /// A new upstream.
 #[derive(Deserialize, ToSchema)]
@@ -628,7 +653,8 @@ struct TargetView {
 struct NewUpstream {
     #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     name: String,
-    /// `sip:` or `sips:` URI of the next hop, e.g. `sip:10.0.0.5:5060;transport=tcp`.
+    /// `sip:` or `sips:` URI of the trunk: a host name (resolved by NAPTR/SRV/A, RFC 3263)
+    /// or an address, e.g. `sip:10.0.0.5:5060;transport=tcp`.
     #[schema(pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
     uri: String,
     /// Lower is preferred (default 50: ahead of the configuration file's).
@@ -642,13 +668,63 @@ struct NewUpstream {
     #[serde(default, deserialize_with = "present")]
     #[schema(pattern = "^(keep|plain|sdes)$", nullable = false)]
     srtp: Option<String>,
+    /// More targets (IP-address URIs) tried after the URI's.
+    #[serde(default)]
+    #[schema(max_items = 16, nullable = false)]
+    targets: Vec<TargetUri>,
+    /// How a call picks among the targets.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^(priority|weighted|round_robin|call_id_hash|least_latency)$", nullable = false)]
+    selection: Option<String>,
+    /// A target with no provisional response to an INVITE within this time is skipped.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 50, maximum = 180000, nullable = false)]
+    invite_timeout_ms: Option<u32>,
+    /// How long a failed target is skipped (a 503's Retry-After wins).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 86400, nullable = false)]
+    failover_block_secs: Option<u32>,
+    /// Calls in progress at most (503 beyond).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000, nullable = false)]
+    max_calls: Option<u32>,
+    /// New calls per second at most (503 beyond).
+    #[serde(default, deserialize_with = "present_f64")]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 100000, nullable = false)]
+    max_cps: Option<f64>,
+    /// P-Asserted-Identity and Privacy are kept towards it (RFC 3325 trust domain).
+    #[serde(default, deserialize_with = "present_bool")]
+    #[schema(nullable = false)]
+    trusted: Option<bool>,
+    /// Digest user name for 401/407 from the trunk (with `auth_password`).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[A-Za-z0-9_.+-]{1,64}$", nullable = false)]
+    auth_user: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[ -~]{1,128}$", nullable = false)]
+    auth_password: Option<String>,
+    /// OPTIONS probe interval (0: no probing).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600000, nullable = false)]
+    probe_interval_ms: Option<u32>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 50, maximum = 60000, nullable = false)]
+    probe_timeout_ms: Option<u32>,
+    /// Down after this many failed probes in a row.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100, nullable = false)]
+    probe_down_after: Option<u32>,
+    /// Up after this many good probes in a row.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100, nullable = false)]
+    probe_up_after: Option<u32>,
 }
 
 /// The settings of an upstream (on update: all of them).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpstreamInput {
-    /// `sip:` or `sips:` URI of the next hop, e.g. `sip:10.0.0.5:5060;transport=tcp`.
+    /// `sip:` or `sips:` URI of the trunk (host name or address).
     #[schema(pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
     uri: String,
     /// Lower is preferred (default 50: ahead of the configuration file's).
@@ -662,25 +738,104 @@ struct UpstreamInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(pattern = "^(keep|plain|sdes)$", nullable = false)]
     srtp: Option<String>,
+    /// More targets (IP-address URIs) tried after the URI's.
+    #[serde(default)]
+    #[schema(max_items = 16, nullable = false)]
+    targets: Vec<TargetUri>,
+    /// How a call picks among the targets.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^(priority|weighted|round_robin|call_id_hash|least_latency)$", nullable = false)]
+    selection: Option<String>,
+    /// A target with no provisional response to an INVITE within this time is skipped.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 50, maximum = 180000, nullable = false)]
+    invite_timeout_ms: Option<u32>,
+    /// How long a failed target is skipped (a 503's Retry-After wins).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 86400, nullable = false)]
+    failover_block_secs: Option<u32>,
+    /// Calls in progress at most (503 beyond).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000, nullable = false)]
+    max_calls: Option<u32>,
+    /// New calls per second at most (503 beyond).
+    #[serde(default, deserialize_with = "present_f64")]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 100000, nullable = false)]
+    max_cps: Option<f64>,
+    /// P-Asserted-Identity and Privacy are kept towards it (RFC 3325 trust domain).
+    #[serde(default, deserialize_with = "present_bool")]
+    #[schema(nullable = false)]
+    trusted: Option<bool>,
+    /// Digest user name for 401/407 from the trunk (with `auth_password`).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[A-Za-z0-9_.+-]{1,64}$", nullable = false)]
+    auth_user: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[ -~]{1,128}$", nullable = false)]
+    auth_password: Option<String>,
+    /// OPTIONS probe interval (0: no probing).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600000, nullable = false)]
+    probe_interval_ms: Option<u32>,
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 50, maximum = 60000, nullable = false)]
+    probe_timeout_ms: Option<u32>,
+    /// Down after this many failed probes in a row.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100, nullable = false)]
+    probe_down_after: Option<u32>,
+    /// Up after this many good probes in a row.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100, nullable = false)]
+    probe_up_after: Option<u32>,
+}
+
+impl UpstreamInput {
+    fn options(&self) -> crate::trunk::TrunkOptions {
+        crate::trunk::TrunkOptions {
+            targets: self.targets.iter().map(|t| t.0.clone()).collect(),
+            selection: self.selection.clone(),
+            invite_timeout_ms: self.invite_timeout_ms.map(u64::from),
+            failover_block_secs: self.failover_block_secs.map(u64::from),
+            max_calls: self.max_calls,
+            max_cps: self.max_cps,
+            trusted: self.trusted,
+            auth_user: self.auth_user.clone(),
+            auth_password: self.auth_password.clone(),
+            probe_interval_ms: self.probe_interval_ms.map(u64::from),
+            probe_timeout_ms: self.probe_timeout_ms.map(u64::from),
+            probe_down_after: self.probe_down_after,
+            probe_up_after: self.probe_up_after,
+        }
+    }
 }
 
 fn present_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     bool::deserialize(d).map(Some)
 }
 
-fn view_upstream(u: &crate::core::Upstream, preferred: bool, health: &crate::resolve::Health) -> UpstreamView {
+fn present_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    f64::deserialize(d).map(Some)
+}
+
+fn view_upstream(sh: &crate::core::Shared, u: &crate::core::Upstream, preferred: bool) -> UpstreamView {
     #[allow(clippy::disallowed_methods)]
     let now = std::time::Instant::now();
-    let targets = u
-        .dest
+    let resolved = u.dns.as_ref().and_then(|q| sh.resolved(q, now));
+    let records = u.all_records(resolved.as_deref());
+    let health = sh.health.lock().unwrap_or_else(|e| e.into_inner());
+    let targets = records
         .iter()
-        .chain(u.more.iter())
-        .map(|p| {
-            let t = crate::resolve::Target { addr: p.addr, transport: p.transport };
+        .map(|r| {
+            let t = r.target;
             TargetView {
-                target: format!("{} {}", p.transport.uri_param(), p.addr),
+                target: format!("{} {}", t.transport.uri_param(), t.addr),
+                priority: r.priority,
+                weight: r.weight,
                 usable: health.usable(&t, now),
+                probe_down: health.probe_down(&t),
                 blocked_for_secs: health.blocked_for(&t, now).map(|d| d.as_secs_f64()),
+                rtt_ms: health.rtt(&t).map(|d| d.as_secs_f64() * 1000.0),
             }
         })
         .collect();
@@ -689,16 +844,28 @@ fn view_upstream(u: &crate::core::Upstream, preferred: bool, health: &crate::res
         name: u.name.clone(),
         uri: u.uri.clone(),
         priority: u.priority,
-        next_hop: u.dest.map(|d| format!("{} {}", d.transport.uri_param(), d.addr)).unwrap_or_else(|| "unresolved".into()),
+        next_hop: records
+            .first()
+            .map(|r| format!("{} {}", r.target.transport.uri_param(), r.target.addr))
+            .unwrap_or_else(|| "unresolved".into()),
         anchor_media: u.anchor_media,
         srtp: u.srtp.map(|s| format!("{s:?}").to_ascii_lowercase()),
         source: u.source,
         preferred,
+        dns_name: u.dns.as_ref().map(|q| q.host.clone()),
+        dns_ttl_secs: resolved.map(|r| r.valid_until.saturating_duration_since(now).as_secs_f64()),
+        selection: u.selection.name(),
+        max_calls: u.max_calls,
+        max_cps: u.max_cps,
+        calls: sh.loads.calls(&u.name),
+        trusted: u.trusted,
+        auth_user: u.credentials.as_ref().map(|c| c.0.clone()),
+        probe_interval_ms: u.probe.map(|p| p.interval.as_millis() as u64),
     }
 }
 
-/// Builds an upstream from stored or API data (resolving a host name).
-pub async fn make_upstream(s: &crate::store::StoredUpstream) -> Result<crate::core::Upstream, String> {
+/// Builds an upstream from stored or API data (host names are resolved by the DNS task).
+pub fn make_upstream(s: &crate::store::StoredUpstream) -> Result<crate::core::Upstream, String> {
     if !valid_upstream_uri(&s.uri) {
         return Err(format!("uri: {:?} does not match {UPSTREAM_URI}", s.uri));
     }
@@ -709,71 +876,37 @@ pub async fn make_upstream(s: &crate::store::StoredUpstream) -> Result<crate::co
         Some("sdes") => Some(crate::config::SrtpPolicy::Sdes),
         Some(x) => return Err(format!("srtp: {x:?} is not keep, plain or sdes")),
     };
-    let mut up = crate::core::Upstream {
-        name: s.name.clone(),
-        priority: s.priority,
-        source: "api",
-        uri: s.uri.clone(),
-        dest: None,
-        more: vec![],
-        invite_timeout: std::time::Duration::from_secs(2),
-        block_for: std::time::Duration::from_secs(30),
-        anchor_media: s.anchor_media,
-        srtp,
-    };
-    let Ok(parsed) = crate::msg::SipUri::parse(&s.uri) else {
-        tracing::warn!(upstream = s.name, uri = s.uri, "upstream address not usable (calls get 503)");
-        return Ok(up);
-    };
-    let transport = crate::core::uri_transport(&parsed);
-    let port = parsed.port.unwrap_or(transport.default_port());
-    let addr = match parsed.ip() {
-        Some(ip) => Some(std::net::SocketAddr::new(ip, port)),
-        None => match tokio::net::lookup_host((parsed.host, port)).await {
-            Ok(mut a) => a.next(),
-            Err(e) => {
-                tracing::warn!(upstream = s.name, host = parsed.host, error = %e, "upstream host does not resolve (calls get 503 until it does)");
-                None
-            }
-        },
-    };
-    up.dest = addr.map(|addr| crate::core::Peer { transport, addr, flow: None });
-    Ok(up)
+    crate::trunk::Upstream::build(&s.name, s.priority, "api", &s.uri, s.anchor_media, srtp, &s.options)
 }
 
 /// All upstreams, preferred first.
 #[utoipa::path(get, path = "/api/v1/upstreams", tag = "upstreams", security(("token" = [])),
     responses((status = 200, body = [UpstreamView]), (status = 401, body = ApiError)))]
 async fn list_upstreams(State(st): State<ApiState>) -> Json<Vec<UpstreamView>> {
-    Json(
-        st.shared
-            .upstream_list()
-            .iter()
-            .enumerate()
-            .map(|(i, u)| view_upstream(u, i == 0, &st.shared.health.lock().unwrap_or_else(|e| e.into_inner())))
-            .collect(),
-    )
+    Json(st.shared.upstream_list().iter().enumerate().map(|(i, u)| view_upstream(&st.shared, u, i == 0)).collect())
 }
 
 async fn save_upstream(st: &ApiState, name: String, u: UpstreamInput) -> ApiResult<UpstreamView> {
     if u.priority.is_some_and(|p| p > 100_000) {
         return Err(ApiError::bad_request("priority: expected 0 to 100000"));
     }
+    let options = u.options();
     let s = crate::store::StoredUpstream {
         name: name.clone(),
         uri: u.uri,
         priority: u.priority.unwrap_or(50),
         anchor_media: u.anchor_media,
         srtp: u.srtp,
+        options,
     };
-    let up = make_upstream(&s).await.map_err(ApiError::bad_request)?;
+    let up = make_upstream(&s).map_err(|e| ApiError::bad_request(format!("upstream {name:?}: {e}")))?;
     st.store.put_upstream(&s).map_err(ApiError::store)?;
     st.shared.set_upstream(up);
     let list = st.shared.upstream_list();
     list.iter()
         .enumerate()
         .find(|(_, x)| x.name == name)
-        .map(|(i, x)| view_upstream(x, i == 0, &st.shared.health.lock().unwrap_or_else(|e| e.into_inner())))
+        .map(|(i, x)| view_upstream(&st.shared, x, i == 0))
         .ok_or_else(|| ApiError::not_found(name))
 }
 
@@ -784,8 +917,27 @@ async fn create_upstream(
     State(st): State<ApiState>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<UpstreamView>)> {
-    let NewUpstream { name, uri, priority, anchor_media, srtp } = object(body)?;
-    let u = UpstreamInput { uri, priority, anchor_media, srtp };
+    let n: NewUpstream = object(body)?;
+    let name = n.name;
+    let u = UpstreamInput {
+        uri: n.uri,
+        priority: n.priority,
+        anchor_media: n.anchor_media,
+        srtp: n.srtp,
+        targets: n.targets,
+        selection: n.selection,
+        invite_timeout_ms: n.invite_timeout_ms,
+        failover_block_secs: n.failover_block_secs,
+        max_calls: n.max_calls,
+        max_cps: n.max_cps,
+        trusted: n.trusted,
+        auth_user: n.auth_user,
+        auth_password: n.auth_password,
+        probe_interval_ms: n.probe_interval_ms,
+        probe_timeout_ms: n.probe_timeout_ms,
+        probe_down_after: n.probe_down_after,
+        probe_up_after: n.probe_up_after,
+    };
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
         return Err(ApiError::bad_request(format!("name: {name:?}: expected letters, digits, '_', '.', '-'")));
     }
@@ -804,7 +956,7 @@ async fn get_upstream(State(st): State<ApiState>, Path(name): Path<String>) -> A
     list.iter()
         .enumerate()
         .find(|(_, x)| x.name == name)
-        .map(|(i, x)| Json(view_upstream(x, i == 0, &st.shared.health.lock().unwrap_or_else(|e| e.into_inner()))))
+        .map(|(i, x)| Json(view_upstream(&st.shared, x, i == 0)))
         .ok_or_else(|| ApiError::not_found(format!("no upstream {name:?}")))
 }
 
@@ -838,6 +990,9 @@ async fn delete_upstream(State(st): State<ApiState>, Path(name): Path<String>) -
     if cur.source == "config" {
         return Err(ApiError::conflict(format!("upstream {name:?} is defined in the configuration file")));
     }
+    if let Some(r) = st.shared.route_list().iter().find(|r| r.upstreams.contains(&name)) {
+        return Err(ApiError::conflict(format!("upstream {name:?} is used by route {:?}", r.name)));
+    }
     st.store.delete_upstream(&name).map_err(ApiError::store)?;
     st.shared.remove_upstream(&name);
     Ok(StatusCode::NO_CONTENT)
@@ -845,22 +1000,45 @@ async fn delete_upstream(State(st): State<ApiState>, Path(name): Path<String>) -
 
 // ------------------------------------------------------------------ routes
 
-/// A route: calls to other domains whose Request-URI matches go to `upstream`; routes are
-/// tried by `priority` (lowest first), else the preferred upstream takes the call.
+/// An upstream name.
+#[derive(Deserialize, ToSchema)]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
+struct UpstreamName(String);
+
+/// A route: calls whose Request-URI matches go to its upstreams (trunks); routes are tried
+/// by `priority` (lowest first). Calls to other domains no route claims take the preferred
+/// upstream; numbers at our own domain that are not local users need a number route.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RouteInput {
-    /// The dialled number (Request-URI user part) starts with this.
+    /// The dialled number (Request-URI user part, percent-decoded) starts with this.
     #[serde(default, deserialize_with = "present")]
     #[schema(pattern = "^[0-9A-Za-z+*#._-]{1,32}$", nullable = false)]
     prefix: Option<String>,
+    /// ... and matches this regular expression (Rust `regex` syntax).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(min_length = 1, max_length = 256, nullable = false)]
+    regex: Option<String>,
     /// The Request-URI host is this domain.
     #[serde(default, deserialize_with = "present")]
     #[schema(pattern = "^[A-Za-z0-9.-]{1,253}$", nullable = false)]
     domain: Option<String>,
-    /// Upstream name (must exist).
-    #[schema(min_length = 1)]
-    upstream: String,
+    /// One upstream (trunk) ...
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", nullable = false)]
+    upstream: Option<String>,
+    /// ... or several, tried in order (or picked by `weights`). Each must exist.
+    #[serde(default)]
+    #[schema(max_items = 16, nullable = false)]
+    upstreams: Vec<UpstreamName>,
+    /// One weight per upstream: the first trunk is picked by weight, the others follow.
+    #[serde(default)]
+    #[schema(value_type = Vec<u16>, max_items = 16, nullable = false)]
+    weights: Vec<u16>,
+    /// Number conversion: the first rule that matches rewrites the number.
+    #[serde(default)]
+    #[schema(max_items = 32, nullable = false)]
+    convert: Vec<crate::dialplan::Convert>,
     /// Lower is tried first (default 100).
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<u32>, minimum = 0, maximum = 100000, nullable = false)]
@@ -873,14 +1051,35 @@ struct RouteInput {
 struct NewRoute {
     #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     name: String,
+    /// The dialled number (Request-URI user part, percent-decoded) starts with this.
     #[serde(default, deserialize_with = "present")]
     #[schema(pattern = "^[0-9A-Za-z+*#._-]{1,32}$", nullable = false)]
     prefix: Option<String>,
+    /// ... and matches this regular expression (Rust `regex` syntax).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(min_length = 1, max_length = 256, nullable = false)]
+    regex: Option<String>,
+    /// The Request-URI host is this domain.
     #[serde(default, deserialize_with = "present")]
     #[schema(pattern = "^[A-Za-z0-9.-]{1,253}$", nullable = false)]
     domain: Option<String>,
-    #[schema(min_length = 1)]
-    upstream: String,
+    /// One upstream (trunk) ...
+    #[serde(default, deserialize_with = "present")]
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$", nullable = false)]
+    upstream: Option<String>,
+    /// ... or several, tried in order (or picked by `weights`). Each must exist.
+    #[serde(default)]
+    #[schema(max_items = 16, nullable = false)]
+    upstreams: Vec<UpstreamName>,
+    /// One weight per upstream: the first trunk is picked by weight, the others follow.
+    #[serde(default)]
+    #[schema(value_type = Vec<u16>, max_items = 16, nullable = false)]
+    weights: Vec<u16>,
+    /// Number conversion: the first rule that matches rewrites the number.
+    #[serde(default)]
+    #[schema(max_items = 32, nullable = false)]
+    convert: Vec<crate::dialplan::Convert>,
+    /// Lower is tried first (default 100).
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<u32>, minimum = 0, maximum = 100000, nullable = false)]
     priority: Option<u32>,
@@ -891,8 +1090,13 @@ struct RouteView {
     name: String,
     priority: u32,
     prefix: Option<String>,
+    regex: Option<String>,
     domain: Option<String>,
+    /// The first upstream.
     upstream: String,
+    upstreams: Vec<String>,
+    weights: Vec<u16>,
+    convert: Vec<crate::dialplan::Convert>,
 }
 
 impl From<&crate::core::Route> for RouteView {
@@ -901,35 +1105,33 @@ impl From<&crate::core::Route> for RouteView {
             name: r.name.clone(),
             priority: r.priority,
             prefix: r.prefix.clone(),
+            regex: r.regex.clone(),
             domain: r.domain.clone(),
-            upstream: r.upstream.clone(),
+            upstream: r.upstreams.first().cloned().unwrap_or_default(),
+            upstreams: r.upstreams.clone(),
+            weights: r.weights.clone(),
+            convert: r.convert.clone(),
         }
     }
 }
 
 fn check_route(st: &ApiState, name: &str, r: RouteInput) -> ApiResult<crate::core::Route> {
-    let field = |v: &Option<String>, key: &str, ok: &dyn Fn(char) -> bool, max: usize| -> ApiResult<()> {
-        match v {
-            Some(x) if x.is_empty() || x.len() > max || !x.chars().all(ok) => {
-                Err(ApiError::bad_request(format!("{key}: {x:?} is not allowed")))
-            }
-            _ => Ok(()),
-        }
-    };
-    field(&r.prefix, "prefix", &|c| c.is_ascii_alphanumeric() || "+*#._-".contains(c), 32)?;
-    field(&r.domain, "domain", &|c| c.is_ascii_alphanumeric() || ".-".contains(c), 253)?;
     if r.priority.is_some_and(|p| p > 100_000) {
         return Err(ApiError::bad_request("priority: expected 0 to 100000"));
     }
-    if !st.shared.upstream_list().iter().any(|u| u.name == r.upstream) {
-        return Err(ApiError::conflict(format!("upstream {:?} does not exist", r.upstream)));
+    if r.regex.as_ref().is_some_and(|x| x.is_empty() || x.len() > 256) {
+        return Err(ApiError::bad_request("regex: expected 1 to 256 characters"));
     }
-    Ok(crate::core::Route {
-        name: name.to_string(),
-        priority: r.priority.unwrap_or(100),
-        prefix: r.prefix,
-        domain: r.domain,
-        upstream: r.upstream,
+    let mut ups: Vec<String> = r.upstreams.into_iter().map(|u| u.0).collect();
+    if let Some(u) = r.upstream {
+        ups.insert(0, u);
+    }
+    let list = st.shared.upstream_list();
+    crate::dialplan::Route::new(name, r.priority.unwrap_or(100), r.prefix, r.regex, r.domain, ups, r.weights, r.convert, &|n| {
+        list.iter().any(|u| u.name == n)
+    })
+    .map_err(|e| {
+        if e.what.starts_with("unknown upstream") { ApiError::conflict(e.to_string()) } else { ApiError::bad_request(e.to_string()) }
     })
 }
 
@@ -947,14 +1149,14 @@ async fn create_route(
     State(st): State<ApiState>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<RouteView>)> {
-    let NewRoute { name, prefix, domain, upstream, priority } = object(body)?;
+    let NewRoute { name, prefix, regex, domain, upstream, upstreams, weights, convert, priority } = object(body)?;
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
         return Err(ApiError::bad_request(format!("name: {name:?}: expected letters, digits, '_', '.', '-'")));
     }
     if st.shared.route_list().iter().any(|r| r.name == name) {
         return Err(ApiError::conflict(format!("route {name:?} exists")));
     }
-    let r = check_route(&st, &name, RouteInput { prefix, domain, upstream, priority })?;
+    let r = check_route(&st, &name, RouteInput { prefix, regex, domain, upstream, upstreams, weights, convert, priority })?;
     st.store.put_route(&r).map_err(ApiError::store)?;
     let view = RouteView::from(&r);
     st.shared.set_route(r);

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod api;
 pub mod capture;
+pub mod dns;
 pub mod flows;
 pub mod media;
 pub mod stream;
@@ -196,27 +197,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
     }
 
-    let upstream_addr = match cfg.upstreams.first() {
-        Some(u) => resolve_upstream(u.uri.get_ref())?,
-        None => None,
-    };
     let mut key = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
-    let shared = Arc::new(Shared::new(&cfg, bound.listeners.clone(), upstream_addr, Instant::now(), key));
+    let shared = Arc::new(Shared::new(&cfg, bound.listeners.clone(), None, Instant::now(), key));
     let db = cfg.data_dir.join("edge.db");
     let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::SqliteStore::open(&db).map_err(|e| format!("{}: {e}", db.display()))?);
     let clock = crate::store::wall_clock();
     let restored = store.load_bindings(clock).map_err(|e| format!("{}: {e}", db.display()))?;
     let n_restored = restored.len();
     for u in store.load_upstreams().map_err(|e| format!("{}: {e}", db.display()))? {
-        match conn_rt.block_on(api::make_upstream(&u)) {
+        match api::make_upstream(&u) {
             Ok(up) => shared.set_upstream(up),
             Err(e) => tracing::error!(upstream = u.name, error = %e, "stored upstream not usable"),
         }
     }
     for r in store.load_routes().map_err(|e| format!("{}: {e}", db.display()))? {
-        shared.set_route(r);
+        let ups = shared.upstream_list();
+        match r.checked(&|n| ups.iter().any(|u| u.name == n)) {
+            Ok(r) => shared.set_route(r),
+            Err(e) => tracing::error!(error = %e, "stored route not usable"),
+        }
     }
+    // Trunk host names (RFC 3263): resolved once now, then kept fresh in the background.
+    let dns = Arc::new(dns::Dns::new(&cfg.dns)?);
+    let dns_state = conn_rt.block_on(dns::prime(&dns, &shared));
+    conn_rt.spawn(dns::run(dns, shared.clone(), dns_state));
     for u in store.load_users().map_err(|e| format!("{}: {e}", db.display()))? {
         if !cfg.users.iter().any(|c| *c.name.get_ref() == u.name) {
             let creds =
@@ -273,13 +278,25 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 metrics::gauge!("edge_users").set(sh.auth.user_count() as f64);
                 let now = Instant::now();
                 for u in sh.upstream_list().iter() {
-                    metrics::gauge!("edge_upstream_up", "upstream" => u.name.clone()).set(if u.dest.is_some() { 1.0 } else { 0.0 });
+                    let records = sh.records_of(u, now);
                     let health = sh.health.lock().unwrap_or_else(|e| e.into_inner());
-                    for p in u.dest.iter().chain(u.more.iter()) {
-                        let usable = health.usable(&crate::resolve::Target { addr: p.addr, transport: p.transport }, now);
-                        metrics::gauge!("edge_upstream_target_up", "upstream" => u.name.clone(), "target" => format!("{} {}", p.transport.uri_param(), p.addr))
-                            .set(if usable { 1.0 } else { 0.0 });
+                    let mut any = false;
+                    for r in &records {
+                        let usable = health.usable(&r.target, now);
+                        any |= usable;
+                        let name = format!("{} {}", r.target.transport.uri_param(), r.target.addr);
+                        metrics::gauge!("edge_upstream_target_up", "upstream" => u.name.clone(), "target" => name.clone()).set(if usable {
+                            1.0
+                        } else {
+                            0.0
+                        });
+                        if let Some(rtt) = health.rtt(&r.target) {
+                            metrics::gauge!("edge_upstream_target_rtt_seconds", "upstream" => u.name.clone(), "target" => name)
+                                .set(rtt.as_secs_f64());
+                        }
                     }
+                    metrics::gauge!("edge_upstream_up", "upstream" => u.name.clone()).set(if any { 1.0 } else { 0.0 });
+                    metrics::gauge!("edge_upstream_calls", "upstream" => u.name.clone()).set(sh.loads.calls(&u.name) as f64);
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
@@ -369,18 +386,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
     });
     tracing::info!("shutting down");
     Ok(())
-}
-
-fn resolve_upstream(uri: &str) -> Result<Option<SocketAddr>, String> {
-    let u = crate::msg::SipUri::parse(uri).map_err(|e| format!("upstream {uri}: {e}"))?;
-    if u.ip().is_some() {
-        return Ok(None);
-    }
-    let t = crate::core::uri_transport(&u);
-    let port = u.port.unwrap_or(t.default_port());
-    use std::net::ToSocketAddrs;
-    let addr = (u.host, port).to_socket_addrs().map_err(|e| format!("upstream {uri}: {e}"))?.next();
-    addr.map(Some).ok_or_else(|| format!("upstream {uri}: host has no address"))
 }
 
 struct Worker {
@@ -555,7 +560,13 @@ fn worker_main(
         let w = Rc::new(Worker {
             idx,
             rt: rt.clone(),
-            core: RefCell::new(Core::new(rt.core.clone(), idx as u32, seed)),
+            core: RefCell::new({
+                let mut c = Core::new(rt.core.clone(), idx as u32, seed);
+                if idx == 0 {
+                    c.start_probing(Instant::now());
+                }
+                c
+            }),
             udp: udp.clone(),
             wake: Notify::new(),
             m: WorkerMetrics::new(idx),
