@@ -32,6 +32,9 @@ use std::time::Instant;
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE";
 /// Proxy-Require option tags we support (none beyond the base spec).
 const PROXY_SUPPORTED: [&str; 0] = [];
+/// Call-ID prefix of the edge's OPTIONS probes (the runtime hands their answers to the
+/// worker that probes).
+pub const PROBE_CALL_ID: &str = "edge-probe-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
@@ -450,7 +453,7 @@ impl Core {
             let tp = if t.transport == Transport::Udp { String::new() } else { format!(";transport={}", t.transport.uri_param()) };
             let data = format!(
                 "OPTIONS sip:{host}{tp} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch}\r\nMax-Forwards: 70\r\n\
-                 From: <sip:edge@{dom}>;tag={r:x}\r\nTo: <sip:{host}{tp}>\r\nCall-ID: probe-{r:x}@{dom}\r\nCSeq: 1 OPTIONS\r\n\
+                 From: <sip:edge@{dom}>;tag={r:x}\r\nTo: <sip:{host}{tp}>\r\nCall-ID: {PROBE_CALL_ID}{r:x}@{dom}\r\nCSeq: 1 OPTIONS\r\n\
                  Accept: application/sdp\r\nContent-Length: 0\r\n\r\n",
                 t.transport.via_token(),
                 dom = self.sh.domain,
@@ -479,6 +482,7 @@ impl Core {
     fn probe_result(&mut self, now: Instant, cid: u64, ok: bool) {
         let Some((t, p)) = self.probes.remove(&cid) else { return };
         let rtt = self.prober.handle_result(t, now);
+        tracing::debug!(target = %t.addr, ok, ?rtt, "probe result");
         let mut h = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
         match h.handle_probe_with(t, now, ok, if ok { rtt } else { None }, p.down_after, p.up_after) {
             Some(crate::resolve::Change::Down(t)) => {

@@ -178,6 +178,9 @@ pub struct AnswerArgs {
     pub reject_pct: f64,
     #[arg(long, default_value_t = 486)]
     pub reject_code: u16,
+    /// Retry-After seconds sent with rejections (e.g. with --reject-code 503).
+    #[arg(long)]
+    pub retry_after: Option<u32>,
     /// Percentage of calls that ring without answer until cancelled (480 after --no-answer-ms).
     #[arg(long, default_value_t = 0.0)]
     pub no_answer_pct: f64,
@@ -656,6 +659,7 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
         answer: Duration::from_millis(a.answer_ms),
         reject_share: (a.reject_pct / 100.0).clamp(0.0, 1.0),
         reject_code: a.reject_code,
+        retry_after: a.retry_after,
         no_answer_share: (a.no_answer_pct / 100.0).clamp(0.0, 1.0),
         no_answer: Duration::from_millis(a.no_answer_ms),
         media,

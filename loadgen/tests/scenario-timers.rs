@@ -28,6 +28,7 @@ fn uas(answer_ms: u64) -> Uas {
         answer: Duration::from_millis(answer_ms),
         reject_share: 0.0,
         reject_code: 486,
+        retry_after: None,
         no_answer_share: 0.0,
         no_answer: Duration::from_secs(30),
         media: None,

@@ -98,8 +98,18 @@ impl Dns {
     ) -> Result<Vec<Record>, String> {
         let name = if host.ends_with('.') { host.to_string() } else { format!("{host}.") };
         let mut out = Vec::new();
+        let mut failed = None;
         for rt in [RecordType::A, RecordType::AAAA] {
-            if let Some(l) = self.query(&name, rt).await? {
+            // Some servers refuse the other family instead of answering "no data": one
+            // family with addresses is enough.
+            let l = match self.query(&name, rt).await {
+                Ok(l) => l,
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            };
+            if let Some(l) = l {
                 *until = Some(until.map_or(l.valid_until(), |u| u.min(l.valid_until())));
                 for rec in l.answers() {
                     let ip = match &rec.data {
@@ -111,7 +121,10 @@ impl Dns {
                 }
             }
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// The targets of an SRV name (targets "." mean "no service" and are skipped).

@@ -106,8 +106,12 @@ impl RtShared {
         self.owner_of(msg.call_id().unwrap_or(""))
     }
 
-    /// The worker that owns a Call-ID (FNV-1a hash).
+    /// The worker that owns a Call-ID (FNV-1a hash; probes: worker 0).
     pub fn owner_of(&self, call_id: &str) -> usize {
+        if call_id.starts_with(crate::proxy::PROBE_CALL_ID) {
+            // OPTIONS probes are sent (and their answers handled) by worker 0.
+            return 0;
+        }
         let n = self.workers.len().max(1);
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in call_id.bytes() {
@@ -509,7 +513,20 @@ impl Worker {
                     .find(|s| s.local_addr().map(|a| a.is_ipv4() == t.to.addr.is_ipv4()).unwrap_or(false))
                     .or(self.udp.first());
                 let Some(sock) = sock else { return false };
-                match sock.try_send_to(&t.data, t.to.addr) {
+                let mut sent = sock.try_send_to(&t.data, t.to.addr);
+                if let Err(e) = &sent
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::HostUnreachable
+                            | std::io::ErrorKind::NetworkUnreachable
+                    )
+                {
+                    // An ICMP error left on the (unconnected) socket by an earlier datagram to
+                    // some other peer: not this one's failure. Send it again.
+                    sent = sock.try_send_to(&t.data, t.to.addr);
+                }
+                match sent {
                     Ok(_) => true,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         let sock = sock.clone();

@@ -20,6 +20,8 @@ pub struct UasConfig {
     /// Share of calls rejected (0.0 to 1.0) and the code used.
     pub reject_share: f64,
     pub reject_code: u16,
+    /// Retry-After (seconds) sent with rejections (RFC 3261 20.33), e.g. with 503.
+    pub retry_after: Option<u32>,
     /// Share of calls (0.0 to 1.0) that ring without an answer until CANCEL, or until
     /// `no_answer` passes (then 480).
     pub no_answer_share: f64,
@@ -257,7 +259,7 @@ impl Uas {
         let Some(l) = self.legs.get(&id) else { return };
         if matches!(state, State::Trying | State::Ringing) && now >= l.answer_at {
             let (code, extra, body) = match l.reject {
-                Some(c) => (c, String::new(), String::new()),
+                Some(c) => (c, self.cfg.retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default(), String::new()),
                 None => {
                     let body = match &self.cfg.media {
                         Some((ip, port)) => super::answer_sdp(&l.invite.body(), ip, *port),
