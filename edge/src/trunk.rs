@@ -169,9 +169,9 @@ impl Upstream {
         };
         let probe = match o.probe_interval_ms {
             None | Some(0) => None,
-            Some(ms) if ms < 100 => return Err("probe_interval_ms: expected at least 100 (or 0 for no probing)".into()),
+            // Below 100 ms is raised to 100 ms (documented): probes are not a load test.
             Some(ms) => Some(Probe {
-                interval: Duration::from_millis(ms),
+                interval: Duration::from_millis(ms.max(100)),
                 timeout: Duration::from_millis(o.probe_timeout_ms.unwrap_or(ms.min(2000)).max(50)),
                 down_after: o.probe_down_after.unwrap_or(2).max(1),
                 up_after: o.probe_up_after.unwrap_or(2).max(1),

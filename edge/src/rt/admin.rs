@@ -57,8 +57,15 @@ fn describe() {
     describe_counter!("edge_webhook_delivered_total", "Call events delivered to a webhook");
     describe_counter!("edge_webhook_failed_total", "Call events a webhook did not take after every retry");
     describe_counter!("edge_webhook_dropped_total", "Call events dropped because a webhook's queue was full");
-    describe_gauge!("edge_upstream_target_up", "1 if an upstream target is not skipped after a failure, per target");
-    describe_gauge!("edge_upstream_up", "1 if the upstream's next hop resolves, per upstream");
+    describe_gauge!(
+        "edge_upstream_target_up",
+        "1 if an upstream target is usable (not skipped after a failure, not down by probes), per target"
+    );
+    describe_gauge!("edge_upstream_up", "1 if any target of the upstream (trunk) is usable, per upstream");
+    describe_gauge!("edge_upstream_calls", "Calls in progress through an upstream (trunk)");
+    describe_gauge!("edge_upstream_target_rtt_seconds", "OPTIONS probe round-trip time (EWMA), per upstream target");
+    describe_counter!("edge_dns_queries_total", "DNS queries for trunk host names, by record type");
+    describe_counter!("edge_dns_failures_total", "DNS queries for trunk host names that got no usable answer");
 }
 
 /// Binds the admin listeners (before the workers start, so a taken port fails the start).

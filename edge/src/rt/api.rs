@@ -113,38 +113,18 @@ fn object<T: serde::de::DeserializeOwned>(body: Result<Json<serde_json::Value>, 
 }
 
 /// `sip:`/`sips:` URI of a next hop, in exactly the form the OpenAPI pattern states.
-const UPSTREAM_URI: &str = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$";
+const UPSTREAM_URI: &str = r"^sips?:(\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:))\]|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?(;(transport=([uU][dD][pP]|[tT][cC][pP]|[tT][lL][sS]|[wW][sS][sS]?)|[A-SU-Za-su-z0-9._-][A-Za-z0-9._-]*(=[A-Za-z0-9._-]+)?))*$";
+/// An IP-address target URI, in exactly the form the OpenAPI pattern states.
+const TARGET_URI: &str = r"^sips?:(\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:))\]|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?(;(transport=([uU][dD][pP]|[tT][cC][pP]|[tT][lL][sS]|[wW][sS][sS]?)|[A-SU-Za-su-z0-9._-][A-Za-z0-9._-]*(=[A-Za-z0-9._-]+)?))*$";
 
 fn valid_upstream_uri(u: &str) -> bool {
-    let Some(rest) = u.strip_prefix("sip:").or_else(|| u.strip_prefix("sips:")) else { return false };
-    let (hostport, params) = rest.split_once(';').map(|(h, p)| (h, Some(p))).unwrap_or((rest, None));
-    let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
-        let Some((inner, after)) = r.split_once(']') else { return false };
-        if inner.is_empty() || !inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
-            return false;
-        }
-        (inner, after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { Some("x") }))
-    } else {
-        match hostport.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if !hostport.starts_with('[') && !word(host) {
-        return false;
-    }
-    if let Some(p) = port
-        && (p.is_empty() || p.len() > 5 || !p.chars().all(|c| c.is_ascii_digit()))
-    {
-        return false;
-    }
-    params.is_none_or(|ps| {
-        ps.split(';').all(|kv| match kv.split_once('=') {
-            Some((k, v)) => word(k) && word(v),
-            None => word(kv),
-        })
-    })
+    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(UPSTREAM_URI).ok()).as_ref().is_some_and(|r| r.is_match(u))
+}
+
+fn valid_target_uri(u: &str) -> bool {
+    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(TARGET_URI).ok()).as_ref().is_some_and(|r| r.is_match(u))
 }
 
 // ------------------------------------------------------------------ health
@@ -644,7 +624,7 @@ struct TargetView {
 
 /// An IP-address target URI.
 #[derive(Deserialize, ToSchema)]
-#[schema(value_type = String, pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3})(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
+#[schema(value_type = String, pattern = r"^sips?:(\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:))\]|(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?(;(transport=([uU][dD][pP]|[tT][cC][pP]|[tT][lL][sS]|[wW][sS][sS]?)|[A-SU-Za-su-z0-9._-][A-Za-z0-9._-]*(=[A-Za-z0-9._-]+)?))*$")]
 struct TargetUri(String);
 
 /// A new upstream.
@@ -655,7 +635,9 @@ struct NewUpstream {
     name: String,
     /// `sip:` or `sips:` URI of the trunk: a host name (resolved by NAPTR/SRV/A, RFC 3263)
     /// or an address, e.g. `sip:10.0.0.5:5060;transport=tcp`.
-    #[schema(pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
+    #[schema(
+        pattern = r"^sips?:(\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:))\]|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?(;(transport=([uU][dD][pP]|[tT][cC][pP]|[tT][lL][sS]|[wW][sS][sS]?)|[A-SU-Za-su-z0-9._-][A-Za-z0-9._-]*(=[A-Za-z0-9._-]+)?))*$"
+    )]
     uri: String,
     /// Lower is preferred (default 50: ahead of the configuration file's).
     #[serde(default, deserialize_with = "whole_number")]
@@ -725,7 +707,9 @@ struct NewUpstream {
 #[serde(deny_unknown_fields)]
 struct UpstreamInput {
     /// `sip:` or `sips:` URI of the trunk (host name or address).
-    #[schema(pattern = r"^sips?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?(;[A-Za-z0-9._-]+(=[A-Za-z0-9._-]+)?)*$")]
+    #[schema(
+        pattern = r"^sips?:(\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:))\]|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?(;(transport=([uU][dD][pP]|[tT][cC][pP]|[tT][lL][sS]|[wW][sS][sS]?)|[A-SU-Za-su-z0-9._-][A-Za-z0-9._-]*(=[A-Za-z0-9._-]+)?))*$"
+    )]
     uri: String,
     /// Lower is preferred (default 50: ahead of the configuration file's).
     #[serde(default, deserialize_with = "whole_number")]
@@ -867,7 +851,10 @@ fn view_upstream(sh: &crate::core::Shared, u: &crate::core::Upstream, preferred:
 /// Builds an upstream from stored or API data (host names are resolved by the DNS task).
 pub fn make_upstream(s: &crate::store::StoredUpstream) -> Result<crate::core::Upstream, String> {
     if !valid_upstream_uri(&s.uri) {
-        return Err(format!("uri: {:?} does not match {UPSTREAM_URI}", s.uri));
+        return Err(format!("uri: {:?} is not a sip:/sips: URI of a host name or IP address", s.uri));
+    }
+    if let Some(t) = s.options.targets.iter().find(|t| !valid_target_uri(t)) {
+        return Err(format!("targets: {t:?} is not a sip:/sips: URI of an IP address"));
     }
     let srtp = match s.srtp.as_deref() {
         None => None,
@@ -889,6 +876,45 @@ async fn list_upstreams(State(st): State<ApiState>) -> Json<Vec<UpstreamView>> {
 async fn save_upstream(st: &ApiState, name: String, u: UpstreamInput) -> ApiResult<UpstreamView> {
     if u.priority.is_some_and(|p| p > 100_000) {
         return Err(ApiError::bad_request("priority: expected 0 to 100000"));
+    }
+    // The ranges the OpenAPI schema states.
+    let ranges: [(&str, Option<u32>, u32, u32); 7] = [
+        ("invite_timeout_ms", u.invite_timeout_ms, 50, 180_000),
+        ("failover_block_secs", u.failover_block_secs, 0, 86_400),
+        ("max_calls", u.max_calls, 0, 1_000_000),
+        ("probe_interval_ms", u.probe_interval_ms, 0, 3_600_000),
+        ("probe_timeout_ms", u.probe_timeout_ms, 50, 60_000),
+        ("probe_down_after", u.probe_down_after, 1, 100),
+        ("probe_up_after", u.probe_up_after, 1, 100),
+    ];
+    for (key, v, lo, hi) in ranges {
+        if let Some(v) = v
+            && !(lo..=hi).contains(&v)
+        {
+            return Err(ApiError::bad_request(format!("{key}: expected {lo} to {hi}, got {v}")));
+        }
+    }
+    if u.max_cps.is_some_and(|c| !(c > 0.0 && c <= 100_000.0)) {
+        return Err(ApiError::bad_request("max_cps: expected more than 0, at most 100000"));
+    }
+    if u.targets.len() > 16 {
+        return Err(ApiError::bad_request("targets: at most 16"));
+    }
+    if u.auth_user
+        .as_ref()
+        .is_some_and(|a| a.is_empty() || a.len() > 64 || !a.chars().all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c)))
+    {
+        return Err(ApiError::bad_request("auth_user: expected 1 to 64 of A-Z a-z 0-9 _ . + -"));
+    }
+    if u.auth_password.as_ref().is_some_and(|p| p.is_empty() || p.len() > 128 || !p.chars().all(|c| (' '..='~').contains(&c))) {
+        return Err(ApiError::bad_request("auth_password: expected 1 to 128 printable ASCII characters"));
+    }
+    if let Some(x) = &u.selection
+        && crate::resolve::Selection::parse(x).is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "selection: {x:?} is not priority, weighted, round_robin, call_id_hash or least_latency"
+        )));
     }
     let options = u.options();
     let s = crate::store::StoredUpstream {
@@ -1000,6 +1026,32 @@ async fn delete_upstream(State(st): State<ApiState>, Path(name): Path<String>) -
 
 // ------------------------------------------------------------------ routes
 
+/// A route weight (0 to 65535).
+struct Weight(u16);
+
+impl utoipa::PartialSchema for Weight {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(65535))
+            .into()
+    }
+}
+
+impl ToSchema for Weight {}
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Weight, D::Error> {
+        let x = f64::deserialize(d)?;
+        if x.fract() == 0.0 && (0.0..=65535.0).contains(&x) {
+            Ok(Weight(x as u16))
+        } else {
+            Err(serde::de::Error::custom(format!("weight: expected a whole number from 0 to 65535, got {x}")))
+        }
+    }
+}
+
 /// An upstream name.
 #[derive(Deserialize, ToSchema)]
 #[schema(value_type = String, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
@@ -1033,8 +1085,8 @@ struct RouteInput {
     upstreams: Vec<UpstreamName>,
     /// One weight per upstream: the first trunk is picked by weight, the others follow.
     #[serde(default)]
-    #[schema(value_type = Vec<u16>, max_items = 16, nullable = false)]
-    weights: Vec<u16>,
+    #[schema(max_items = 16, nullable = false)]
+    weights: Vec<Weight>,
     /// Number conversion: the first rule that matches rewrites the number.
     #[serde(default)]
     #[schema(max_items = 32, nullable = false)]
@@ -1073,8 +1125,8 @@ struct NewRoute {
     upstreams: Vec<UpstreamName>,
     /// One weight per upstream: the first trunk is picked by weight, the others follow.
     #[serde(default)]
-    #[schema(value_type = Vec<u16>, max_items = 16, nullable = false)]
-    weights: Vec<u16>,
+    #[schema(max_items = 16, nullable = false)]
+    weights: Vec<Weight>,
     /// Number conversion: the first rule that matches rewrites the number.
     #[serde(default)]
     #[schema(max_items = 32, nullable = false)]
@@ -1127,7 +1179,8 @@ fn check_route(st: &ApiState, name: &str, r: RouteInput) -> ApiResult<crate::cor
         ups.insert(0, u);
     }
     let list = st.shared.upstream_list();
-    crate::dialplan::Route::new(name, r.priority.unwrap_or(100), r.prefix, r.regex, r.domain, ups, r.weights, r.convert, &|n| {
+    let weights = r.weights.into_iter().map(|w| w.0).collect();
+    crate::dialplan::Route::new(name, r.priority.unwrap_or(100), r.prefix, r.regex, r.domain, ups, weights, r.convert, &|n| {
         list.iter().any(|u| u.name == n)
     })
     .map_err(|e| {
