@@ -233,3 +233,27 @@ fn fourth_contact_is_refused_by_default() {
     assert!(lines(Path::new(&reg)).is_empty());
     assert!(d4.output().contains("403"), "expected a 403 for the fourth contact:\n{}", d4.output());
 }
+
+/// A trunk that wants digest (sipp checks the credentials with its own verifyauth): the
+/// edge answers the 401 with the trunk's credentials and the next CSeq, and the rest of the
+/// dialog keeps CSeqs consistent on both sides (caller: 1/1/2, trunk: 2/2/3).
+#[test]
+fn trunk_digest_challenge_is_answered_for_the_caller() {
+    require_sipp();
+    let dir = tempfile::tempdir().unwrap();
+    let uas_port = free_port();
+    let edge = Edge::start(
+        &format!("[[upstream]]\nuri = \"sip:127.0.0.1:{uas_port}\"\nauth_user = \"edge-acct\"\nauth_password = \"s3cret\"\n"),
+        &[],
+    );
+    let verified = dir.path().join("uas.verified").display().to_string();
+    let mut uas =
+        Sipp::spawn("uas", dir.path(), &sipp_args("uas_auth.xml", None, uas_port, T::Udp, &["-m", "1", "-key", "verified", &verified]));
+    std::thread::sleep(Duration::from_millis(300));
+    let target = T::Udp.edge_addr(&edge);
+    let mut uac = Sipp::spawn("uac", dir.path(), &sipp_args("uac_call.xml", Some(&target), free_port(), T::Udp, &["-m", "1"]));
+    let code = uac.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "caller:\n{}\ntrunk:\n{}\nedge log:\n{}", uac.output(), uas.output(), edge.log());
+    assert_eq!(uas.wait(Duration::from_secs(30)), Some(0), "trunk:\n{}\nedge log:\n{}", uas.output(), edge.log());
+    assert_eq!(lines(Path::new(&verified)).len(), 1, "sipp verified the credentials and the CSeqs");
+}

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod dialplan;
+pub mod digest_client;
 pub mod location;
 pub mod media;
 pub mod msg;

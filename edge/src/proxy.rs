@@ -96,6 +96,10 @@ struct ClientTsx {
     media: Option<MediaTsx>,
     /// A provisional response (101-199) came back on this branch.
     provisional: bool,
+    /// Added to the CSeq of the request (taken off its responses).
+    cseq_shift: u32,
+    /// This branch already carries credentials for the trunk (no second retry).
+    auth_tried: bool,
 }
 
 /// A request's rewritten body (if any) and the media context of its client transactions.
@@ -190,13 +194,15 @@ struct Target {
     out_token: bool,
     /// Headers left out (identity headers towards untrusted trunks, RFC 3325 5).
     drop_headers: &'static [&'static str],
-    /// Header lines added (P-Asserted-Identity of an authenticated caller).
+    /// Header lines added (P-Asserted-Identity of an authenticated caller, credentials).
     append: String,
+    /// Added to the request's CSeq (a dialog whose INVITE was retried with credentials).
+    cseq_shift: u32,
 }
 
 impl Target {
     fn to(dest: Peer) -> Target {
-        Target { request_uri: None, push_routes: vec![], dest, out_token: false, drop_headers: &[], append: String::new() }
+        Target { request_uri: None, push_routes: vec![], dest, out_token: false, drop_headers: &[], append: String::new(), cseq_shift: 0 }
     }
 }
 
@@ -215,6 +221,8 @@ struct Leg {
     block_for: std::time::Duration,
     max_calls: Option<u32>,
     max_cps: Option<f64>,
+    /// Digest credentials for the trunk's 401/407.
+    credentials: Option<(String, String)>,
 }
 
 /// The per-worker proxy/registrar core.
@@ -246,6 +254,9 @@ pub struct Core {
     next_probe: Option<Instant>,
     /// Probe transactions: target probed and its trunk's probe settings.
     probes: HashMap<u64, (crate::resolve::Target, crate::trunk::Probe)>,
+    /// Dialogs whose INVITE was retried with credentials for a trunk: the caller's From
+    /// tag and what is added to the caller's CSeq numbers towards the trunk.
+    cseq_shift: HashMap<String, (String, u32)>,
 }
 
 /// Counters the runtime turns into metrics (taken with [`Core::take_stats`]).
@@ -283,6 +294,7 @@ impl Core {
             prober: crate::resolve::Prober::default(),
             next_probe: None,
             probes: HashMap::new(),
+            cseq_shift: HashMap::new(),
             sh,
         }
     }
@@ -932,6 +944,16 @@ impl Core {
             }
         }
 
+        // A dialog whose INVITE we retried with credentials: the caller's requests keep
+        // going out with the shifted CSeq.
+        if let Some((tag, shift)) = msg.call_id().and_then(|c| self.cseq_shift.get(c))
+            && msg.from_hdr().and_then(|f| f.tag()) == Some(tag.as_str())
+        {
+            for t in &mut targets {
+                t.cseq_shift = *shift;
+            }
+        }
+
         // Media anchoring (issue #4): rewrite the SDP of anchored dialogs.
         let (body, media) = match self.media_request(now, &msg, &from, &targets, in_dialog, sid.is_some()) {
             Ok(x) => x,
@@ -1034,6 +1056,9 @@ impl Core {
         )?;
         let sent = if invite { Message::parse(data.clone()).ok() } else { None };
         let cid = self.start_client(now, format!("{branch}|{}", msg.method_str()), invite, t.dest, data, sent, Some(ctx_id), media);
+        if let Some(c) = self.clients.get_mut(&cid) {
+            c.cseq_shift = t.cseq_shift;
+        }
         if let Some(c) = self.ctxs.get_mut(&ctx_id) {
             c.branches.push(cid);
         }
@@ -1078,6 +1103,8 @@ impl Core {
                 done: false,
                 media,
                 provisional: false,
+                cseq_shift: 0,
+                auth_tried: false,
             },
         );
         self.client_index.insert(index_key, id);
@@ -1145,6 +1172,7 @@ impl Core {
                     block_for: t.block_for,
                     max_calls: t.max_calls,
                     max_cps: t.max_cps,
+                    credentials: t.credentials.clone(),
                 }
             })
             .collect();
@@ -1177,6 +1205,7 @@ impl Core {
             out_token: false,
             drop_headers: leg.drop_headers,
             append: leg.append.clone(),
+            cseq_shift: 0,
         };
         Ok((t, initial_invite.then_some(seed)))
     }
@@ -1223,6 +1252,60 @@ impl Core {
         }
     }
 
+    /// A trunk with credentials challenged the INVITE on branch `cid` (RFC 3261 22.2/22.3):
+    /// send it again with Authorization / Proxy-Authorization and the next CSeq, once. The
+    /// rest of the dialog keeps the caller's CSeq numbers shifted by one towards the trunk
+    /// (and back in responses). `false`: the challenge is passed to the caller as usual.
+    fn answer_trunk_challenge(&mut self, now: Instant, cid: u64, msg: &Message, code: u16) -> bool {
+        let Some(ct) = self.clients.get(&cid) else { return false };
+        let (Some(ctx_id), Some(sent), to, shift, media) = (ct.ctx, ct.sent.clone(), ct.to, ct.cseq_shift, ct.media.clone()) else {
+            return false;
+        };
+        if ct.auth_tried || ct.done {
+            return false;
+        }
+        let cnonce = format!("{:016x}", self.rand());
+        let Some(f) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()) else { return false };
+        let Some(leg) = f.legs.get(f.current as usize) else { return false };
+        let Some((user, pass)) = leg.credentials.clone() else { return false };
+        let (hdr, name) = if code == 401 {
+            (HeaderName::WwwAuthenticate, "Authorization")
+        } else {
+            (HeaderName::ProxyAuthenticate, "Proxy-Authorization")
+        };
+        let Some(ch) = crate::digest_client::first_supported(msg.header_lines(hdr)) else { return false };
+        let answer = ch.answer(&user, &pass, "INVITE", sent.request_uri().unwrap_or(""), 1, &cnonce);
+        let target = Target {
+            request_uri: sent.request_uri().map(str::to_string),
+            push_routes: vec![],
+            dest: to,
+            out_token: false,
+            drop_headers: leg.drop_headers,
+            append: format!("{}{name}: {answer}\r\n", leg.append),
+            cseq_shift: shift + 1,
+        };
+        let trunk = leg.name.clone();
+        if let Some(c) = self.clients.get_mut(&cid) {
+            c.done = true;
+        }
+        let Some(f) = self.ctxs.get_mut(&ctx_id).and_then(|c| c.failover.take()) else { return false };
+        let new = self.new_branch(now, ctx_id, &f.branch, &target, media);
+        if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+            c.failover = Some(f);
+        }
+        match new {
+            Some(n) => {
+                if let Some(c) = self.clients.get_mut(&n) {
+                    c.auth_tried = true;
+                }
+                self.schedule_failover(now, ctx_id, n);
+                tracing::debug!(trunk, code, "trunk challenge answered");
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Branch `cid` failed before any provisional response (transport error, timeout, 503):
     /// mark its target down and start a branch to the next usable target. `false` if there
     /// is no fail-over (or no target left): the failure is then processed as usual.
@@ -1258,6 +1341,7 @@ impl Core {
                     out_token: false,
                     drop_headers: leg.drop_headers,
                     append: leg.append.clone(),
+                    cseq_shift: 0,
                 };
                 let r = self.new_branch(now, ctx_id, &branch, &target, media);
                 if let Some(c) = self.ctxs.get_mut(&ctx_id) {
@@ -1311,6 +1395,7 @@ impl Core {
             out_token: b.path.is_empty() && (dest.flow.is_some() || nat),
             drop_headers: &[],
             append: String::new(),
+            cseq_shift: 0,
         }
     }
 
@@ -1385,6 +1470,7 @@ impl Core {
                 append: &t.append,
                 body,
                 drop_headers: t.drop_headers,
+                cseq: (t.cseq_shift > 0).then(|| msg.cseq().map_or(0, |c| c.seq).saturating_add(t.cseq_shift)),
             }
             .write(msg),
         )
@@ -1452,6 +1538,28 @@ impl Core {
             self.probe_result(now, cid, !matches!(code, 408 | 503));
             return;
         }
+        if matches!(code, 401 | 407) && self.answer_trunk_challenge(now, cid, &msg, code) {
+            return;
+        }
+        // A branch with a shifted CSeq: the caller sees its own numbers, and once the
+        // INVITE's dialog exists the caller's later requests are shifted the same way.
+        let shift = self.clients.get(&cid).filter(|c| c.sent.is_some() && code > 100).map(|c| c.cseq_shift);
+        if let (Some(s), Some(call_id)) = (shift, msg.call_id())
+            && s > 0
+        {
+            let tag = msg.from_hdr().and_then(|f| f.tag()).unwrap_or("").to_string();
+            self.cseq_shift.insert(call_id.to_string(), (tag, s));
+        }
+        let msg = match self.clients.get(&cid).map(|c| c.cseq_shift) {
+            Some(shift) if shift > 0 => {
+                let seq = msg.cseq().map_or(0, |c| c.seq).saturating_sub(shift);
+                match Message::parse(Forward { cseq: Some(seq), ..Default::default() }.write(&msg)) {
+                    Ok(m) => m,
+                    Err(_) => msg,
+                }
+            }
+            _ => msg,
+        };
         let Some(ct) = self.clients.get_mut(&cid) else { return };
         let Some(ctx_id) = ct.ctx else { return };
         if (101..200).contains(&code) {
@@ -1858,6 +1966,7 @@ impl Core {
         if let Some(trunk) = self.trunk_calls.remove(call_id) {
             self.sh.loads.release(&trunk);
         }
+        self.cseq_shift.remove(call_id);
         let Some(an) = self.anchor.as_mut() else { return };
         if let Some(rec) = an.end(now, call_id, reason) {
             self.store_ops.push(StoreOp::CallRecord(Box::new(rec.clone())));
@@ -1905,8 +2014,9 @@ impl Core {
     /// the caller as if from the callee (RFC 3261 15; dialog data kept by the anchor).
     fn bye_both(&mut self, now: Instant, call_id: &str, reason: &str) -> bool {
         let Some((ends, cseq)) = self.anchor.as_ref().and_then(|a| a.dialog(call_id)).map(|(d, c)| (d.clone(), c)) else { return false };
+        let shift = self.cseq_shift.get(call_id).map_or(0, |(_, s)| *s);
         let legs = [
-            (ends.callee_peer, &ends.callee_contact, &ends.routes_to_callee, &ends.from, &ends.to, cseq[0] + 1),
+            (ends.callee_peer, &ends.callee_contact, &ends.routes_to_callee, &ends.from, &ends.to, cseq[0] + 1 + shift),
             (ends.caller_peer, &ends.caller_contact, &ends.routes_to_caller, &ends.to, &ends.from, cseq[1] + 1),
         ];
         for (peer, target, routes, from, to, seq) in legs {

@@ -205,3 +205,81 @@ fn probes_take_a_silent_target_down_and_answered_probes_bring_it_back() {
     feed(&mut c, now, udp(CALLER), &invite("c2", "sip:42@example.net", "sip:caller@example.org", "z9hG4bKc2"));
     assert_eq!(sent_invites(&drain(&mut c)).iter().map(|x| x.0).collect::<Vec<_>>(), [5091], "back on the primary");
 }
+
+const AUTH_TRUNK: &str = "
+[[upstream]]
+name = \"secure\"
+uri = \"sip:127.0.0.1:5095\"
+auth_user = \"edge-acct\"
+auth_password = \"s3cret\"
+[[route]]
+name = \"via-secure\"
+prefix = \"9\"
+upstream = \"secure\"
+";
+
+#[test]
+fn a_trunk_challenge_is_answered_and_the_dialog_keeps_consistent_cseqs() {
+    use edge::msg::HeaderName;
+    let (mut c, t0) = core_with(AUTH_TRUNK);
+    let out = call(&mut c, t0, "d1", "sip:9123@edge.test", "");
+    let (_, first) = sent_invites(&out).remove(0);
+    assert_eq!(first.cseq().unwrap().seq, 1);
+    let challenge = "Proxy-Authenticate: Digest realm=\"carrier\", nonce=\"n0nce\", qop=\"auth\", algorithm=MD5\r\n";
+    feed_raw(&mut c, t0, udp("127.0.0.1:5095"), &answer(&first, 407, "t1", challenge));
+    let out = drain(&mut c);
+    assert!(replies(&out).is_empty(), "the caller does not see the trunk's challenge");
+    assert!(out.iter().any(|(t, m)| m.is_request() && m.method() == Method::Ack && t.to.addr.port() == 5095), "407 acknowledged");
+    let (_, second) = sent_invites(&out).remove(0);
+    assert_eq!(second.cseq().unwrap().seq, 2, "the retry has the next CSeq (RFC 3261 22.2)");
+    let cred = second.header(HeaderName::ProxyAuthorization).expect("credentials");
+    // The response the trunk computes itself (RFC 7616 qop=auth).
+    let p = |k: &str| cred.split(&format!("{k}=")).nth(1).map(|v| v.trim_start_matches('"').split(['"', ',']).next().unwrap().to_string());
+    let md5 = |s: String| edge::auth::Algorithm::Md5.hash(s.as_bytes());
+    let ha1 = md5("edge-acct:carrier:s3cret".into());
+    let ha2 = md5(format!("INVITE:{}", second.request_uri().unwrap()));
+    let want = md5(format!("{ha1}:n0nce:{}:{}:auth:{ha2}", p("nc").unwrap(), p("cnonce").unwrap()));
+    assert_eq!(p("response"), Some(want), "{cred}");
+    assert_eq!(p("username").as_deref(), Some("edge-acct"));
+    // The trunk answers: the caller sees CSeq 1, as it sent.
+    let ok = answer(&second, 200, "t2", "Record-Route: <sip:127.0.0.1:5060;lr>\r\nContact: <sip:gw@127.0.0.1:5095>\r\n");
+    feed_raw(&mut c, t0, udp("127.0.0.1:5095"), &ok);
+    let out = drain(&mut c);
+    let to_caller = out.iter().find(|(t, m)| m.status() == Some(200) && t.to.addr.to_string() == CALLER).expect("200 to the caller");
+    assert_eq!(to_caller.1.cseq().unwrap().seq, 1);
+    // The caller's ACK (CSeq 1) and BYE (CSeq 2) reach the trunk as 2 and 3.
+    let in_dialog = |method: &str, seq: u32, branch: &str| {
+        format!(
+            "{method} sip:gw@127.0.0.1:5095 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\nMax-Forwards: 70\nRoute: <sip:127.0.0.1:5060;lr>\nFrom: <sip:caller@example.org>;tag=caller1\nTo: <sip:9123@edge.test>;tag=t2\nCall-ID: d1\nCSeq: {seq} {method}\nContent-Length: 0\n"
+        )
+    };
+    feed(&mut c, t0, udp(CALLER), &in_dialog("ACK", 1, "z9hG4bKack1"));
+    let out = drain(&mut c);
+    let ack = out.iter().find(|(_, m)| m.is_request() && m.method() == Method::Ack).expect("ACK forwarded");
+    assert_eq!(ack.1.cseq().unwrap().seq, 2);
+    feed(&mut c, t0, udp(CALLER), &in_dialog("BYE", 2, "z9hG4bKbye1"));
+    let out = drain(&mut c);
+    let bye = out.iter().find(|(_, m)| m.is_request() && m.method() == Method::Bye).expect("BYE forwarded").1.clone();
+    assert_eq!(bye.cseq().unwrap().seq, 3);
+    feed_raw(&mut c, t0, udp("127.0.0.1:5095"), &answer(&bye, 200, "t2", ""));
+    let out = drain(&mut c);
+    let r = out.iter().find(|(t, m)| m.status() == Some(200) && t.to.addr.to_string() == CALLER).expect("200 for the BYE");
+    assert_eq!(r.1.cseq().unwrap().seq, 2, "the caller sees its own BYE's CSeq");
+}
+
+#[test]
+fn a_second_challenge_goes_to_the_caller() {
+    let (mut c, t0) = core_with(AUTH_TRUNK);
+    let out = call(&mut c, t0, "d2", "sip:9123@edge.test", "");
+    let (_, first) = sent_invites(&out).remove(0);
+    let challenge = "WWW-Authenticate: Digest realm=\"carrier\", nonce=\"a\"\r\n";
+    feed_raw(&mut c, t0, udp("127.0.0.1:5095"), &answer(&first, 401, "t1", challenge));
+    let (_, second) = sent_invites(&drain(&mut c)).remove(0);
+    assert!(second.header(edge::msg::HeaderName::Authorization).is_some());
+    // Wrong credentials: the trunk challenges again; no loop, the caller gets the 401.
+    feed_raw(&mut c, t0, udp("127.0.0.1:5095"), &answer(&second, 401, "t1", challenge));
+    let out = drain(&mut c);
+    assert!(sent_invites(&out).is_empty());
+    let r = out.iter().find(|(t, m)| m.status() == Some(401) && t.to.addr.to_string() == CALLER).expect("401 to the caller");
+    assert_eq!(r.1.cseq().unwrap().seq, 1);
+}

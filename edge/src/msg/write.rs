@@ -159,6 +159,9 @@ pub struct Forward<'a> {
     pub append: &'a str,
     /// Replaces the body (Content-Length follows), e.g. SDP rewritten for the media relay.
     pub body: Option<&'a [u8]>,
+    /// New CSeq number (the method stays), e.g. for a dialog whose CSeq the edge shifted
+    /// after answering a trunk's digest challenge.
+    pub cseq: Option<u32>,
     /// Names of headers (not interpreted ones) left out, case-insensitive, e.g.
     /// `P-Asserted-Identity` towards an untrusted trunk (RFC 3325 5).
     pub drop_headers: &'a [&'a str],
@@ -248,6 +251,11 @@ impl Forward<'_> {
                 HeaderName::MaxForwards if self.max_forwards.is_some() && !saw_mf => {
                     saw_mf = true;
                     let _ = write!(out, "Max-Forwards: {}\r\n", self.max_forwards.unwrap_or(70));
+                }
+                HeaderName::CSeq if self.cseq.is_some() => {
+                    let v = msg.value(h);
+                    let method = v.split_whitespace().nth(1).unwrap_or("");
+                    let _ = write!(out, "CSeq: {} {method}\r\n", self.cseq.unwrap_or(0));
                 }
                 HeaderName::ContentLength => {
                     if !saw_cl {

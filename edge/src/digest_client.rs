@@ -1,7 +1,8 @@
-//! Client side of HTTP digest for SIP (RFC 3261 22.2, RFC 7616, RFC 8760).
+//! Client side of HTTP digest for SIP (RFC 3261 22.2, RFC 7616, RFC 8760): answering 401/407
+//! (the edge towards trunks with credentials, and loadgen).
 
-use edge::auth::Algorithm;
-use edge::msg::text::{split_commas, trim, unquote};
+use crate::auth::Algorithm;
+use crate::msg::text::{split_commas, trim, unquote};
 
 /// A parsed `Digest` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
