@@ -309,3 +309,47 @@ fn with_dns_down_cached_records_work_until_their_ttl() {
     assert_eq!(edge.log().matches("using the cached records").count(), 1, "logged once");
     assert!(g1.stop() >= 10);
 }
+
+/// A self-signed certificate for `names` (DNS names or addresses) written to `dir`.
+fn cert(dir: &Path, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let (c, k) = (dir.join(format!("{tag}.crt")), dir.join(format!("{tag}.key")));
+    std::fs::write(&c, ck.cert.pem()).unwrap();
+    std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn trunks_over_tls_are_verified_and_a_tls_failure_fails_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    // The primary's certificate is not one the edge trusts; the secondary's is (ca_file).
+    let (bad_c, bad_k) = cert(dir.path(), "bad", &["127.0.0.1"]);
+    let (good_c, good_k) = cert(dir.path(), "good", &["127.0.0.1"]);
+    let tls_args = |c: &Path, k: &Path| {
+        ["--transport".to_string(), "tls".into(), "--cert".into(), c.display().to_string(), "--key".into(), k.display().to_string()]
+    };
+    let a1 = tls_args(&bad_c, &bad_k);
+    let a2 = tls_args(&good_c, &good_k);
+    let mut g1 = Gateway::start(p1, dir.path(), &a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut g2 = Gateway::start(p2, dir.path(), &a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let edge = Edge::start(
+        &format!(
+            "[tls]\nca_file = \"{}\"\n[[upstream]]\nname = \"trunk\"\nuri = \"sip:127.0.0.1:{p1};transport=tls\"\ntargets = [\"sip:127.0.0.1:{p2};transport=tls\"]\nselection = \"priority\"\n",
+            good_c.display()
+        ),
+        &[],
+    );
+    let r = calls(&edge, 10, 10, dir.path());
+    assert_eq!(r["calls_succeeded"].as_u64(), Some(10), "{r}\n{}", edge.log());
+    let log = edge.log();
+    assert!(log.contains("TLS connection failed") && log.contains("TLS handshake"), "{log}");
+    assert_eq!(usable(&edge, p1), None, "targets are listed by transport");
+    let v = api(&edge, "/api/v1/upstreams/trunk");
+    let t = v["targets"].as_array().unwrap();
+    assert_eq!(t[0]["target"], format!("tls 127.0.0.1:{p1}").as_str());
+    assert_eq!(t[0]["usable"], false, "the target whose certificate failed is skipped: {v}");
+    assert_eq!(t[1]["usable"], true);
+    assert_eq!(g1.stop(), 0, "no call reached the untrusted gateway");
+    assert_eq!(g2.stop(), 10, "every call went over verified TLS to the secondary");
+}

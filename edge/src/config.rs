@@ -251,6 +251,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key (with `cert`).
     pub key: Option<PathBuf>,
+    /// More trusted CA certificates (PEM) for connections the edge opens (trunks over TLS),
+    /// besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What to do with a new contact when an address of record already has `max_contacts`.

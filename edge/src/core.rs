@@ -258,6 +258,14 @@ impl Shared {
         up.all_records(r.as_deref())
     }
 
+    /// The name a TLS connection to `addr` must present (RFC 5922 7.1: the trunk URI's host,
+    /// a domain or an address); `None` for peers that are not trunk targets.
+    pub fn tls_name_for(&self, addr: SocketAddr, now: Instant) -> Option<String> {
+        let up = self.upstream_at(addr, now)?;
+        let u = SipUri::parse(&up.uri).ok()?;
+        Some(u.host.trim_start_matches('[').trim_end_matches(']').to_string())
+    }
+
     /// The upstream one of whose targets is `addr`, if any.
     pub fn upstream_at(&self, addr: SocketAddr, now: Instant) -> Option<Upstream> {
         self.upstream_list().iter().find(|u| self.records_of(u, now).iter().any(|r| r.target.addr == addr)).cloned()

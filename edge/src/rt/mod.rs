@@ -96,6 +96,8 @@ pub struct RtShared {
     pub admin: Vec<mpsc::UnboundedSender<AdminCmd>>,
     /// Per-user packet captures.
     pub captures: Arc<capture::Captures>,
+    /// TLS client for connections the edge opens (trunks over TLS).
+    pub tls_client: Option<tokio_rustls::TlsConnector>,
     /// Call events for the admin API's subscribers (SSE).
     pub events: tokio::sync::broadcast::Sender<Arc<api::StampedEvent>>,
 }
@@ -262,6 +264,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         events: tokio::sync::broadcast::channel(4096).0,
         captures: Arc::new(capture::Captures::new(capture::dir(&cfg.data_dir))),
         admin: admin_txs,
+        tls_client: match tls::client_connector(cfg.tls.ca_file.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => return Err(format!("tls.ca_file: {e}")),
+        },
     });
     webhook::start(
         webhook::WebhookConfig {

@@ -267,8 +267,40 @@ pub fn send(rt: &Arc<RtShared>, worker: usize, t: Transmit) -> bool {
             });
             true
         }
-        // Outbound TLS/WS connections are not opened by the edge yet (a later issue adds
-        // trunks over TLS); WS peers are only reachable over the flow they opened.
+        Transport::Tls => {
+            let Some(connector) = rt.tls_client.clone() else { return false };
+            #[allow(clippy::disallowed_methods)]
+            let name = rt.core.tls_name_for(t.to.addr, std::time::Instant::now()).unwrap_or_else(|| t.to.addr.ip().to_string());
+            let rt2 = rt.clone();
+            rt.conn.spawn(async move {
+                let limit = std::time::Duration::from_secs(5);
+                let r: Result<_, String> = async {
+                    let server = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| format!("server name {name:?}: {e}"))?;
+                    let tcp = tokio::time::timeout(limit, TcpStream::connect(t.to.addr))
+                        .await
+                        .map_err(|_| "TCP connect timed out".to_string())?
+                        .map_err(|e| format!("TCP connect: {e}"))?;
+                    let _ = tcp.set_nodelay(true);
+                    tokio::time::timeout(limit, connector.connect(server, tcp))
+                        .await
+                        .map_err(|_| "TLS handshake timed out".to_string())?
+                        .map_err(|e| format!("TLS handshake: {e}"))
+                }
+                .await;
+                match r {
+                    Ok(s) => run_stream(rt2, s, Transport::Tls, t.to.addr, Some(t.data)).await,
+                    Err(e) => {
+                        tracing::warn!(to = %t.to.addr, name, error = e, "TLS connection failed");
+                        if let Some(tsx) = t.tsx {
+                            let _ = rt2.workers[worker].send(Input::SendFailed { tsx });
+                        }
+                    }
+                }
+            });
+            true
+        }
+        // Outbound WS connections are not opened by the edge: WS peers are only reachable
+        // over the flow they opened.
         _ => false,
     }
 }

@@ -42,6 +42,24 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
     f.write_all(data).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// A TLS client for connections the edge opens (trunks over TLS, https webhooks): the
+/// system's trusted roots plus the certificates in `ca_file` (PEM), if given.
+pub fn client_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(p) = ca_file {
+        for c in load_certs(p)? {
+            roots.add(c).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
+    let b = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client: {e}"))?;
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(b.with_root_certificates(roots).with_no_client_auth())))
+}
+
 /// Loads a PEM certificate chain.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -57,14 +57,8 @@ pub fn start(cfg: WebhookConfig, events: &broadcast::Sender<Arc<StampedEvent>>, 
 }
 
 fn tls_connector() -> Option<tokio_rustls::TlsConnector> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    match rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => Some(tokio_rustls::TlsConnector::from(Arc::new(b.with_root_certificates(roots).with_no_client_auth()))),
+    match super::tls::client_connector(None) {
+        Ok(c) => Some(c),
         Err(e) => {
             tracing::error!(error = %e, "webhook TLS setup: https webhooks will fail");
             None
