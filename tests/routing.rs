@@ -353,3 +353,59 @@ fn trunks_over_tls_are_verified_and_a_tls_failure_fails_over() {
     assert_eq!(g1.stop(), 0, "no call reached the untrusted gateway");
     assert_eq!(g2.stop(), 10, "every call went over verified TLS to the secondary");
 }
+
+#[test]
+fn invalid_routes_and_trunks_are_refused_by_check_config_and_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |toml: &str| {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        let o = Command::new(edge_bin()).args(["check-config", p.to_str().unwrap()]).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let trunk = "[[upstream]]\nname = \"carrier\"\nuri = \"sip:gw.carrier.test\"\n";
+    let (code, err) = check(&format!("{trunk}[[route]]\nname = \"uk\"\nregex = \"^(44\"\nupstream = \"carrier\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("line 5") && err.contains("\"uk\"") && err.contains("regex"), "{err}");
+    let (code, err) = check(&format!("{trunk}[[route]]\nname = \"fr\"\nprefix = \"33\"\nupstream = \"nowhere\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("\"fr\"") && err.contains("unknown upstream") && err.contains("nowhere"), "{err}");
+    let (code, err) = check("[[upstream]]\nname = \"bad\"\nuri = \"sip:gw.test\"\ntargets = [\"sip:gw2.test\"]\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("\"bad\"") && err.contains("gw2.test") && err.contains("IP address"), "{err}");
+    let (code, out) = check(&format!(
+        "{trunk}[[route]]\nname = \"de\"\nprefix = \"0\"\nupstream = \"carrier\"\nconvert = [{{ prefix = \"0\", digits = 10, to = \"+49\" }}]\n"
+    ));
+    assert_eq!(code, Some(0), "{out}");
+
+    // The admin API: refused with a message naming the route or trunk; nothing changes.
+    use std::io::{Read, Write};
+    let edge = Edge::start(trunk, &[]);
+    let tok = std::fs::read_to_string(edge.dir.path().join("data").join("admin.token")).unwrap();
+    let send = |method: &str, path: &str, body: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(edge.admin.unwrap()).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            tok.trim(),
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        (out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
+    };
+    let (code, out) = send("POST", "/api/v1/routes", r#"{"name":"uk","regex":"^(44","upstream":"carrier"}"#);
+    assert_eq!(code, 400, "{out}");
+    assert!(out.contains("uk") && out.contains("regex"), "{out}");
+    let (code, out) = send("POST", "/api/v1/routes", r#"{"name":"fr","prefix":"33","upstream":"nowhere"}"#);
+    assert_eq!(code, 409, "{out}");
+    assert!(out.contains("nowhere"), "{out}");
+    let (code, out) = send("POST", "/api/v1/upstreams", r#"{"name":"t2","uri":"sip:gw..test"}"#);
+    assert_eq!(code, 400, "{out}");
+    let (code, out) = send("POST", "/api/v1/routes", r#"{"name":"ok","prefix":"33","upstream":"carrier","weights":[1,2]}"#);
+    assert_eq!(code, 400, "{out}");
+    assert!(out.contains("weights"), "{out}");
+    assert_eq!(api(&edge, "/api/v1/routes"), serde_json::json!([]), "nothing was stored");
+    assert_eq!(api(&edge, "/api/v1/upstreams").as_array().map(|a| a.len()), Some(1));
+}
