@@ -252,6 +252,13 @@ impl Shared {
         }
     }
 
+    /// Drops the records of names no trunk uses any more.
+    pub fn retain_resolved(&self, keys: &std::collections::HashSet<String>) {
+        if let Ok(mut c) = self.dns_cache.write() {
+            c.retain(|k, _| keys.contains(k));
+        }
+    }
+
     /// Every record of a trunk at `now` (resolved, then static).
     pub fn records_of(&self, up: &Upstream, now: Instant) -> Vec<crate::resolve::Record> {
         let r = up.dns.as_ref().and_then(|q| self.resolved(q, now));

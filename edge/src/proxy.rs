@@ -1657,6 +1657,12 @@ impl Core {
                 let reason = if code == 487 { EndReason::Cancelled } else { EndReason::Failed(code) };
                 self.end_call(now, &call, reason);
             }
+            // The trunk slot of a failed call (also when no media anchor tracks the call).
+            if let Some(call) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()).map(|f| f.call_id.clone())
+                && let Some(trunk) = self.trunk_calls.remove(&call)
+            {
+                self.sh.loads.release(&trunk);
+            }
         }
         if let Some(c) = self.ctxs.get_mut(&ctx_id) {
             c.timer_c = None;

@@ -289,6 +289,7 @@ async fn refresh(dns: &Dns, sh: &Shared, states: &mut DnsState, now: Instant) {
         }
     }
     states.retain(|k, _| seen.contains(k));
+    sh.retain_resolved(&seen);
 }
 
 /// The refresh task: looks at every trunk name twice a second (new trunks from the API are
