@@ -1,4 +1,13 @@
-//! Selective forwarding unit for WebRTC meeting rooms (built on str0m).
+//! Selective forwarding unit for WebRTC meeting rooms.
 //!
-//! Not yet implemented: the rooms, forwarding and signalling arrive with the SFU issue.
-//! The crate exists so the workspace layout matches the product brief.
+//! Sans-IO cores, each tested on a virtual clock: [`room`] (membership, moderator, lobby,
+//! timeouts), [`speaker`] (RFC 6464 active speaker, speaking order, last-N), [`forward`]
+//! (simulcast layer choice, switching at key frames, sequence/timestamp/picture-ID
+//! rewriting, unwatched layers), [`keyframe`] (PLI throttle). Still to come (issue #7):
+//! the str0m participants, WHIP/WHEP and the room WebSocket, the runtime, the meeting page,
+//! SIP phones in rooms (see docs/SFU.md).
+
+pub mod forward;
+pub mod keyframe;
+pub mod room;
+pub mod speaker;
