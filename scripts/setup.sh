@@ -2,7 +2,7 @@
 # Installs what the build and the tests need, idempotently (Debian packages).
 #   sipp (sip-tester), kamailio: end-to-end SIP tests and benchmarks; libopus-dev, cmake,
 #   pkg-config: the opus crate; libsrtp2-dev: SRTP interop; tshark: capture
-#   checks; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels
+#   checks; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels; chromium: WebRTC tests
 set -euo pipefail
 need=()
 need_norec=()
@@ -22,6 +22,8 @@ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 # A font for the labels of loadgen's PNG plots.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# Headless Chromium (fake camera/microphone): WHIP/WHEP and meeting tests with a real browser.
+command -v chromium >/dev/null 2>&1 || need_norec+=(chromium)
 # promtool (Debian `prometheus`, without its recommended web assets): lints /metrics.
 command -v promtool >/dev/null 2>&1 || need_norec+=(prometheus)
 if [ ${#need[@]} -gt 0 ] || [ ${#need_norec[@]} -gt 0 ]; then

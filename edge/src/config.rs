@@ -32,6 +32,28 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub dialplan: DialplanConfig,
     pub dns: DnsConfig,
+    pub sfu: SfuSection,
+}
+
+/// The SFU (WebRTC meeting rooms; WHIP/WHEP on the admin listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuSection {
+    pub enabled: bool,
+    /// UDP address for all WebRTC media (the ICE host candidate); port 0 picks one.
+    pub media: SocketAddr,
+    /// Participants per room (the next one is refused).
+    pub max_participants: usize,
+    /// Guests wait in a lobby until the moderator admits them.
+    pub lobby: bool,
+    /// A participant not heard from for this long is removed.
+    pub vanish_secs: u64,
+}
+
+impl Default for SfuSection {
+    fn default() -> Self {
+        SfuSection { enabled: true, media: SocketAddr::from(([127, 0, 0, 1], 0)), max_participants: 100, lobby: true, vanish_secs: 30 }
+    }
 }
 
 /// DNS for RFC 3263 trunk resolution.
@@ -408,6 +430,7 @@ impl Default for Config {
             routes: vec![],
             dialplan: DialplanConfig::default(),
             dns: DnsConfig::default(),
+            sfu: SfuSection::default(),
         }
     }
 }
@@ -572,6 +595,9 @@ impl Config {
         }
         if self.events.webhook_queue == 0 || self.events.webhook_attempts == 0 {
             return Err(err(None, "keys `events.webhook_queue`/`webhook_attempts`: expected at least 1".into()));
+        }
+        if self.sfu.max_participants == 0 || self.sfu.vanish_secs == 0 {
+            return Err(err(None, "keys `sfu.max_participants`/`sfu.vanish_secs`: expected at least 1".into()));
         }
         if self.media.inactivity_secs == 0 || self.media.hold_inactivity_secs == 0 {
             return Err(err(None, "keys `media.inactivity_secs`/`hold_inactivity_secs`: expected at least 1".into()));

@@ -35,6 +35,11 @@ impl<T: Copy + Eq + std::hash::Hash> KeyframeRequests<T> {
     pub fn forget(&mut self, track: T) {
         self.last.retain(|(t, _), _| *t != track);
     }
+
+    /// Tracks matching `gone` ended (e.g. every track of a participant that left).
+    pub fn forget_where(&mut self, gone: impl Fn(&T) -> bool) {
+        self.last.retain(|(t, _), _| !gone(t));
+    }
 }
 
 #[cfg(test)]

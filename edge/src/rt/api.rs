@@ -1590,7 +1590,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The admin router (API, `/health`, `/metrics`, `/openapi.json`) with token auth.
-pub fn router(st: ApiState) -> axum::Router {
+pub fn router(st: ApiState, sfu: Option<sfu::rt::SfuHandle>) -> axum::Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(metrics))
@@ -1621,14 +1621,19 @@ pub fn router(st: ApiState) -> axum::Router {
         }
     }
     let doc = Arc::new(api);
-    router
+    let router = router
         .route("/openapi.json", axum::routing::get(move || async move { Json((*doc).clone()) }))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
         })
         .layer(axum::middleware::from_fn_with_state(st.clone(), require_token))
-        .with_state(st)
+        .with_state(st);
+    // WHIP/WHEP: public media endpoints, outside the token check.
+    match sfu {
+        Some(h) => super::whip::router(h).merge(router),
+        None => router,
+    }
 }
 
 /// The admin token: read from `path`, or generated (32 random bytes, hex) and written

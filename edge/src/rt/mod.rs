@@ -20,6 +20,7 @@ pub mod stream;
 pub mod tls;
 pub mod udp;
 pub mod webhook;
+pub mod whip;
 
 use crate::config::Config;
 use crate::core::{Input, Output, Peer, Shared, Transmit};
@@ -196,6 +197,23 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
     }
 
+    // The SFU: its media socket is bound now, so a taken port fails the start.
+    let sfu = if cfg.sfu.enabled {
+        let c = sfu::core::SfuConfig {
+            media_addr: cfg.sfu.media,
+            room: sfu::room::RoomConfig {
+                max_participants: cfg.sfu.max_participants,
+                lobby: cfg.sfu.lobby,
+                vanish_after: std::time::Duration::from_secs(cfg.sfu.vanish_secs),
+            },
+        };
+        let h = sfu::rt::start(conn_rt.handle(), c)?;
+        println!("edge: listening sfu-media {}", h.media_addr);
+        Some(h)
+    } else {
+        None
+    };
+
     let admin_listeners = admin::bind(&cfg.admin.listen)?;
     for l in &admin_listeners {
         if let Ok(a) = l.local_addr() {
@@ -341,7 +359,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             workers: rt.clone(),
             capture_max: std::time::Duration::from_secs(cfg.admin.capture_max_secs),
         };
-        let app = api::router(st);
+        let app = api::router(st, sfu.clone());
         for l in admin_listeners {
             conn_rt.spawn(admin::serve(l, app.clone(), prometheus.clone()));
         }

@@ -1,0 +1,133 @@
+//! The SFU runtime: one UDP socket for all WebRTC media (ICE, DTLS, SRTP demultiplexed by
+//! the core), one tokio task owning the sans-IO [`Sfu`], and a handle the HTTP layer
+//! (WHIP/WHEP, admin API) uses to talk to it. The only place in this crate that reads the
+//! clock or touches a socket.
+#![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
+
+use crate::core::{Sfu, SfuConfig, SfuError};
+use crate::room::{Member, ParticipantId};
+use std::net::SocketAddr;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// A room as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomView {
+    pub id: String,
+    pub participants: Vec<Member>,
+}
+
+enum Cmd {
+    Whip { room: String, offer: String, reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>> },
+    Whep { room: String, offer: String, reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>> },
+    Leave { id: ParticipantId, reply: oneshot::Sender<Result<(), SfuError>> },
+    Rooms { reply: oneshot::Sender<Vec<RoomView>> },
+}
+
+/// How the rest of the binary reaches the SFU task.
+#[derive(Clone)]
+pub struct SfuHandle {
+    tx: mpsc::UnboundedSender<Cmd>,
+    /// Where media arrives (the ICE host candidate).
+    pub media_addr: SocketAddr,
+}
+
+fn gone() -> SfuError {
+    SfuError::Unsupported("the SFU is not running".into())
+}
+
+impl SfuHandle {
+    /// A WHIP offer for `room`: the publisher's id and the SDP answer.
+    pub async fn whip(&self, room: &str, offer: String) -> Result<(ParticipantId, String), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Whip { room: room.to_string(), offer, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// A WHEP offer for `room`: the viewer's id and the SDP answer.
+    pub async fn whep(&self, room: &str, offer: String) -> Result<(ParticipantId, String), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Whep { room: room.to_string(), offer, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// A participant leaves (WHIP/WHEP DELETE, or removed by an operator).
+    pub async fn leave(&self, id: ParticipantId) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Leave { id, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Every room with its members.
+    pub async fn rooms(&self) -> Vec<RoomView> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Rooms { reply }).is_err() {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Binds the media socket (before the process reports it started) and runs the SFU on
+/// `rt`. `cfg.media_addr` may have port 0: the bound port is used.
+pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig) -> Result<SfuHandle, String> {
+    let std_sock = std::net::UdpSocket::bind(cfg.media_addr).map_err(|e| format!("SFU media socket {}: {e}", cfg.media_addr))?;
+    std_sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    cfg.media_addr = std_sock.local_addr().map_err(|e| e.to_string())?;
+    let media_addr = cfg.media_addr;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _guard = rt.enter();
+    let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|e| e.to_string())?;
+    rt.spawn(run(Sfu::new(cfg), sock, rx));
+    Ok(SfuHandle { tx, media_addr })
+}
+
+async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    let local = sock.local_addr().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let deadline = sfu.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1));
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                let now = Instant::now();
+                match cmd {
+                    Cmd::Whip { room, offer, reply } => { let _ = reply.send(sfu.handle_whip(now, &room, &offer)); }
+                    Cmd::Whep { room, offer, reply } => { let _ = reply.send(sfu.handle_whep(now, &room, &offer)); }
+                    Cmd::Leave { id, reply } => { let _ = reply.send(sfu.handle_leave(now, id)); }
+                    Cmd::Rooms { reply } => {
+                        let rooms = sfu.rooms().map(|(id, r)| RoomView { id: id.clone(), participants: r.members().to_vec() }).collect();
+                        let _ = reply.send(rooms);
+                    }
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                if let Ok((n, src)) = r {
+                    sfu.handle_receive(Instant::now(), src, local, &buf[..n]);
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                sfu.handle_timeout(Instant::now());
+            }
+        }
+        while let Some(t) = sfu.poll_transmit() {
+            if let Err(e) = sock.try_send_to(&t.data, t.destination)
+                && e.kind() == std::io::ErrorKind::WouldBlock
+            {
+                let _ = sock.send_to(&t.data, t.destination).await;
+            }
+        }
+        while let Some((room, e)) = sfu.poll_event() {
+            tracing::info!(room, event = ?e, "room event");
+        }
+        let st = sfu.take_stats();
+        if st.frames_forwarded > 0 {
+            metrics::counter!("edge_sfu_frames_forwarded_total").increment(st.frames_forwarded);
+        }
+        if st.frames_in > 0 {
+            metrics::counter!("edge_sfu_frames_received_total").increment(st.frames_in);
+        }
+        metrics::gauge!("edge_sfu_participants").set(sfu.participant_count() as f64);
+        metrics::gauge!("edge_sfu_rooms").set(sfu.rooms().count() as f64);
+    }
+}

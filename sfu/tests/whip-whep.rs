@@ -1,0 +1,192 @@
+//! WHIP publish and WHEP watch through the SFU core on a virtual clock, with str0m peers
+//! standing in for browsers (ICE, DTLS-SRTP, real RTP): the viewer receives the publisher's
+//! audio and video; it stops when the viewer leaves; offers the SFU cannot take get an
+//! error and change nothing; a full room refuses the next one; a peer that vanishes is
+//! timed out.
+#![allow(clippy::disallowed_methods)]
+
+use sfu::core::{Sfu, SfuConfig, SfuError};
+use sfu::room::{LeaveReason, RoomConfig, RoomError, RoomEvent};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+const SFU: &str = "127.0.0.1:40000";
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    connected: bool,
+    got: Vec<MediaKind>,
+    mids: Vec<(Mid, MediaKind)>,
+}
+
+fn client(now: Instant, port: u16, dir: Direction) -> (Client, String, SdpPendingOffer) {
+    let mut rtc = Rtc::builder().build(now);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    let a = api.add_media(MediaKind::Audio, dir, None, None, None);
+    let v = api.add_media(MediaKind::Video, dir, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    (
+        Client { rtc, addr, connected: false, got: vec![], mids: vec![(a, MediaKind::Audio), (v, MediaKind::Video)] },
+        offer.to_sdp_string(),
+        pending,
+    )
+}
+
+fn accept(c: &mut Client, pending: SdpPendingOffer, answer: &str) {
+    c.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(answer).unwrap()).unwrap();
+}
+
+/// Moves every datagram between the clients and the SFU at `now`.
+fn pump(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client]) {
+    for _ in 0..20 {
+        let mut moved = false;
+        for c in clients.iter_mut() {
+            while let Ok(o) = c.rtc.poll_output() {
+                match o {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        sfu.handle_receive(now, t.source, t.destination, &t.contents);
+                        moved = true;
+                    }
+                    Output::Event(Event::Connected) => c.connected = true,
+                    Output::Event(Event::MediaData(d)) => {
+                        if let Some((_, k)) = c.mids.iter().find(|(m, _)| *m == d.mid) {
+                            c.got.push(*k);
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            }
+        }
+        while let Some(t) = sfu.poll_transmit() {
+            if let Some(c) = clients.iter_mut().find(|c| c.addr == t.destination) {
+                let input = Input::Receive(
+                    now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.data.as_slice().try_into().unwrap(),
+                    },
+                );
+                c.rtc.handle_input(input).unwrap();
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+}
+
+fn tick(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client]) {
+    for c in clients.iter_mut() {
+        c.rtc.handle_input(Input::Timeout(now)).unwrap();
+    }
+    sfu.handle_timeout(now);
+    pump(now, sfu, clients);
+}
+
+fn sfu(max: usize) -> Sfu {
+    Sfu::new(SfuConfig {
+        media_addr: SFU.parse().unwrap(),
+        room: RoomConfig { max_participants: max, lobby: true, vanish_after: Duration::from_secs(10) },
+    })
+}
+
+#[test]
+fn a_whep_viewer_receives_what_a_whip_publisher_sends() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut s = sfu(10);
+    let (mut publ, offer, pending) = client(now, 50000, Direction::SendOnly);
+    let (pid, answer) = s.handle_whip(now, "r1", &offer).unwrap();
+    assert!(answer.contains("a=ice-lite"), "{answer}");
+    accept(&mut publ, pending, &answer);
+    let (mut view, offer, pending) = client(now, 50001, Direction::RecvOnly);
+    let (vid, answer) = s.handle_whep(now, "r1", &offer).unwrap();
+    accept(&mut view, pending, &answer);
+    for _ in 0..2000 {
+        now += Duration::from_millis(1);
+        tick(now, &mut s, &mut [&mut publ, &mut view]);
+        if publ.connected && view.connected {
+            break;
+        }
+    }
+    assert!(publ.connected && view.connected, "ICE and DTLS with the SFU");
+    let opus = publ.rtc.writer(publ.mids[0].0).unwrap().payload_params().find(|p| p.spec().codec == Codec::Opus).unwrap().pt();
+    let vp8 = publ.rtc.writer(publ.mids[1].0).unwrap().payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+    // Two seconds of 20 ms audio frames and 33 ms video frames (a VP8 key frame every 10).
+    let start = now;
+    for i in 0..2000u64 {
+        now += Duration::from_millis(1);
+        let since = now - start;
+        if i % 20 == 0 {
+            let (mid, _) = publ.mids[0];
+            publ.rtc.writer(mid).unwrap().write(opus, now, since.into(), vec![0xf8; 60]).unwrap();
+        }
+        if i % 33 == 0 {
+            let (mid, _) = publ.mids[1];
+            let key = (i / 33) % 10 == 0;
+            let mut frame = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            frame.resize(900, 0x55);
+            publ.rtc.writer(mid).unwrap().write(vp8, now, since.into(), frame).unwrap();
+        }
+        tick(now, &mut s, &mut [&mut publ, &mut view]);
+    }
+    let audio = view.got.iter().filter(|k| **k == MediaKind::Audio).count();
+    let video = view.got.iter().filter(|k| **k == MediaKind::Video).count();
+    assert!(audio > 80, "audio frames at the viewer: {audio}");
+    assert!(video > 40, "video frames at the viewer: {video}");
+    let stats = s.take_stats();
+    assert!(stats.frames_forwarded as usize >= audio + video);
+    // The viewer leaves: nothing more reaches it; the room has only the publisher.
+    s.handle_leave(now, vid).unwrap();
+    let before = view.got.len();
+    for _ in 0..200 {
+        now += Duration::from_millis(1);
+        tick(now, &mut s, &mut [&mut publ, &mut view]);
+    }
+    assert_eq!(view.got.len(), before);
+    assert_eq!(s.participant_count(), 1);
+    assert_eq!(s.handle_leave(now, vid), Err(SfuError::NoSuchParticipant));
+    let events: Vec<RoomEvent> = std::iter::from_fn(|| s.poll_event()).map(|(_, e)| e).collect();
+    assert!(events.contains(&RoomEvent::Left { id: vid, reason: LeaveReason::Left }), "{events:?}");
+    // The publisher vanishes (no packets): timed out and cleaned up.
+    for _ in 0..12 {
+        now += Duration::from_secs(1);
+        s.handle_timeout(now);
+    }
+    assert_eq!(s.participant_count(), 0, "the vanished publisher was cleaned up");
+    let events: Vec<RoomEvent> = std::iter::from_fn(|| s.poll_event()).map(|(_, e)| e).collect();
+    assert!(
+        events.iter().any(|e| matches!(e, RoomEvent::Left { id, reason: LeaveReason::TimedOut | LeaveReason::Left } if *id == pid)),
+        "{events:?}"
+    );
+    assert_eq!(s.rooms().count(), 0, "empty rooms are dropped");
+}
+
+#[test]
+fn bad_offers_and_full_rooms_are_refused_without_changing_the_room() {
+    let now = Instant::now();
+    let mut s = sfu(1);
+    assert!(matches!(s.handle_whip(now, "r", "not sdp"), Err(SfuError::Unsupported(_) | SfuError::BadOffer(_))));
+    let no_media = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n";
+    assert!(matches!(s.handle_whip(now, "r", no_media), Err(SfuError::Unsupported(_))));
+    let garbled = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=garbage\r\n";
+    assert!(s.handle_whip(now, "r", garbled).is_err(), "no ICE credentials or fingerprint");
+    assert_eq!(s.participant_count(), 0);
+    let (_, offer, _) = client(now, 50010, Direction::SendOnly);
+    s.handle_whip(now, "r", &offer).unwrap();
+    let (_, offer, _) = client(now, 50011, Direction::RecvOnly);
+    assert_eq!(s.handle_whep(now, "r", &offer).unwrap_err(), SfuError::Room(RoomError::Full(1)));
+    assert_eq!(s.participant_count(), 1);
+}

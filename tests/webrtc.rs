@@ -1,0 +1,195 @@
+//! WebRTC through the SFU with real browsers: headless Chromium (fake camera and
+//! microphone) publishes with WHIP from one page and watches with WHEP from another, both
+//! loaded from a different origin than the edge (so CORS matters). The viewer's
+//! `getStats()` must show inbound audio and video bytes growing and frames decoded.
+#![allow(clippy::disallowed_methods)]
+
+use e2e_tests::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Reports = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// Serves tests/pages/* and collects the JSON the pages POST to /report.
+fn page_server() -> (u16, Reports) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let reports: Reports = Arc::default();
+    let r2 = reports.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let r3 = r2.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut rd = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if rd.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if rd.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/").to_string();
+                if line.starts_with("POST") {
+                    let mut body = vec![0u8; len];
+                    let _ = rd.read_exact(&mut body);
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        r3.lock().unwrap().push(v);
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+                    return;
+                }
+                let file = root().join("tests/pages").join(path.trim_start_matches('/'));
+                match std::fs::read(&file) {
+                    Ok(b) => {
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        );
+                        let _ = s.write_all(&b);
+                    }
+                    Err(_) => {
+                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    (port, reports)
+}
+
+/// Headless Chromium on `url` (killed on drop).
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium (scripts/setup.sh installs it)");
+        Browser { child, _profile: profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn latest(reports: &Reports, role: &str) -> Option<serde_json::Value> {
+    reports.lock().unwrap().iter().rev().find(|r| r["role"] == role).cloned()
+}
+
+#[test]
+fn chromium_publishes_with_whip_and_another_chromium_watches_with_whep() {
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let (port, reports) = page_server();
+    let sfu = format!("http://{admin}");
+    let _publisher = Browser::open(&format!("http://127.0.0.1:{port}/whip-publish.html?sfu={sfu}&room=demo"));
+    assert!(
+        wait_until(Duration::from_secs(20), || latest(&reports, "pub")
+            .is_some_and(|r| r["state"] == "connected" || r["error"].is_string())),
+        "publisher never connected: {:?}\n{}",
+        latest(&reports, "pub"),
+        edge.log()
+    );
+    let p = latest(&reports, "pub").unwrap();
+    assert!(p["error"].is_null(), "{p}");
+    assert!(p["location"].as_str().is_some_and(|l| l.starts_with("/whip/demo/")), "Location readable cross-origin: {p}");
+    let _viewer = Browser::open(&format!("http://127.0.0.1:{port}/whep-view.html?sfu={sfu}&room=demo"));
+    let grown = |r: &serde_json::Value, kind: &str, min: u64| r["inbound"][kind]["bytes"].as_u64().unwrap_or(0) > min;
+    assert!(
+        wait_until(Duration::from_secs(25), || latest(&reports, "view")
+            .is_some_and(|r| grown(&r, "video", 20_000) && grown(&r, "audio", 2_000))),
+        "viewer did not receive media: {:?}\n{}",
+        latest(&reports, "view"),
+        edge.log()
+    );
+    let first = latest(&reports, "view").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let later = latest(&reports, "view").unwrap();
+    for kind in ["audio", "video"] {
+        let (a, b) = (first["inbound"][kind]["bytes"].as_u64().unwrap(), later["inbound"][kind]["bytes"].as_u64().unwrap());
+        assert!(b > a, "{kind} bytes keep growing: {a} -> {b}");
+    }
+    assert!(later["inbound"]["video"]["frames"].as_u64().unwrap_or(0) > 10, "frames decoded: {later}");
+    let m = http_get(admin, "/metrics");
+    assert!(metric(&m, "edge_sfu_frames_forwarded_total") > 100.0, "forwarded frames are counted");
+}
+
+#[test]
+fn whip_refuses_what_it_cannot_take_with_a_reason() {
+    use std::net::TcpStream;
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let post = |path: &str, ct: &str, body: &str| -> String {
+        let mut s = TcpStream::connect(admin).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let r = post("/whip/demo", "application/sdp", "v=0\r\nnot really sdp\r\n");
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("offer"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("access-control-allow-origin: *"), "CORS on errors too: {r}");
+    let r = post("/whip/demo", "application/json", "{}");
+    assert!(r.starts_with("HTTP/1.1 415"), "{r}");
+    let r = post("/whep/bad%20room", "application/sdp", "v=0\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let mut s = TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "OPTIONS /whip/demo HTTP/1.1\r\nHost: x\r\nOrigin: http://other\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 204") && out.to_ascii_lowercase().contains("access-control-expose-headers: location"), "{out}");
+    let mut s = TcpStream::connect(admin).unwrap();
+    write!(s, "DELETE /whip/demo/999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+}
