@@ -152,6 +152,33 @@ fn chromium_publishes_with_whip_and_another_chromium_watches_with_whep() {
     assert!(later["inbound"]["video"]["frames"].as_u64().unwrap_or(0) > 10, "frames decoded: {later}");
     let m = http_get(admin, "/metrics");
     assert!(metric(&m, "edge_sfu_frames_forwarded_total") > 100.0, "forwarded frames are counted");
+    // The admin API lists the room; removing the viewer ends its media.
+    let tok = std::fs::read_to_string(edge.dir.path().join("data").join("admin.token")).unwrap();
+    let call = |method: &str, path: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", tok.trim()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    };
+    let (code, body) = call("GET", "/api/v1/rooms/demo");
+    assert_eq!(code, 200, "{body}");
+    let room: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ps = room["participants"].as_array().unwrap();
+    assert_eq!(ps.len(), 2, "{room}");
+    assert_eq!(ps[0]["role"], "moderator", "the first one in moderates: {room}");
+    let viewer_id = later["location"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    assert_eq!(call("DELETE", &format!("/api/v1/rooms/demo/participants/{viewer_id}")).0, 204);
+    assert_eq!(call("DELETE", &format!("/api/v1/rooms/demo/participants/{viewer_id}")).0, 404);
+    let (_, body) = call("GET", "/api/v1/rooms/demo");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["participants"].as_array().unwrap().len(), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let a = latest(&reports, "view").unwrap()["inbound"]["video"]["bytes"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let b = latest(&reports, "view").unwrap()["inbound"]["video"]["bytes"].as_u64().unwrap();
+    assert_eq!(a, b, "no media after removal");
+    assert_eq!(call("GET", "/api/v1/rooms/none").0, 404);
 }
 
 #[test]

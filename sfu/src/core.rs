@@ -184,6 +184,17 @@ impl Sfu {
         Ok(())
     }
 
+    /// An operator removes participant `id` from `room` (its connection ends; the others
+    /// see it leave as removed).
+    pub fn handle_remove(&mut self, now: Instant, room: &str, id: ParticipantId) -> Result<(), SfuError> {
+        let r = self.rooms.get_mut(room).ok_or(SfuError::NoSuchParticipant)?;
+        r.handle_evict(id)?;
+        self.keyframes.forget_where(|(pid, _)| *pid == id);
+        self.drain_room_events(room);
+        self.drive(now);
+        Ok(())
+    }
+
     /// A datagram on the media socket.
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
         let Ok(contents) = data.try_into() else { return };

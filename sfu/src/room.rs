@@ -213,6 +213,13 @@ impl Room {
         Ok(())
     }
 
+    /// An operator removes a participant (admin API): no moderator needed.
+    pub fn handle_evict(&mut self, who: ParticipantId) -> Result<(), RoomError> {
+        self.member(who).ok_or(RoomError::NoSuchParticipant)?;
+        self.drop_member(who, LeaveReason::Removed);
+        Ok(())
+    }
+
     /// A participant leaves.
     pub fn handle_leave(&mut self, who: ParticipantId) -> Result<(), RoomError> {
         self.member(who).ok_or(RoomError::NoSuchParticipant)?;

@@ -21,6 +21,7 @@ enum Cmd {
     Whip { room: String, offer: String, reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>> },
     Whep { room: String, offer: String, reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>> },
     Leave { id: ParticipantId, reply: oneshot::Sender<Result<(), SfuError>> },
+    Remove { room: String, id: ParticipantId, reply: oneshot::Sender<Result<(), SfuError>> },
     Rooms { reply: oneshot::Sender<Vec<RoomView>> },
 }
 
@@ -55,6 +56,13 @@ impl SfuHandle {
     pub async fn leave(&self, id: ParticipantId) -> Result<(), SfuError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Cmd::Leave { id, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// An operator removes a participant from a room.
+    pub async fn remove(&self, room: &str, id: ParticipantId) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Remove { room: room.to_string(), id, reply }).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -95,6 +103,7 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                     Cmd::Whip { room, offer, reply } => { let _ = reply.send(sfu.handle_whip(now, &room, &offer)); }
                     Cmd::Whep { room, offer, reply } => { let _ = reply.send(sfu.handle_whep(now, &room, &offer)); }
                     Cmd::Leave { id, reply } => { let _ = reply.send(sfu.handle_leave(now, id)); }
+                    Cmd::Remove { room, id, reply } => { let _ = reply.send(sfu.handle_remove(now, &room, id)); }
                     Cmd::Rooms { reply } => {
                         let rooms = sfu.rooms().map(|(id, r)| RoomView { id: id.clone(), participants: r.members().to_vec() }).collect();
                         let _ = reply.send(rooms);

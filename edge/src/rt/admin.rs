@@ -63,6 +63,10 @@ fn describe() {
     );
     describe_gauge!("edge_upstream_up", "1 if any target of the upstream (trunk) is usable, per upstream");
     describe_gauge!("edge_upstream_calls", "Calls in progress through an upstream (trunk)");
+    describe_gauge!("edge_sfu_rooms", "SFU meeting rooms in progress");
+    describe_gauge!("edge_sfu_participants", "SFU participants (publishers and viewers) in all rooms");
+    describe_counter!("edge_sfu_frames_received_total", "Audio/video frames the SFU received from publishers");
+    describe_counter!("edge_sfu_frames_forwarded_total", "Audio/video frames the SFU sent to subscribers");
     describe_gauge!("edge_upstream_target_rtt_seconds", "OPTIONS probe round-trip time (EWMA), per upstream target");
     describe_counter!("edge_dns_queries_total", "DNS queries for trunk host names, by record type");
     describe_counter!("edge_dns_failures_total", "DNS queries for trunk host names that got no usable answer");

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub workers: Arc<super::RtShared>,
     /// Longest capture that may be requested.
     pub capture_max: std::time::Duration,
+    /// The SFU, when enabled.
+    pub sfu: Option<sfu::rt::SfuHandle>,
 }
 
 /// A call event with the wall-clock time it happened (Unix seconds).
@@ -1281,6 +1283,85 @@ async fn active_calls(State(st): State<ApiState>) -> ApiResult<Json<Vec<crate::m
     Ok(Json(all))
 }
 
+// ------------------------------------------------------------------ rooms (SFU)
+
+/// A participant of a meeting room.
+#[derive(Serialize, ToSchema)]
+struct ParticipantView {
+    id: u64,
+    name: String,
+    /// `web`, `mobile`, `tablet`, `phone` or `guest`.
+    client: String,
+    /// `moderator` or `participant`.
+    role: String,
+    in_lobby: bool,
+    muted: bool,
+    video: bool,
+    hand_raised: bool,
+}
+
+/// A meeting room of the SFU.
+#[derive(Serialize, ToSchema)]
+struct RoomView {
+    id: String,
+    participants: Vec<ParticipantView>,
+}
+
+fn room_view(r: sfu::rt::RoomView) -> RoomView {
+    let name = |v: serde_json::Value| v.as_str().unwrap_or("").to_string();
+    RoomView {
+        id: r.id,
+        participants: r
+            .participants
+            .into_iter()
+            .map(|m| ParticipantView {
+                id: m.id.0,
+                name: m.name,
+                client: name(serde_json::to_value(m.client).unwrap_or_default()),
+                role: name(serde_json::to_value(m.role).unwrap_or_default()),
+                in_lobby: m.in_lobby,
+                muted: m.muted,
+                video: m.video,
+                hand_raised: m.hand_raised,
+            })
+            .collect(),
+    }
+}
+
+/// Meeting rooms in progress with their participants.
+#[utoipa::path(get, path = "/api/v1/rooms", tag = "rooms", security(("token" = [])),
+    responses((status = 200, body = [RoomView]), (status = 401, body = ApiError)))]
+async fn list_rooms(State(st): State<ApiState>) -> Json<Vec<RoomView>> {
+    let rooms = match &st.sfu {
+        Some(h) => h.rooms().await,
+        None => vec![],
+    };
+    Json(rooms.into_iter().map(room_view).collect())
+}
+
+/// One meeting room.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}", tag = "rooms", security(("token" = [])),
+    params(("room" = String, Path, description = "room name")),
+    responses((status = 200, body = RoomView), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn get_room(State(st): State<ApiState>, Path(room): Path<String>) -> ApiResult<Json<RoomView>> {
+    let rooms = match &st.sfu {
+        Some(h) => h.rooms().await,
+        None => vec![],
+    };
+    rooms.into_iter().find(|r| r.id == room).map(|r| Json(room_view(r))).ok_or_else(|| ApiError::not_found(format!("no room {room:?}")))
+}
+
+/// Removes a participant from a room (its connection ends; the others see it removed).
+#[utoipa::path(delete, path = "/api/v1/rooms/{room}/participants/{id}", tag = "rooms", security(("token" = [])),
+    params(("room" = String, Path, description = "room name"), ("id" = u64, Path, description = "participant id")),
+    responses((status = 204), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+async fn remove_participant(State(st): State<ApiState>, Path((room, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let Ok(n) = id.parse::<u64>() else { return Err(ApiError::not_found(format!("no participant {id:?} in room {room:?}"))) };
+    let Some(h) = &st.sfu else { return Err(ApiError::not_found("the SFU is not enabled")) };
+    h.remove(&room, sfu::room::ParticipantId(n)).await.map_err(|_| ApiError::not_found(format!("no participant {n} in room {room:?}")))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Hangs up a call: BYE to both ends once answered, CANCEL while it rings (the caller gets
 /// 487). The call record says `hung_up`.
 #[utoipa::path(delete, path = "/api/v1/calls/{call_id}", tag = "calls", security(("token" = [])),
@@ -1612,6 +1693,9 @@ pub fn router(st: ApiState, sfu: Option<sfu::rt::SfuHandle>) -> axum::Router {
         .routes(routes!(stop_capture))
         .routes(routes!(download_capture))
         .routes(routes!(tls_reload))
+        .routes(routes!(list_rooms))
+        .routes(routes!(get_room))
+        .routes(routes!(remove_participant))
         .split_for_parts();
     // The capture limit is configuration: state it in the document.
     let mut api = serde_json::to_value(&api).unwrap_or_default();

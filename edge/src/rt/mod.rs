@@ -358,6 +358,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             captures: rt.captures.clone(),
             workers: rt.clone(),
             capture_max: std::time::Duration::from_secs(cfg.admin.capture_max_secs),
+            sfu: sfu.clone(),
         };
         let app = api::router(st, sfu.clone());
         for l in admin_listeners {
