@@ -12,17 +12,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 type Reports = Arc<Mutex<Vec<serde_json::Value>>>;
+type Controls = Arc<Mutex<std::collections::HashMap<String, serde_json::Value>>>;
 
 /// Serves tests/pages/* and collects the JSON the pages POST to /report.
 fn page_server() -> (u16, Reports) {
+    let (port, reports, _) = page_server_with_control();
+    (port, reports)
+}
+
+/// The same, plus `GET /control?name=N`: the action the test set for page N (CORS open).
+fn page_server_with_control() -> (u16, Reports, Controls) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let reports: Reports = Arc::default();
+    let controls: Controls = Arc::default();
+    let c2 = controls.clone();
     let r2 = reports.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let r3 = r2.clone();
+            let c3 = c2.clone();
             std::thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut rd = BufReader::new(s.try_clone().unwrap());
@@ -40,14 +50,25 @@ fn page_server() -> (u16, Reports) {
                         len = v.trim().parse().unwrap_or(0);
                     }
                 }
-                let path = line.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/").to_string();
+                let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = target.split('?').next().unwrap_or("/").to_string();
+                if path == "/control" {
+                    let name = target.split("name=").nth(1).unwrap_or("").split('&').next().unwrap_or("").to_string();
+                    let body = c3.lock().unwrap().remove(&name).unwrap_or(serde_json::Value::Null).to_string();
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
                 if line.starts_with("POST") {
                     let mut body = vec![0u8; len];
                     let _ = rd.read_exact(&mut body);
                     if let Ok(v) = serde_json::from_slice(&body) {
                         r3.lock().unwrap().push(v);
                     }
-                    let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+                    let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n");
                     return;
                 }
                 let file = root().join("tests/pages").join(path.trim_start_matches('/'));
@@ -67,7 +88,7 @@ fn page_server() -> (u16, Reports) {
             });
         }
     });
-    (port, reports)
+    (port, reports, controls)
 }
 
 /// Headless Chromium on `url` (killed on drop).
@@ -219,4 +240,71 @@ fn whip_refuses_what_it_cannot_take_with_a_reason() {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+}
+
+fn by_name(reports: &Reports, name: &str) -> Option<serde_json::Value> {
+    reports.lock().unwrap().iter().rev().find(|r| r["name"] == name).cloned()
+}
+
+/// Remote participants whose audio and video bytes at this page are above the minimums.
+fn receiving(r: &serde_json::Value, audio: u64, video: u64) -> usize {
+    r["inbound"]
+        .as_object()
+        .map_or(0, |m| m.values().filter(|v| v["audio"].as_u64().unwrap_or(0) > audio && v["video"].as_u64().unwrap_or(0) > video).count())
+}
+
+#[test]
+fn three_chromium_pages_meet_one_leaves_and_the_moderator_removes_another() {
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let (port, reports, controls) = page_server_with_control();
+    let url = |name: &str| {
+        format!(
+            "http://{admin}/meet/team?name={name}&autojoin=1&report=http://127.0.0.1:{port}/report&control=http://127.0.0.1:{port}/control"
+        )
+    };
+    let _ann = Browser::open(&url("Ann"));
+    assert!(
+        wait_until(Duration::from_secs(20), || by_name(&reports, "Ann").is_some_and(|r| r["id"].is_u64())),
+        "Ann did not join: {:?}\n{}",
+        by_name(&reports, "Ann"),
+        edge.log()
+    );
+    let _bob = Browser::open(&url("Bob"));
+    let cid = Browser::open(&url("Cid"));
+    let all_see_two = || ["Ann", "Bob", "Cid"].iter().all(|n| by_name(&reports, n).is_some_and(|r| receiving(&r, 2_000, 20_000) >= 2));
+    assert!(
+        wait_until(Duration::from_secs(40), all_see_two),
+        "every page receives the other two: {:?} {:?} {:?}\n{}",
+        by_name(&reports, "Ann"),
+        by_name(&reports, "Bob"),
+        by_name(&reports, "Cid"),
+        edge.log()
+    );
+    // Bytes keep growing.
+    let before = by_name(&reports, "Bob").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = by_name(&reports, "Bob").unwrap();
+    for (pid, v) in after["inbound"].as_object().unwrap() {
+        for kind in ["audio", "video"] {
+            let (a, b) = (before["inbound"][pid][kind].as_u64().unwrap_or(0), v[kind].as_u64().unwrap_or(0));
+            assert!(b > a, "Bob's {kind} from {pid} grows: {a} -> {b}");
+        }
+    }
+    let ann = by_name(&reports, "Ann").unwrap();
+    assert_eq!(ann["moderator"], ann["id"], "the first to join moderates: {ann}");
+    // Cid closes the page: the others see Cid go.
+    drop(cid);
+    let without = |who: &str, gone: &str| {
+        by_name(&reports, who).is_some_and(|r| r["roster"].as_array().is_some_and(|a| !a.iter().any(|n| n == gone)))
+    };
+    assert!(wait_until(Duration::from_secs(15), || without("Ann", "Cid") && without("Bob", "Cid")), "{:?}", by_name(&reports, "Ann"));
+    // The moderator removes Bob: Bob's page is disconnected, Ann's roster drops Bob.
+    controls.lock().unwrap().insert("Ann".into(), serde_json::json!({"remove": "Bob"}));
+    assert!(
+        wait_until(Duration::from_secs(15), || by_name(&reports, "Bob").is_some_and(|r| r["closed"] == "removed")),
+        "{:?}",
+        by_name(&reports, "Bob")
+    );
+    assert!(wait_until(Duration::from_secs(10), || without("Ann", "Bob")));
 }

@@ -13,7 +13,7 @@ use crate::room::{ClientType, ParticipantId, Room, RoomConfig, RoomError, RoomEv
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -46,6 +46,51 @@ pub enum PeerKind {
     Publisher,
     /// WHEP: receives the room's first publisher.
     Viewer,
+    /// Room protocol (WebSocket): publishes its tracks and receives everyone else's,
+    /// the SFU offering a new transceiver for each new remote track.
+    Member,
+}
+
+/// A message for a room-protocol member (sent over its WebSocket).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Signal {
+    /// An SDP offer from the SFU (new remote tracks); `tracks` maps each new mid to the
+    /// participant whose track it carries.
+    Offer { sdp: String, tracks: Vec<(String, u64)> },
+    /// The answer to the member's offer.
+    Answer { sdp: String },
+    /// Something happened in the room.
+    Event { event: RoomEvent },
+    /// A request was refused.
+    Error { reason: String },
+    /// The member's connection ends (removed, timed out).
+    Closed { reason: String },
+}
+
+/// What a member asks of the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Admit(ParticipantId),
+    Reject(ParticipantId),
+    Remove(ParticipantId),
+    MakeModerator(ParticipantId),
+    State { muted: bool, video: bool, hand_raised: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    ToOpen,
+    Negotiating(Mid),
+    Open(Mid),
+}
+
+/// A remote track sent to a member.
+#[derive(Debug, Clone)]
+struct TrackOut {
+    source: (ParticipantId, Mid),
+    kind: MediaKind,
+    state: OutState,
 }
 
 #[derive(Debug)]
@@ -65,6 +110,11 @@ struct Peer {
     connected: bool,
     /// When str0m wants `handle_timeout` next.
     next: Option<Instant>,
+    /// Members: remote tracks and the offer waiting for its answer.
+    outs: Vec<TrackOut>,
+    pending: Option<SdpPendingOffer>,
+    /// Members: the first offer was accepted.
+    negotiated: bool,
 }
 
 /// A datagram to send.
@@ -91,6 +141,7 @@ pub struct Sfu {
     out: VecDeque<Transmit>,
     keyframes: KeyframeRequests<(ParticipantId, Mid)>,
     events: VecDeque<(String, RoomEvent)>,
+    signals: VecDeque<(ParticipantId, Signal)>,
     stats: SfuStats,
 }
 
@@ -106,6 +157,7 @@ impl Sfu {
             out: VecDeque::new(),
             keyframes: KeyframeRequests::new(Duration::from_secs(1)),
             events: VecDeque::new(),
+            signals: VecDeque::new(),
             stats: SfuStats::default(),
         }
     }
@@ -139,7 +191,7 @@ impl Sfu {
         let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room::new(self.cfg.room));
         let name = match kind {
             PeerKind::Publisher => format!("whip-{}", id.0),
-            PeerKind::Viewer => format!("whep-{}", id.0),
+            PeerKind::Viewer | PeerKind::Member => format!("whep-{}", id.0),
         };
         if let Err(e) = r.handle_join(now, id, &name, ClientType::Web) {
             if r.is_empty() {
@@ -148,7 +200,21 @@ impl Sfu {
             return Err(e.into());
         }
         self.next_id += 1;
-        self.peers.insert(id, Peer { rtc, room: room.to_string(), kind, incoming: vec![], outgoing: vec![], connected: false, next: None });
+        self.peers.insert(
+            id,
+            Peer {
+                rtc,
+                room: room.to_string(),
+                kind,
+                incoming: vec![],
+                outgoing: vec![],
+                connected: false,
+                next: None,
+                outs: vec![],
+                pending: None,
+                negotiated: true,
+            },
+        );
         self.drain_room_events(room);
         self.drive(now);
         Ok((id, answer.to_sdp_string()))
@@ -168,6 +234,126 @@ impl Sfu {
             return Err(SfuError::Unsupported("the offer has no audio or video".into()));
         }
         self.new_peer(now, room, offer, PeerKind::Viewer)
+    }
+
+    /// A member joins `room` with the room protocol (its media follows with `handle_offer`).
+    pub fn handle_join(&mut self, now: Instant, room: &str, name: &str, client: ClientType) -> Result<ParticipantId, SfuError> {
+        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
+        rtc.add_local_candidate(cand);
+        let id = ParticipantId(self.next_id);
+        let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room::new(self.cfg.room));
+        if let Err(e) = r.handle_join(now, id, name, client) {
+            if r.is_empty() {
+                self.rooms.remove(room);
+            }
+            return Err(e.into());
+        }
+        self.next_id += 1;
+        self.peers.insert(
+            id,
+            Peer {
+                rtc,
+                room: room.to_string(),
+                kind: PeerKind::Member,
+                incoming: vec![],
+                outgoing: vec![],
+                connected: false,
+                next: None,
+                outs: vec![],
+                pending: None,
+                negotiated: false,
+            },
+        );
+        self.drain_room_events(room);
+        Ok(id)
+    }
+
+    /// A member's SDP offer (its own tracks, sendonly or sendrecv): the answer.
+    pub fn handle_offer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let p = self.peers.get_mut(&id).ok_or(SfuError::NoSuchParticipant)?;
+        if p.kind != PeerKind::Member {
+            return Err(SfuError::Unsupported("not a room-protocol participant".into()));
+        }
+        if p.pending.is_some() {
+            return Err(SfuError::Unsupported("an offer of the SFU waits for its answer (glare): answer it first".into()));
+        }
+        let answer = p.rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Unsupported(e.to_string()))?;
+        let first = !p.negotiated;
+        p.negotiated = true;
+        if first {
+            // Everything already published in the room is offered to the newcomer.
+            let room = p.room.clone();
+            let existing: Vec<(ParticipantId, Mid, MediaKind)> = self
+                .peers
+                .iter()
+                .filter(|(pid, q)| **pid != id && q.room == room && q.kind != PeerKind::Viewer)
+                .flat_map(|(pid, q)| q.incoming.iter().map(move |t| (*pid, t.mid, t.kind)))
+                .collect();
+            if let Some(p) = self.peers.get_mut(&id) {
+                for (pid, mid, kind) in existing {
+                    p.outs.push(TrackOut { source: (pid, mid), kind, state: OutState::ToOpen });
+                }
+            }
+        }
+        self.drive(now);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// A member's answer to the SFU's offer.
+    pub fn handle_answer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let p = self.peers.get_mut(&id).ok_or(SfuError::NoSuchParticipant)?;
+        let pending = p.pending.take().ok_or_else(|| SfuError::Unsupported("no offer of the SFU is waiting for an answer".into()))?;
+        p.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| SfuError::Unsupported(e.to_string()))?;
+        for t in &mut p.outs {
+            if let OutState::Negotiating(m) = t.state {
+                t.state = OutState::Open(m);
+            }
+        }
+        // A new viewer of a video track needs a key frame.
+        let asks: Vec<Mid> = p
+            .outs
+            .iter()
+            .filter(|t| t.kind == MediaKind::Video)
+            .filter_map(|t| match t.state {
+                OutState::Open(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        for m in asks {
+            self.ask_keyframe(now, id, m);
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    /// A member's request to the room (moderator actions, its own state).
+    pub fn handle_action(&mut self, now: Instant, id: ParticipantId, a: Action) -> Result<(), SfuError> {
+        let room = self.peers.get(&id).ok_or(SfuError::NoSuchParticipant)?.room.clone();
+        let r = self.rooms.get_mut(&room).ok_or(SfuError::NoSuchParticipant)?;
+        match a {
+            Action::Admit(who) => r.handle_admit(id, who)?,
+            Action::Reject(who) => r.handle_reject(id, who)?,
+            Action::Remove(who) => r.handle_remove(id, who)?,
+            Action::MakeModerator(who) => r.handle_make_moderator(id, who)?,
+            Action::State { muted, video, hand_raised } => r.handle_state(id, muted, video, hand_raised)?,
+        }
+        r.handle_activity(now, id);
+        self.drain_room_events(&room);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// The next message for a room-protocol member.
+    pub fn poll_signal(&mut self) -> Option<(ParticipantId, Signal)> {
+        self.signals.pop_front()
+    }
+
+    /// The room's members (for a newcomer's roster).
+    pub fn roster(&self, room: &str) -> Vec<crate::room::Member> {
+        self.rooms.get(room).map(|r| r.members().to_vec()).unwrap_or_default()
     }
 
     /// A peer leaves (WHIP/WHEP DELETE).
@@ -248,16 +434,32 @@ impl Sfu {
     fn drain_room_events(&mut self, room: &str) {
         let Some(r) = self.rooms.get_mut(room) else { return };
         let mut gone = vec![];
+        let mut evs = vec![];
         while let Some(e) = r.poll_event() {
-            if let RoomEvent::Left { id, .. } = &e {
-                gone.push(*id);
+            if let RoomEvent::Left { id, reason } = &e {
+                gone.push((*id, *reason));
+            }
+            evs.push(e);
+        }
+        let empty = r.is_empty();
+        let members: Vec<ParticipantId> =
+            self.peers.iter().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member).map(|(id, _)| *id).collect();
+        for e in evs {
+            for m in &members {
+                self.signals.push_back((*m, Signal::Event { event: e.clone() }));
             }
             self.events.push_back((room.to_string(), e));
         }
-        let empty = r.is_empty();
-        for id in gone {
+        for (id, reason) in gone {
             if let Some(mut p) = self.peers.remove(&id) {
                 p.rtc.disconnect();
+                if p.kind == PeerKind::Member {
+                    self.signals.push_back((id, Signal::Closed { reason: format!("{reason:?}").to_ascii_lowercase() }));
+                }
+            }
+            // Nobody keeps sending its tracks.
+            for p in self.peers.values_mut() {
+                p.outs.retain(|t| t.source.0 != id);
             }
         }
         if empty {
@@ -269,6 +471,7 @@ impl Sfu {
     fn drive(&mut self, now: Instant) {
         let mut media: Vec<(ParticipantId, MediaData)> = vec![];
         let mut kf_asks: Vec<(ParticipantId, Mid)> = vec![];
+        let mut new_tracks: Vec<(ParticipantId, String, Mid, MediaKind)> = vec![];
         let mut dead = vec![];
         for _round in 0..4 {
             let ids: Vec<ParticipantId> = self.peers.keys().copied().collect();
@@ -304,6 +507,9 @@ impl Sfu {
                                 if p.kind == PeerKind::Viewer && m.kind == MediaKind::Video {
                                     kf_asks.push((*id, m.mid));
                                 }
+                                if p.kind != PeerKind::Viewer && matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) {
+                                    new_tracks.push((*id, p.room.clone(), m.mid, m.kind));
+                                }
                             }
                             Event::MediaData(d) => media.push((*id, d)),
                             Event::KeyframeRequest(k) => kf_asks.push((*id, k.mid)),
@@ -316,6 +522,14 @@ impl Sfu {
                     }
                 }
             }
+            for (from, room, mid, kind) in new_tracks.drain(..) {
+                for (pid, p) in self.peers.iter_mut() {
+                    if *pid != from && p.room == room && p.kind == PeerKind::Member && p.negotiated {
+                        p.outs.push(TrackOut { source: (from, mid), kind, state: OutState::ToOpen });
+                    }
+                }
+            }
+            self.negotiate();
             if media.is_empty() && kf_asks.is_empty() {
                 break;
             }
@@ -340,6 +554,28 @@ impl Sfu {
         }
     }
 
+    /// Offers members the remote tracks they do not have yet (one offer at a time each).
+    fn negotiate(&mut self) {
+        for (id, p) in self.peers.iter_mut() {
+            if p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() || !p.outs.iter().any(|t| t.state == OutState::ToOpen) {
+                continue;
+            }
+            let mut api = p.rtc.sdp_api();
+            let mut tracks = vec![];
+            for t in &mut p.outs {
+                if t.state == OutState::ToOpen {
+                    let mid = api.add_media(t.kind, Direction::SendOnly, Some(format!("p{}", t.source.0.0)), None, None);
+                    t.state = OutState::Negotiating(mid);
+                    tracks.push((mid.to_string(), t.source.0.0));
+                }
+            }
+            if let Some((offer, pending)) = api.apply() {
+                p.pending = Some(pending);
+                self.signals.push_back((*id, Signal::Offer { sdp: offer.to_sdp_string(), tracks }));
+            }
+        }
+    }
+
     /// The publisher a viewer of `room` receives: the first one that joined.
     fn source_of(&self, room: &str) -> Option<ParticipantId> {
         let r = self.rooms.get(room)?;
@@ -352,6 +588,19 @@ impl Sfu {
         let Some(src) = self.peers.get(&from) else { return };
         let room = src.room.clone();
         let Some(kind) = src.incoming.iter().find(|t| t.mid == d.mid).map(|t| t.kind) else { return };
+        for p in self.peers.values_mut().filter(|p| p.room == room && p.kind == PeerKind::Member && p.connected) {
+            let Some(mid) = p.outs.iter().find_map(|t| match t.state {
+                OutState::Open(m) if t.source == (from, d.mid) => Some(m),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let Some(writer) = p.rtc.writer(mid) else { continue };
+            let Some(pt) = writer.match_params(d.params) else { continue };
+            if writer.write(pt, d.network_time, d.time, d.data.clone()).is_ok() {
+                self.stats.frames_forwarded += 1;
+            }
+        }
         if self.source_of(&room) != Some(from) {
             return;
         }
@@ -369,14 +618,24 @@ impl Sfu {
     /// publisher, at most once a second per publisher track.
     fn ask_keyframe(&mut self, now: Instant, viewer: ParticipantId, mid: Mid) {
         let Some(v) = self.peers.get(&viewer) else { return };
-        let (room, kind) = match v.kind {
+        let (src, src_mid) = match v.kind {
             // A publisher asked for a key frame of what it receives: nothing, it receives nothing.
             PeerKind::Publisher => return,
-            PeerKind::Viewer => (v.room.clone(), v.outgoing.iter().find(|t| t.mid == mid).map(|t| t.kind)),
+            PeerKind::Member => {
+                let Some(t) = v.outs.iter().find(|t| matches!(t.state, OutState::Open(m) | OutState::Negotiating(m) if m == mid)) else {
+                    return;
+                };
+                t.source
+            }
+            PeerKind::Viewer => {
+                let kind = v.outgoing.iter().find(|t| t.mid == mid).map(|t| t.kind);
+                let (Some(kind), Some(src)) = (kind, self.source_of(&v.room.clone())) else { return };
+                let Some(p) = self.peers.get(&src) else { return };
+                let Some(m) = p.incoming.iter().find(|t| t.kind == kind).map(|t| t.mid) else { return };
+                (src, m)
+            }
         };
-        let (Some(kind), Some(src)) = (kind, self.source_of(&room)) else { return };
         let Some(p) = self.peers.get_mut(&src) else { return };
-        let Some(src_mid) = p.incoming.iter().find(|t| t.kind == kind).map(|t| t.mid) else { return };
         if !self.keyframes.request(now, (src, src_mid), 0) {
             return;
         }

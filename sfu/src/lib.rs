@@ -14,3 +14,6 @@ pub mod keyframe;
 pub mod room;
 pub mod rt;
 pub mod speaker;
+
+/// The meeting page (`/meet/{room}`): plain HTML and JavaScript speaking the room protocol.
+pub const MEET_HTML: &str = include_str!("../web/meet.html");

@@ -4,8 +4,9 @@
 //! clock or touches a socket.
 #![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
 
-use crate::core::{Sfu, SfuConfig, SfuError};
-use crate::room::{Member, ParticipantId};
+use crate::core::{Action, Sfu, SfuConfig, SfuError, Signal};
+use crate::room::{ClientType, Member, ParticipantId};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +24,18 @@ enum Cmd {
     Leave { id: ParticipantId, reply: oneshot::Sender<Result<(), SfuError>> },
     Remove { room: String, id: ParticipantId, reply: oneshot::Sender<Result<(), SfuError>> },
     Rooms { reply: oneshot::Sender<Vec<RoomView>> },
+    Join { room: String, name: String, client: ClientType, reply: oneshot::Sender<Result<Joined, SfuError>> },
+    Offer { id: ParticipantId, sdp: String, reply: oneshot::Sender<Result<String, SfuError>> },
+    Answer { id: ParticipantId, sdp: String, reply: oneshot::Sender<Result<(), SfuError>> },
+    Act { id: ParticipantId, action: Action, reply: oneshot::Sender<Result<(), SfuError>> },
+}
+
+/// A member that joined with the room protocol: its id, the room's members at that
+/// moment, and where its messages (offers, room events) arrive.
+pub struct Joined {
+    pub id: ParticipantId,
+    pub roster: Vec<Member>,
+    pub signals: mpsc::UnboundedReceiver<Signal>,
 }
 
 /// How the rest of the binary reaches the SFU task.
@@ -66,6 +79,34 @@ impl SfuHandle {
         rx.await.map_err(|_| gone())?
     }
 
+    /// A member joins `room` (room protocol).
+    pub async fn join(&self, room: &str, name: &str, client: ClientType) -> Result<Joined, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Join { room: room.to_string(), name: name.to_string(), client, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// A member's SDP offer: the answer.
+    pub async fn offer(&self, id: ParticipantId, sdp: String) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Offer { id, sdp, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// A member's answer to the SFU's offer.
+    pub async fn answer(&self, id: ParticipantId, sdp: String) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Answer { id, sdp, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// A member's request (moderator actions, its state).
+    pub async fn act(&self, id: ParticipantId, action: Action) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Act { id, action, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
     /// Every room with its members.
     pub async fn rooms(&self) -> Vec<RoomView> {
         let (reply, rx) = oneshot::channel();
@@ -93,6 +134,7 @@ pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig) -> Result<SfuHandl
 async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedReceiver<Cmd>) {
     let local = sock.local_addr().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
     let mut buf = vec![0u8; 2048];
+    let mut subs: HashMap<ParticipantId, mpsc::UnboundedSender<Signal>> = HashMap::new();
     loop {
         let deadline = sfu.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1));
         tokio::select! {
@@ -104,6 +146,17 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                     Cmd::Whep { room, offer, reply } => { let _ = reply.send(sfu.handle_whep(now, &room, &offer)); }
                     Cmd::Leave { id, reply } => { let _ = reply.send(sfu.handle_leave(now, id)); }
                     Cmd::Remove { room, id, reply } => { let _ = reply.send(sfu.handle_remove(now, &room, id)); }
+                    Cmd::Join { room, name, client, reply } => {
+                        let r = sfu.handle_join(now, &room, &name, client).map(|id| {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            subs.insert(id, tx);
+                            Joined { id, roster: sfu.roster(&room), signals: rx }
+                        });
+                        let _ = reply.send(r);
+                    }
+                    Cmd::Offer { id, sdp, reply } => { let _ = reply.send(sfu.handle_offer(now, id, &sdp)); }
+                    Cmd::Answer { id, sdp, reply } => { let _ = reply.send(sfu.handle_answer(now, id, &sdp)); }
+                    Cmd::Act { id, action, reply } => { let _ = reply.send(sfu.handle_action(now, id, action)); }
                     Cmd::Rooms { reply } => {
                         let rooms = sfu.rooms().map(|(id, r)| RoomView { id: id.clone(), participants: r.members().to_vec() }).collect();
                         let _ = reply.send(rooms);
@@ -124,6 +177,15 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                 && e.kind() == std::io::ErrorKind::WouldBlock
             {
                 let _ = sock.send_to(&t.data, t.destination).await;
+            }
+        }
+        while let Some((id, sig)) = sfu.poll_signal() {
+            let closed = matches!(sig, Signal::Closed { .. });
+            if let Some(tx) = subs.get(&id) {
+                let _ = tx.send(sig);
+            }
+            if closed {
+                subs.remove(&id);
             }
         }
         while let Some((room, e)) = sfu.poll_event() {

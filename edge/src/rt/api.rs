@@ -1715,7 +1715,7 @@ pub fn router(st: ApiState, sfu: Option<sfu::rt::SfuHandle>) -> axum::Router {
         .with_state(st);
     // WHIP/WHEP: public media endpoints, outside the token check.
     match sfu {
-        Some(h) => super::whip::router(h).merge(router),
+        Some(h) => super::whip::router(h.clone()).merge(super::room_ws::router(h)).merge(router),
         None => router,
     }
 }

@@ -16,6 +16,7 @@ pub mod capture;
 pub mod dns;
 pub mod flows;
 pub mod media;
+pub mod room_ws;
 pub mod stream;
 pub mod tls;
 pub mod udp;
