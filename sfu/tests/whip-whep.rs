@@ -44,8 +44,9 @@ fn accept(c: &mut Client, pending: SdpPendingOffer, answer: &str) {
     c.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(answer).unwrap()).unwrap();
 }
 
-/// Moves every datagram between the clients and the SFU at `now`.
-fn pump(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client]) {
+/// Moves every datagram between the clients and the SFU at `now`, dropping the SFU's
+/// datagrams for which `lose` says so.
+fn pump_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &mut dyn FnMut(&sfu::core::Transmit) -> bool) {
     for _ in 0..20 {
         let mut moved = false;
         for c in clients.iter_mut() {
@@ -67,6 +68,9 @@ fn pump(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client]) {
             }
         }
         while let Some(t) = sfu.poll_transmit() {
+            if lose(&t) {
+                continue;
+            }
             if let Some(c) = clients.iter_mut().find(|c| c.addr == t.destination) {
                 let input = Input::Receive(
                     now,
@@ -88,11 +92,15 @@ fn pump(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client]) {
 }
 
 fn tick(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client]) {
+    tick_lossy(now, sfu, clients, &mut |_| false)
+}
+
+fn tick_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &mut dyn FnMut(&sfu::core::Transmit) -> bool) {
     for c in clients.iter_mut() {
         c.rtc.handle_input(Input::Timeout(now)).unwrap();
     }
     sfu.handle_timeout(now);
-    pump(now, sfu, clients);
+    pump_lossy(now, sfu, clients, lose);
 }
 
 fn sfu(max: usize) -> Sfu {
@@ -189,4 +197,58 @@ fn bad_offers_and_full_rooms_are_refused_without_changing_the_room() {
     let (_, offer, _) = client(now, 50011, Direction::RecvOnly);
     assert_eq!(s.handle_whep(now, "r", &offer).unwrap_err(), SfuError::Room(RoomError::Full(1)));
     assert_eq!(s.participant_count(), 1);
+}
+
+#[test]
+fn lost_packets_towards_a_viewer_are_retransmitted_on_nack() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut s = sfu(10);
+    let (mut publ, offer, pending) = client(now, 50020, Direction::SendOnly);
+    let (_, answer) = s.handle_whip(now, "r2", &offer).unwrap();
+    accept(&mut publ, pending, &answer);
+    let (mut view, offer, pending) = client(now, 50021, Direction::RecvOnly);
+    let (_, answer) = s.handle_whep(now, "r2", &offer).unwrap();
+    accept(&mut view, pending, &answer);
+    for _ in 0..2000 {
+        now += Duration::from_millis(1);
+        tick(now, &mut s, &mut [&mut publ, &mut view]);
+        if publ.connected && view.connected {
+            break;
+        }
+    }
+    assert!(publ.connected && view.connected);
+    let vp8 = publ.rtc.writer(publ.mids[1].0).unwrap().payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+    // 10 % of the SFU's datagrams to the viewer are lost (seeded); frames span 3 packets,
+    // so without retransmission about a quarter of the frames would be incomplete.
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let viewer = view.addr;
+    let dropped = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let d2 = dropped.clone();
+    let mut lose = move |t: &sfu::core::Transmit| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let lost = t.destination == viewer && t.data.len() > 200 && rng % 100 < 10;
+        d2.set(d2.get() + lost as u32);
+        lost
+    };
+    let start = now;
+    let mut sent = 0;
+    for i in 0..3000u64 {
+        now += Duration::from_millis(1);
+        if i % 33 == 0 && i < 2700 {
+            let (mid, _) = publ.mids[1];
+            let mut frame = vec![if (i / 33) % 30 == 0 { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            frame.resize(3200, (i % 251) as u8);
+            publ.rtc.writer(mid).unwrap().write(vp8, now, (now - start).into(), frame).unwrap();
+            sent += 1;
+        }
+        tick_lossy(now, &mut s, &mut [&mut publ, &mut view], &mut lose);
+    }
+    let got = view.got.iter().filter(|k| **k == MediaKind::Video).count();
+    // Each lost packet would cost a frame: with 10 and more lost, 97 % complete frames need
+    // the retransmissions.
+    assert!(dropped.get() >= 10, "{} packets lost", dropped.get());
+    assert!(got * 100 >= sent * 97, "{got} of {sent} frames complete at the viewer despite 10 % loss: NACK/RTX works");
 }
