@@ -293,6 +293,7 @@ fn three_chromium_pages_meet_one_leaves_and_the_moderator_removes_another() {
     }
     let ann = by_name(&reports, "Ann").unwrap();
     assert_eq!(ann["moderator"], ann["id"], "the first to join moderates: {ann}");
+    assert!(ann["speaker"].is_u64(), "the SFU names an active speaker from the audio levels: {ann}");
     // Cid closes the page: the others see Cid go.
     drop(cid);
     let without = |who: &str, gone: &str| {

@@ -10,6 +10,7 @@
 
 use crate::keyframe::KeyframeRequests;
 use crate::room::{ClientType, ParticipantId, Room, RoomConfig, RoomError, RoomEvent};
+use crate::speaker::{SpeakerConfig, Speakers};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -143,6 +144,8 @@ pub struct Sfu {
     events: VecDeque<(String, RoomEvent)>,
     signals: VecDeque<(ParticipantId, Signal)>,
     stats: SfuStats,
+    /// Active speaker per room.
+    speakers: HashMap<String, Speakers<ParticipantId>>,
 }
 
 impl Sfu {
@@ -159,6 +162,7 @@ impl Sfu {
             events: VecDeque::new(),
             signals: VecDeque::new(),
             stats: SfuStats::default(),
+            speakers: HashMap::new(),
         }
     }
 
@@ -215,6 +219,7 @@ impl Sfu {
                 negotiated: true,
             },
         );
+        self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
         self.drain_room_events(room);
         self.drive(now);
         Ok((id, answer.to_sdp_string()))
@@ -265,6 +270,7 @@ impl Sfu {
                 negotiated: false,
             },
         );
+        self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
         self.drain_room_events(room);
         Ok(id)
     }
@@ -349,6 +355,11 @@ impl Sfu {
     /// The next message for a room-protocol member.
     pub fn poll_signal(&mut self) -> Option<(ParticipantId, Signal)> {
         self.signals.pop_front()
+    }
+
+    /// The dominant speaker of a room.
+    pub fn active_speaker(&self, room: &str) -> Option<ParticipantId> {
+        self.speakers.get(room).and_then(|s| s.dominant())
     }
 
     /// The room's members (for a newcomer's roster).
@@ -449,6 +460,14 @@ impl Sfu {
                 self.signals.push_back((*m, Signal::Event { event: e.clone() }));
             }
             self.events.push_back((room.to_string(), e));
+        }
+        if let Some(sp) = self.speakers.get_mut(room) {
+            for (id, _) in &gone {
+                sp.remove(*id);
+            }
+        }
+        if empty {
+            self.speakers.remove(room);
         }
         for (id, reason) in gone {
             if let Some(mut p) = self.peers.remove(&id) {
@@ -588,7 +607,29 @@ impl Sfu {
         let Some(src) = self.peers.get(&from) else { return };
         let room = src.room.clone();
         let Some(kind) = src.incoming.iter().find(|t| t.mid == d.mid).map(|t| t.kind) else { return };
-        for p in self.peers.values_mut().filter(|p| p.room == room && p.kind == PeerKind::Member && p.connected) {
+        let lobby: Vec<ParticipantId> =
+            self.rooms.get(&room).map_or(vec![], |r| r.members().iter().filter(|m| m.in_lobby).map(|m| m.id).collect());
+        if lobby.contains(&from) {
+            // Guests in the lobby are not seen or heard until admitted.
+            return;
+        }
+        if let (MediaKind::Audio, Some(level)) = (kind, d.ext_vals.audio_level) {
+            let sp = self.speakers.entry(room.clone()).or_insert_with(|| Speakers::new(SpeakerConfig::default()));
+            sp.handle_level(d.network_time, from, level.unsigned_abs().min(127));
+            if let Some(id) = sp.poll_change() {
+                let e = RoomEvent::ActiveSpeaker { id };
+                for (pid, p) in &self.peers {
+                    if p.room == room && p.kind == PeerKind::Member {
+                        self.signals.push_back((*pid, Signal::Event { event: e.clone() }));
+                    }
+                }
+                self.events.push_back((room.clone(), e));
+            }
+        }
+        for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.connected) {
+            if lobby.contains(pid) {
+                continue;
+            }
             let Some(mid) = p.outs.iter().find_map(|t| match t.state {
                 OutState::Open(m) if t.source == (from, d.mid) => Some(m),
                 _ => None,

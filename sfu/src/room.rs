@@ -94,12 +94,35 @@ pub enum LeaveReason {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RoomEvent {
-    Joined { id: ParticipantId, name: String, role: Role },
-    Waiting { id: ParticipantId, name: String },
-    Admitted { id: ParticipantId },
-    Left { id: ParticipantId, reason: LeaveReason },
-    ModeratorChanged { id: Option<ParticipantId> },
-    State { id: ParticipantId, muted: bool, video: bool, hand_raised: bool },
+    Joined {
+        id: ParticipantId,
+        name: String,
+        role: Role,
+    },
+    Waiting {
+        id: ParticipantId,
+        name: String,
+    },
+    Admitted {
+        id: ParticipantId,
+    },
+    Left {
+        id: ParticipantId,
+        reason: LeaveReason,
+    },
+    ModeratorChanged {
+        id: Option<ParticipantId>,
+    },
+    State {
+        id: ParticipantId,
+        muted: bool,
+        video: bool,
+        hand_raised: bool,
+    },
+    /// The dominant speaker changed (RFC 6464 levels, see `speaker.rs`).
+    ActiveSpeaker {
+        id: ParticipantId,
+    },
 }
 
 /// One room.
@@ -276,6 +299,11 @@ impl Room {
             });
             self.events.push_back(RoomEvent::ModeratorChanged { id });
         }
+    }
+
+    /// `true` if `who` waits in the lobby (gets and sends no media).
+    pub fn in_lobby(&self, who: ParticipantId) -> bool {
+        self.member(who).is_some_and(|m| m.in_lobby)
     }
 
     /// Joined (not waiting) participants.

@@ -139,7 +139,7 @@ fn a_whep_viewer_receives_what_a_whip_publisher_sends() {
         let since = now - start;
         if i % 20 == 0 {
             let (mid, _) = publ.mids[0];
-            publ.rtc.writer(mid).unwrap().write(opus, now, since.into(), vec![0xf8; 60]).unwrap();
+            publ.rtc.writer(mid).unwrap().audio_level(-20, true).write(opus, now, since.into(), vec![0xf8; 60]).unwrap();
         }
         if i % 33 == 0 {
             let (mid, _) = publ.mids[1];
@@ -154,6 +154,7 @@ fn a_whep_viewer_receives_what_a_whip_publisher_sends() {
     let video = view.got.iter().filter(|k| **k == MediaKind::Video).count();
     assert!(audio > 80, "audio frames at the viewer: {audio}");
     assert!(video > 40, "video frames at the viewer: {video}");
+    assert_eq!(s.active_speaker("r1"), Some(pid), "the publisher talks (RFC 6464 level -20 dBov)");
     let stats = s.take_stats();
     assert!(stats.frames_forwarded as usize >= audio + video);
     // The viewer leaves: nothing more reaches it; the room has only the publisher.
