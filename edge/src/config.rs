@@ -48,11 +48,25 @@ pub struct SfuSection {
     pub lobby: bool,
     /// A participant not heard from for this long is removed.
     pub vanish_secs: u64,
+    /// Each member receives the video of the `last_n` most recent speakers.
+    pub last_n: usize,
+    /// Above `all_audio_up_to` participants, only the `audio_n` most recent speakers are heard.
+    pub audio_n: usize,
+    pub all_audio_up_to: usize,
 }
 
 impl Default for SfuSection {
     fn default() -> Self {
-        SfuSection { enabled: true, media: SocketAddr::from(([127, 0, 0, 1], 0)), max_participants: 100, lobby: true, vanish_secs: 30 }
+        SfuSection {
+            enabled: true,
+            media: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_participants: 100,
+            lobby: true,
+            vanish_secs: 30,
+            last_n: 25,
+            audio_n: 3,
+            all_audio_up_to: 10,
+        }
     }
 }
 
@@ -596,8 +610,8 @@ impl Config {
         if self.events.webhook_queue == 0 || self.events.webhook_attempts == 0 {
             return Err(err(None, "keys `events.webhook_queue`/`webhook_attempts`: expected at least 1".into()));
         }
-        if self.sfu.max_participants == 0 || self.sfu.vanish_secs == 0 {
-            return Err(err(None, "keys `sfu.max_participants`/`sfu.vanish_secs`: expected at least 1".into()));
+        if self.sfu.max_participants == 0 || self.sfu.vanish_secs == 0 || self.sfu.last_n == 0 || self.sfu.audio_n == 0 {
+            return Err(err(None, "keys `sfu.max_participants`/`vanish_secs`/`last_n`/`audio_n`: expected at least 1".into()));
         }
         if self.media.inactivity_secs == 0 || self.media.hold_inactivity_secs == 0 {
             return Err(err(None, "keys `media.inactivity_secs`/`hold_inactivity_secs`: expected at least 1".into()));

@@ -38,6 +38,19 @@ pub struct SfuConfig {
     /// The address the media socket listens on (our ICE host candidate).
     pub media_addr: SocketAddr,
     pub room: RoomConfig,
+    /// Each member receives the video of the `last_n` most recent speakers.
+    pub last_n: usize,
+    /// In rooms larger than `all_audio_up_to`, only the `audio_n` most recent speakers
+    /// are heard.
+    pub audio_n: usize,
+    pub all_audio_up_to: usize,
+}
+
+impl SfuConfig {
+    /// Defaults for a media address: last-N 25, 3 voices above 10 participants.
+    pub fn new(media_addr: SocketAddr, room: RoomConfig) -> SfuConfig {
+        SfuConfig { media_addr, room, last_n: 25, audio_n: 3, all_audio_up_to: 10 }
+    }
 }
 
 /// Whether a peer sends into the room or watches it.
@@ -146,6 +159,9 @@ pub struct Sfu {
     stats: SfuStats,
     /// Active speaker per room.
     speakers: HashMap<String, Speakers<ParticipantId>>,
+    /// (member, source) pairs whose video is being forwarded (last-N): a new one needs a
+    /// key frame.
+    seeing: std::collections::HashSet<(ParticipantId, ParticipantId)>,
 }
 
 impl Sfu {
@@ -163,6 +179,7 @@ impl Sfu {
             signals: VecDeque::new(),
             stats: SfuStats::default(),
             speakers: HashMap::new(),
+            seeing: std::collections::HashSet::new(),
         }
     }
 
@@ -480,6 +497,7 @@ impl Sfu {
             for p in self.peers.values_mut() {
                 p.outs.retain(|t| t.source.0 != id);
             }
+            self.seeing.retain(|(a, b)| *a != id && *b != id);
         }
         if empty {
             self.rooms.remove(room);
@@ -626,6 +644,10 @@ impl Sfu {
                 self.events.push_back((room.clone(), e));
             }
         }
+        let size = self.rooms.get(&room).map_or(0, |r| r.members().len());
+        let (last_n, audio_n, all_audio) = (self.cfg.last_n, self.cfg.audio_n, size <= self.cfg.all_audio_up_to);
+        let sp = self.speakers.get(&room);
+        let mut new_viewers: Vec<(ParticipantId, Mid)> = vec![];
         for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.connected) {
             if lobby.contains(pid) {
                 continue;
@@ -636,11 +658,33 @@ impl Sfu {
             }) else {
                 continue;
             };
+            match kind {
+                MediaKind::Audio => {
+                    let heard = sp.is_some_and(|s| s.rank(&from).is_some_and(|r| r < audio_n));
+                    if !all_audio && !heard {
+                        continue;
+                    }
+                }
+                MediaKind::Video => {
+                    let seen = sp.is_none_or(|s| s.in_last_n(pid, &from, last_n));
+                    if !seen {
+                        self.seeing.remove(&(*pid, from));
+                        continue;
+                    }
+                    if self.seeing.insert((*pid, from)) {
+                        new_viewers.push((*pid, mid));
+                    }
+                }
+            }
             let Some(writer) = p.rtc.writer(mid) else { continue };
             let Some(pt) = writer.match_params(d.params) else { continue };
             if writer.write(pt, d.network_time, d.time, d.data.clone()).is_ok() {
                 self.stats.frames_forwarded += 1;
             }
+        }
+        let now = d.network_time;
+        for (viewer, mid) in new_viewers {
+            self.ask_keyframe(now, viewer, mid);
         }
         if self.source_of(&room) != Some(from) {
             return;

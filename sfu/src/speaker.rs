@@ -50,24 +50,53 @@ pub struct Speakers<P> {
     dominant: Option<P>,
     /// Most recent speaker first; everyone who joined is in it.
     order: Vec<P>,
+    /// Position of each participant in `order` (kept in step with it).
+    rank: HashMap<P, usize>,
     changed: Option<P>,
 }
 
 impl<P: Copy + Eq + std::hash::Hash> Speakers<P> {
     pub fn new(cfg: SpeakerConfig) -> Speakers<P> {
-        Speakers { cfg, voices: HashMap::new(), dominant: None, order: Vec::new(), changed: None }
+        Speakers { cfg, voices: HashMap::new(), dominant: None, order: Vec::new(), rank: HashMap::new(), changed: None }
     }
 
     /// A participant joined: last in the speaking order.
     pub fn add(&mut self, p: P) {
         if !self.order.contains(&p) {
             self.order.push(p);
+            self.rank.insert(p, self.order.len() - 1);
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.rank.clear();
+        for (i, p) in self.order.iter().enumerate() {
+            self.rank.insert(*p, i);
+        }
+    }
+
+    /// Position in the speaking order (0: the most recent speaker).
+    pub fn rank(&self, p: &P) -> Option<usize> {
+        self.rank.get(p).copied()
+    }
+
+    /// `true` if `viewer` gets `p`'s video with last-N = `n` (the same as
+    /// `last_n(viewer, n).contains(&p)`, without building the list).
+    pub fn in_last_n(&self, viewer: &P, p: &P, n: usize) -> bool {
+        if viewer == p {
+            return false;
+        }
+        match (self.rank(p), self.rank(viewer)) {
+            (Some(rp), Some(rv)) => rp < n || (rp == n && rv < n),
+            (Some(rp), None) => rp < n,
+            _ => false,
         }
     }
 
     /// A participant left.
     pub fn remove(&mut self, p: P) {
         self.order.retain(|x| *x != p);
+        self.reindex();
         self.voices.remove(&p);
         if self.dominant == Some(p) {
             self.dominant = None;
@@ -97,6 +126,7 @@ impl<P: Copy + Eq + std::hash::Hash> Speakers<P> {
         if self.order.first() != Some(&p) {
             self.order.retain(|x| *x != p);
             self.order.insert(0, p);
+            self.reindex();
         }
         match self.dominant {
             None => self.set_dominant(p),
@@ -197,6 +227,11 @@ mod tests {
         // Speaking order: most recent first, silent participants keep their place.
         assert_eq!(&s.order()[..4], [4, 3, 2, 1]);
         assert_eq!(s.last_n(4, 2), [3, 2], "the viewer is never in its own last-N");
+        for viewer in 1..=5 {
+            for p in 1..=5 {
+                assert_eq!(s.in_last_n(&viewer, &p, 2), s.last_n(viewer, 2).contains(&p), "{viewer} {p}");
+            }
+        }
         assert_eq!(s.audible(now, 3), [4, 3]);
         s.remove(4);
         assert_eq!(s.dominant(), None);

@@ -104,10 +104,7 @@ fn tick_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &m
 }
 
 fn sfu(max: usize) -> Sfu {
-    Sfu::new(SfuConfig {
-        media_addr: SFU.parse().unwrap(),
-        room: RoomConfig { max_participants: max, lobby: true, vanish_after: Duration::from_secs(10) },
-    })
+    Sfu::new(SfuConfig::new(SFU.parse().unwrap(), RoomConfig { max_participants: max, lobby: true, vanish_after: Duration::from_secs(10) }))
 }
 
 #[test]

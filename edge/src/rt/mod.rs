@@ -207,6 +207,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 lobby: cfg.sfu.lobby,
                 vanish_after: std::time::Duration::from_secs(cfg.sfu.vanish_secs),
             },
+            last_n: cfg.sfu.last_n,
+            audio_n: cfg.sfu.audio_n,
+            all_audio_up_to: cfg.sfu.all_audio_up_to,
         };
         let h = sfu::rt::start(conn_rt.handle(), c)?;
         println!("edge: listening sfu-media {}", h.media_addr);
