@@ -293,6 +293,27 @@ fn three_chromium_pages_meet_one_leaves_and_the_moderator_removes_another() {
     }
     let ann = by_name(&reports, "Ann").unwrap();
     assert_eq!(ann["moderator"], ann["id"], "the first to join moderates: {ann}");
+    // Quality per participant and track in the admin API, and in /metrics.
+    let tok = std::fs::read_to_string(edge.dir.path().join("data").join("admin.token")).unwrap();
+    let room = {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        write!(s, "GET /api/v1/rooms/team HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", tok.trim())
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        serde_json::from_str::<serde_json::Value>(out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("null")).unwrap()
+    };
+    let tracks: Vec<&serde_json::Value> =
+        room["participants"].as_array().unwrap().iter().flat_map(|p| p["tracks"].as_array().unwrap().iter()).collect();
+    assert!(
+        tracks.iter().any(|t| t["kind"] == "audio"
+            && t["direction"] == "in"
+            && t["bitrate_bps"].as_f64().unwrap_or(0.0) > 1000.0
+            && t["mos"].as_f64().unwrap_or(0.0) > 3.5),
+        "audio quality per participant: {room}"
+    );
+    assert!(tracks.iter().any(|t| t["kind"] == "video" && t["bitrate_bps"].as_f64().unwrap_or(0.0) > 10_000.0), "{room}");
+    assert!(metric(&http_get(admin, "/metrics"), "edge_sfu_audio_mos_count") > 0.0);
     assert!(ann["speaker"].is_u64(), "the SFU names an active speaker from the audio levels: {ann}");
     // Cid closes the page: the others see Cid go.
     drop(cid);

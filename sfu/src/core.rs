@@ -129,6 +129,38 @@ struct Peer {
     pending: Option<SdpPendingOffer>,
     /// Members: the first offer was accepted.
     negotiated: bool,
+    /// Per (mid, direction out?) quality.
+    quality: HashMap<(Mid, bool), QualityState>,
+}
+
+/// Quality of one track of a participant: `in` is what the SFU receives from it (its
+/// publishing), `out` what it reports receiving from the SFU (RTCP receiver reports).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct TrackQuality {
+    pub kind: &'static str,
+    pub direction: &'static str,
+    pub packets: u64,
+    pub bitrate_bps: f64,
+    pub loss_pct: f64,
+    pub jitter_ms: f64,
+    pub rtt_ms: Option<f64>,
+    /// ITU-T G.107 E-model MOS (audio only).
+    pub mos: Option<f64>,
+}
+
+/// A quality figure for metrics (room, participant, track).
+#[derive(Debug, Clone)]
+pub struct QualitySample {
+    pub room: String,
+    pub participant: ParticipantId,
+    pub q: TrackQuality,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QualityState {
+    q: TrackQuality,
+    bytes: u64,
+    at: Instant,
 }
 
 /// A datagram to send.
@@ -159,6 +191,7 @@ pub struct Sfu {
     stats: SfuStats,
     /// Active speaker per room.
     speakers: HashMap<String, Speakers<ParticipantId>>,
+    quality_samples: VecDeque<QualitySample>,
     /// (member, source) pairs whose video is being forwarded (last-N): a new one needs a
     /// key frame.
     seeing: std::collections::HashSet<(ParticipantId, ParticipantId)>,
@@ -179,6 +212,7 @@ impl Sfu {
             signals: VecDeque::new(),
             stats: SfuStats::default(),
             speakers: HashMap::new(),
+            quality_samples: VecDeque::new(),
             seeing: std::collections::HashSet::new(),
         }
     }
@@ -204,7 +238,7 @@ impl Sfu {
 
     fn new_peer(&mut self, now: Instant, room: &str, offer: &str, kind: PeerKind) -> Result<(ParticipantId, String), SfuError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadOffer(e.to_string()))?;
-        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let mut rtc = Rtc::builder().set_ice_lite(true).set_stats_interval(Some(Duration::from_secs(1))).build(now);
         let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
         rtc.add_local_candidate(cand);
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Unsupported(e.to_string()))?;
@@ -234,6 +268,7 @@ impl Sfu {
                 outs: vec![],
                 pending: None,
                 negotiated: true,
+                quality: HashMap::new(),
             },
         );
         self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
@@ -260,7 +295,7 @@ impl Sfu {
 
     /// A member joins `room` with the room protocol (its media follows with `handle_offer`).
     pub fn handle_join(&mut self, now: Instant, room: &str, name: &str, client: ClientType) -> Result<ParticipantId, SfuError> {
-        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let mut rtc = Rtc::builder().set_ice_lite(true).set_stats_interval(Some(Duration::from_secs(1))).build(now);
         let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
         rtc.add_local_candidate(cand);
         let id = ParticipantId(self.next_id);
@@ -285,6 +320,7 @@ impl Sfu {
                 outs: vec![],
                 pending: None,
                 negotiated: false,
+                quality: HashMap::new(),
             },
         );
         self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
@@ -372,6 +408,16 @@ impl Sfu {
     /// The next message for a room-protocol member.
     pub fn poll_signal(&mut self) -> Option<(ParticipantId, Signal)> {
         self.signals.pop_front()
+    }
+
+    /// Quality figures since the last call (for metrics).
+    pub fn poll_quality(&mut self) -> Option<QualitySample> {
+        self.quality_samples.pop_front()
+    }
+
+    /// The latest quality of every track of every participant of `room`.
+    pub fn quality(&self, room: &str) -> HashMap<ParticipantId, Vec<TrackQuality>> {
+        self.peers.iter().filter(|(_, p)| p.room == room).map(|(id, p)| (*id, p.quality.values().map(|s| s.q).collect())).collect()
     }
 
     /// The dominant speaker of a room.
@@ -549,6 +595,36 @@ impl Sfu {
                                 }
                             }
                             Event::MediaData(d) => media.push((*id, d)),
+                            Event::MediaIngressStats(st) => {
+                                let kind = p.incoming.iter().find(|t| t.mid == st.mid).map(|t| t.kind);
+                                if let Some(q) =
+                                    update_quality(p, st.mid, false, kind, st.bytes, st.packets, st.loss, st.jitter, st.rtt, st.timestamp)
+                                {
+                                    self.quality_samples.push_back(QualitySample { room: p.room.clone(), participant: *id, q });
+                                }
+                            }
+                            Event::MediaEgressStats(st) => {
+                                let kind = p
+                                    .outs
+                                    .iter()
+                                    .find(|t| matches!(t.state, OutState::Open(m) if m == st.mid))
+                                    .map(|t| t.kind)
+                                    .or_else(|| p.outgoing.iter().find(|t| t.mid == st.mid).map(|t| t.kind));
+                                if let Some(q) = update_quality(
+                                    p,
+                                    st.mid,
+                                    true,
+                                    kind,
+                                    st.bytes,
+                                    st.packets,
+                                    st.loss,
+                                    st.remote.as_ref().map_or(0, |r| r.jitter),
+                                    st.rtt,
+                                    st.timestamp,
+                                ) {
+                                    self.quality_samples.push_back(QualitySample { room: p.room.clone(), participant: *id, q });
+                                }
+                            }
                             Event::KeyframeRequest(k) => kf_asks.push((*id, k.mid)),
                             _ => {}
                         },
@@ -728,4 +804,52 @@ impl Sfu {
             let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
         }
     }
+}
+
+/// Folds one str0m stats report of a track into the participant's quality figures.
+#[allow(clippy::too_many_arguments)]
+fn update_quality(
+    p: &mut Peer,
+    mid: Mid,
+    out: bool,
+    kind: Option<MediaKind>,
+    bytes: u64,
+    packets: u64,
+    loss: Option<f32>,
+    jitter: u32,
+    rtt: Option<Duration>,
+    at: Instant,
+) -> Option<TrackQuality> {
+    let kind = kind?;
+    let clock = if kind == MediaKind::Audio { 48_000.0 } else { 90_000.0 };
+    let loss_pct = loss.map_or(0.0, |l| (l as f64 * 100.0).clamp(0.0, 100.0));
+    let jitter_ms = jitter as f64 * 1000.0 / clock;
+    let rtt_ms = rtt.map(|r| r.as_secs_f64() * 1000.0);
+    let prev = p.quality.get(&(mid, out)).copied();
+    let bitrate_bps = match prev {
+        Some(s) if at > s.at => bytes.saturating_sub(s.bytes) as f64 * 8.0 / (at - s.at).as_secs_f64(),
+        Some(s) => s.q.bitrate_bps,
+        None => 0.0,
+    };
+    let mos = (kind == MediaKind::Audio).then(|| {
+        codec::quality::mos(codec::quality::EModelInput {
+            codec: codec::quality::CodecImpairment::OPUS,
+            loss_pct,
+            burst_ratio: 1.0,
+            // One way: half the round trip, the jitter buffer (2 x jitter) and a 20 ms frame.
+            delay_ms: rtt_ms.unwrap_or(0.0) / 2.0 + 2.0 * jitter_ms + 20.0,
+        })
+    });
+    let q = TrackQuality {
+        kind: if kind == MediaKind::Audio { "audio" } else { "video" },
+        direction: if out { "out" } else { "in" },
+        packets,
+        bitrate_bps,
+        loss_pct,
+        jitter_ms,
+        rtt_ms,
+        mos,
+    };
+    p.quality.insert((mid, out), QualityState { q, bytes, at });
+    Some(q)
 }

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct RoomView {
     pub id: String,
     pub participants: Vec<Member>,
+    /// Latest per-track quality of each participant.
+    pub quality: HashMap<ParticipantId, Vec<crate::core::TrackQuality>>,
 }
 
 enum Cmd {
@@ -158,7 +160,10 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                     Cmd::Answer { id, sdp, reply } => { let _ = reply.send(sfu.handle_answer(now, id, &sdp)); }
                     Cmd::Act { id, action, reply } => { let _ = reply.send(sfu.handle_action(now, id, action)); }
                     Cmd::Rooms { reply } => {
-                        let rooms = sfu.rooms().map(|(id, r)| RoomView { id: id.clone(), participants: r.members().to_vec() }).collect();
+                        let rooms = sfu
+                            .rooms()
+                            .map(|(id, r)| RoomView { id: id.clone(), participants: r.members().to_vec(), quality: sfu.quality(id) })
+                            .collect();
                         let _ = reply.send(rooms);
                     }
                 }
@@ -190,6 +195,17 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
         }
         while let Some((room, e)) = sfu.poll_event() {
             tracing::info!(room, event = ?e, "room event");
+        }
+        while let Some(q) = sfu.poll_quality() {
+            let (kind, dir) = (q.q.kind, q.q.direction);
+            metrics::histogram!("edge_sfu_loss_ratio", "kind" => kind, "direction" => dir).record(q.q.loss_pct / 100.0);
+            metrics::histogram!("edge_sfu_jitter_seconds", "kind" => kind, "direction" => dir).record(q.q.jitter_ms / 1000.0);
+            if let Some(r) = q.q.rtt_ms {
+                metrics::histogram!("edge_sfu_rtt_seconds", "kind" => kind, "direction" => dir).record(r / 1000.0);
+            }
+            if let Some(m) = q.q.mos {
+                metrics::histogram!("edge_sfu_audio_mos", "direction" => dir).record(m);
+            }
         }
         let st = sfu.take_stats();
         if st.frames_forwarded > 0 {

@@ -67,6 +67,10 @@ fn describe() {
     describe_gauge!("edge_sfu_participants", "SFU participants (publishers and viewers) in all rooms");
     describe_counter!("edge_sfu_frames_received_total", "Audio/video frames the SFU received from publishers");
     describe_counter!("edge_sfu_frames_forwarded_total", "Audio/video frames the SFU sent to subscribers");
+    describe_histogram!("edge_sfu_loss_ratio", "SFU track packet loss from RTCP (in: publisher to SFU, out: SFU to subscriber)");
+    describe_histogram!("edge_sfu_jitter_seconds", "SFU track interarrival jitter from RTCP");
+    describe_histogram!("edge_sfu_rtt_seconds", "SFU track round-trip time from RTCP");
+    describe_histogram!("edge_sfu_audio_mos", "E-model MOS of SFU audio tracks");
     describe_gauge!("edge_upstream_target_rtt_seconds", "OPTIONS probe round-trip time (EWMA), per upstream target");
     describe_counter!("edge_dns_queries_total", "DNS queries for trunk host names, by record type");
     describe_counter!("edge_dns_failures_total", "DNS queries for trunk host names that got no usable answer");

@@ -1298,6 +1298,23 @@ struct ParticipantView {
     muted: bool,
     video: bool,
     hand_raised: bool,
+    /// Quality of each of its tracks (latest RTCP figures).
+    tracks: Vec<TrackQualityView>,
+}
+
+/// Quality of one track: `in` = what the SFU receives from the participant, `out` = what the
+/// participant reports receiving from the SFU.
+#[derive(Serialize, ToSchema)]
+struct TrackQualityView {
+    kind: String,
+    direction: String,
+    packets: u64,
+    bitrate_bps: f64,
+    loss_pct: f64,
+    jitter_ms: f64,
+    rtt_ms: Option<f64>,
+    /// E-model MOS (audio).
+    mos: Option<f64>,
 }
 
 /// A meeting room of the SFU.
@@ -1309,12 +1326,30 @@ struct RoomView {
 
 fn room_view(r: sfu::rt::RoomView) -> RoomView {
     let name = |v: serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let quality = r.quality;
     RoomView {
         id: r.id,
         participants: r
             .participants
             .into_iter()
             .map(|m| ParticipantView {
+                tracks: quality
+                    .get(&m.id)
+                    .map(|v| {
+                        v.iter()
+                            .map(|q| TrackQualityView {
+                                kind: q.kind.into(),
+                                direction: q.direction.into(),
+                                packets: q.packets,
+                                bitrate_bps: q.bitrate_bps,
+                                loss_pct: q.loss_pct,
+                                jitter_ms: q.jitter_ms,
+                                rtt_ms: q.rtt_ms,
+                                mos: q.mos,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 id: m.id.0,
                 name: m.name,
                 client: name(serde_json::to_value(m.client).unwrap_or_default()),
