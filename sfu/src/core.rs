@@ -192,6 +192,9 @@ pub struct Sfu {
     /// Active speaker per room.
     speakers: HashMap<String, Speakers<ParticipantId>>,
     quality_samples: VecDeque<QualitySample>,
+    /// Peers with possibly something to poll (input, writes, due timers): `drive` polls
+    /// only these, so one packet does not cost a poll of every participant.
+    dirty: Vec<ParticipantId>,
     /// (member, source) pairs whose video is being forwarded (last-N): a new one needs a
     /// key frame.
     seeing: std::collections::HashSet<(ParticipantId, ParticipantId)>,
@@ -213,6 +216,7 @@ impl Sfu {
             stats: SfuStats::default(),
             speakers: HashMap::new(),
             quality_samples: VecDeque::new(),
+            dirty: Vec::new(),
             seeing: std::collections::HashSet::new(),
         }
     }
@@ -272,6 +276,7 @@ impl Sfu {
             },
         );
         self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
+        self.dirty.push(id);
         self.drain_room_events(room);
         self.drive(now);
         Ok((id, answer.to_sdp_string()))
@@ -324,6 +329,7 @@ impl Sfu {
             },
         );
         self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
+        self.dirty.push(id);
         self.drain_room_events(room);
         Ok(id)
     }
@@ -356,6 +362,7 @@ impl Sfu {
                 }
             }
         }
+        self.dirty.push(id);
         self.drive(now);
         Ok(answer.to_sdp_string())
     }
@@ -384,6 +391,7 @@ impl Sfu {
         for m in asks {
             self.ask_keyframe(now, id, m);
         }
+        self.dirty.push(id);
         self.drive(now);
         Ok(())
     }
@@ -463,6 +471,7 @@ impl Sfu {
             tracing::trace!(%source, "datagram for no participant");
             return;
         };
+        self.dirty.push(id);
         if let Some(p) = self.peers.get_mut(&id) {
             if let Err(e) = p.rtc.handle_input(input) {
                 tracing::debug!(participant = id.0, error = %e, "participant input failed: disconnecting");
@@ -478,9 +487,12 @@ impl Sfu {
 
     /// Time passes.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for p in self.peers.values_mut() {
-            if p.rtc.is_alive() {
-                let _ = p.rtc.handle_input(Input::Timeout(now));
+        for (id, p) in self.peers.iter_mut() {
+            if p.next.is_none_or(|t| t <= now) || !p.rtc.is_alive() {
+                if p.rtc.is_alive() {
+                    let _ = p.rtc.handle_input(Input::Timeout(now));
+                }
+                self.dirty.push(*id);
             }
         }
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
@@ -556,8 +568,13 @@ impl Sfu {
         let mut kf_asks: Vec<(ParticipantId, Mid)> = vec![];
         let mut new_tracks: Vec<(ParticipantId, String, Mid, MediaKind)> = vec![];
         let mut dead = vec![];
-        for _round in 0..4 {
-            let ids: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        for _round in 0..8 {
+            let mut ids = std::mem::take(&mut self.dirty);
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.is_empty() {
+                break;
+            }
             for id in &ids {
                 let Some(p) = self.peers.get_mut(id) else { continue };
                 loop {
@@ -643,9 +660,6 @@ impl Sfu {
                 }
             }
             self.negotiate();
-            if media.is_empty() && kf_asks.is_empty() {
-                break;
-            }
             for (from, d) in media.drain(..) {
                 self.forward(from, &d);
             }
@@ -756,6 +770,7 @@ impl Sfu {
             let Some(pt) = writer.match_params(d.params) else { continue };
             if writer.write(pt, d.network_time, d.time, d.data.clone()).is_ok() {
                 self.stats.frames_forwarded += 1;
+                self.dirty.push(*pid);
             }
         }
         let now = d.network_time;
@@ -765,12 +780,13 @@ impl Sfu {
         if self.source_of(&room) != Some(from) {
             return;
         }
-        for p in self.peers.values_mut().filter(|p| p.room == room && p.kind == PeerKind::Viewer && p.connected) {
+        for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Viewer && p.connected) {
             let Some(mid) = p.outgoing.iter().find(|t| t.kind == kind).map(|t| t.mid) else { continue };
             let Some(writer) = p.rtc.writer(mid) else { continue };
             let Some(pt) = writer.match_params(d.params) else { continue };
             if writer.write(pt, d.network_time, d.time, d.data.clone()).is_ok() {
                 self.stats.frames_forwarded += 1;
+                self.dirty.push(*pid);
             }
         }
     }
@@ -803,6 +819,7 @@ impl Sfu {
         if let Some(mut w) = p.rtc.writer(src_mid) {
             let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
         }
+        self.dirty.push(src);
     }
 }
 
