@@ -53,6 +53,8 @@ pub struct SfuSection {
     /// Above `all_audio_up_to` participants, only the `audio_n` most recent speakers are heard.
     pub audio_n: usize,
     pub all_audio_up_to: usize,
+    /// Bearer token per room for WHIP/WHEP and the room WebSocket (`"*"`: every other room).
+    pub tokens: std::collections::HashMap<String, String>,
 }
 
 impl Default for SfuSection {
@@ -66,6 +68,7 @@ impl Default for SfuSection {
             last_n: 25,
             audio_n: 3,
             all_audio_up_to: 10,
+            tokens: std::collections::HashMap::new(),
         }
     }
 }

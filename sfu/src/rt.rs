@@ -46,6 +46,8 @@ pub struct SfuHandle {
     tx: mpsc::UnboundedSender<Cmd>,
     /// Where media arrives (the ICE host candidate).
     pub media_addr: SocketAddr,
+    /// Bearer token per room (`*`: every room without its own); rooms without one are open.
+    tokens: std::sync::Arc<HashMap<String, String>>,
 }
 
 fn gone() -> SfuError {
@@ -53,6 +55,16 @@ fn gone() -> SfuError {
 }
 
 impl SfuHandle {
+    /// `true` if `token` may publish, watch or join `room`.
+    pub fn authorized(&self, room: &str, token: Option<&str>) -> bool {
+        match self.tokens.get(room).or_else(|| self.tokens.get("*")) {
+            None => true,
+            Some(want) => {
+                token.is_some_and(|t| t.len() == want.len() && t.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+            }
+        }
+    }
+
     /// A WHIP offer for `room`: the publisher's id and the SDP answer.
     pub async fn whip(&self, room: &str, offer: String) -> Result<(ParticipantId, String), SfuError> {
         let (reply, rx) = oneshot::channel();
@@ -121,7 +133,7 @@ impl SfuHandle {
 
 /// Binds the media socket (before the process reports it started) and runs the SFU on
 /// `rt`. `cfg.media_addr` may have port 0: the bound port is used.
-pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig) -> Result<SfuHandle, String> {
+pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig, tokens: HashMap<String, String>) -> Result<SfuHandle, String> {
     let std_sock = std::net::UdpSocket::bind(cfg.media_addr).map_err(|e| format!("SFU media socket {}: {e}", cfg.media_addr))?;
     std_sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     cfg.media_addr = std_sock.local_addr().map_err(|e| e.to_string())?;
@@ -130,7 +142,7 @@ pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig) -> Result<SfuHandl
     let _guard = rt.enter();
     let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|e| e.to_string())?;
     rt.spawn(run(Sfu::new(cfg), sock, rx));
-    Ok(SfuHandle { tx, media_addr })
+    Ok(SfuHandle { tx, media_addr, tokens: std::sync::Arc::new(tokens) })
 }
 
 async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedReceiver<Cmd>) {

@@ -211,7 +211,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             audio_n: cfg.sfu.audio_n,
             all_audio_up_to: cfg.sfu.all_audio_up_to,
         };
-        let h = sfu::rt::start(conn_rt.handle(), c)?;
+        let h = sfu::rt::start(conn_rt.handle(), c, cfg.sfu.tokens.clone())?;
         println!("edge: listening sfu-media {}", h.media_addr);
         Some(h)
     } else {

@@ -70,6 +70,10 @@ async fn upgrade(State(sfu): State<SfuHandle>, Path(room): Path<String>, req: Re
     if !valid_room(&room) {
         return (StatusCode::BAD_REQUEST, "room: expected 1 to 64 of A-Z a-z 0-9 _ - .\n").into_response();
     }
+    let token = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string);
+    if !sfu.authorized(&room, token.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, "this room needs its token (?token=...)\n").into_response();
+    }
     let h = req.headers();
     let is_ws = h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = h.get("sec-websocket-key").map(|k| k.as_bytes().to_vec()) else {

@@ -36,9 +36,24 @@ enum Kind {
     Whep,
 }
 
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, t) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
+}
+
+fn unauthorized() -> Response {
+    let mut r = text(StatusCode::UNAUTHORIZED, "this room needs its bearer token (Authorization: Bearer ...)");
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
 async fn offer(sfu: SfuHandle, kind: Kind, room: String, headers: HeaderMap, body: Bytes) -> Response {
     if !valid_room(&room) {
         return text(StatusCode::BAD_REQUEST, format!("room {room:?}: expected 1 to 64 of A-Z a-z 0-9 _ - ."));
+    }
+    if !sfu.authorized(&room, bearer(&headers)) {
+        return unauthorized();
     }
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/sdp") {
@@ -74,7 +89,10 @@ async fn whep(State(sfu): State<SfuHandle>, Path(room): Path<String>, headers: H
     offer(sfu, Kind::Whep, room, headers, body).await
 }
 
-async fn leave(State(sfu): State<SfuHandle>, Path((_room, id)): Path<(String, String)>) -> Response {
+async fn leave(State(sfu): State<SfuHandle>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    if !sfu.authorized(&room, bearer(&headers)) {
+        return unauthorized();
+    }
     let Ok(n) = id.parse::<u64>() else { return text(StatusCode::NOT_FOUND, "no such session") };
     match sfu.leave(ParticipantId(n)).await {
         Ok(()) => cors(StatusCode::OK.into_response()),
