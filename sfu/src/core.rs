@@ -97,6 +97,9 @@ enum OutState {
     ToOpen,
     Negotiating(Mid),
     Open(Mid),
+    /// Its publisher left: to be stopped (m-line to port 0) in the next offer.
+    ToStop(Mid),
+    Stopping(Mid),
 }
 
 /// A remote track sent to a member.
@@ -378,6 +381,7 @@ impl Sfu {
                 t.state = OutState::Open(m);
             }
         }
+        p.outs.retain(|t| !matches!(t.state, OutState::Stopping(_)));
         // A new viewer of a video track needs a key frame.
         let asks: Vec<Mid> = p
             .outs
@@ -551,9 +555,14 @@ impl Sfu {
                     self.signals.push_back((id, Signal::Closed { reason: format!("{reason:?}").to_ascii_lowercase() }));
                 }
             }
-            // Nobody keeps sending its tracks.
+            // Its tracks are stopped in every other member's session (renegotiated).
             for p in self.peers.values_mut() {
-                p.outs.retain(|t| t.source.0 != id);
+                p.outs.retain(|t| !(t.source.0 == id && t.state == OutState::ToOpen));
+                for t in p.outs.iter_mut().filter(|t| t.source.0 == id) {
+                    if let OutState::Open(m) | OutState::Negotiating(m) = t.state {
+                        t.state = OutState::ToStop(m);
+                    }
+                }
             }
             self.seeing.retain(|(a, b)| *a != id && *b != id);
         }
@@ -667,6 +676,8 @@ impl Sfu {
                 self.ask_keyframe(now, viewer, mid);
             }
         }
+        // Offers for tracks added or stopped outside a poll (a member left, a removal).
+        self.negotiate();
         dead.sort();
         dead.dedup();
         for id in dead {
@@ -684,16 +695,24 @@ impl Sfu {
     /// Offers members the remote tracks they do not have yet (one offer at a time each).
     fn negotiate(&mut self) {
         for (id, p) in self.peers.iter_mut() {
-            if p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() || !p.outs.iter().any(|t| t.state == OutState::ToOpen) {
+            let work = p.outs.iter().any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
+            if p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() || !work {
                 continue;
             }
             let mut api = p.rtc.sdp_api();
             let mut tracks = vec![];
             for t in &mut p.outs {
-                if t.state == OutState::ToOpen {
-                    let mid = api.add_media(t.kind, Direction::SendOnly, Some(format!("p{}", t.source.0.0)), None, None);
-                    t.state = OutState::Negotiating(mid);
-                    tracks.push((mid.to_string(), t.source.0.0));
+                match t.state {
+                    OutState::ToOpen => {
+                        let mid = api.add_media(t.kind, Direction::SendOnly, Some(format!("p{}", t.source.0.0)), None, None);
+                        t.state = OutState::Negotiating(mid);
+                        tracks.push((mid.to_string(), t.source.0.0));
+                    }
+                    OutState::ToStop(m) => {
+                        api.stop_media(m);
+                        t.state = OutState::Stopping(m);
+                    }
+                    _ => {}
                 }
             }
             if let Some((offer, pending)) = api.apply() {

@@ -26,6 +26,8 @@ struct Member {
     remote: HashMap<String, u64>,
     /// Video frames received, by source participant.
     video_from: HashMap<u64, u32>,
+    /// The SFU's latest offer.
+    last_offer: String,
 }
 
 fn join(s: &mut Sfu, now: Instant, port: u16, name: &str, video: bool) -> Member {
@@ -41,7 +43,7 @@ fn join(s: &mut Sfu, now: Instant, port: u16, name: &str, video: bool) -> Member
     let (offer, pending) = api.apply().unwrap();
     let answer = s.handle_offer(now, id, &offer.to_sdp_string()).unwrap();
     rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
-    Member { id, rtc, addr, own, remote: HashMap::new(), video_from: HashMap::new() }
+    Member { id, rtc, addr, own, remote: HashMap::new(), video_from: HashMap::new(), last_offer: String::new() }
 }
 
 /// Moves datagrams and signals until nothing moves.
@@ -88,6 +90,7 @@ fn pump(now: Instant, s: &mut Sfu, ms: &mut [Member]) {
                 for (mid, src) in tracks {
                     m.remote.insert(mid, src);
                 }
+                m.last_offer = sdp.clone();
                 let answer = m.rtc.sdp_api().accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap()).unwrap();
                 s.handle_answer(now, id, &answer.to_sdp_string()).unwrap();
                 moved = true;
@@ -177,4 +180,13 @@ fn members_get_each_other_and_last_n_follows_the_speaker() {
     assert!(ms[0].video_from.get(&b).copied().unwrap_or(0) > 50);
     let events: Vec<RoomEvent> = std::iter::from_fn(|| s.poll_event()).map(|(_, e)| e).collect();
     assert!(events.contains(&RoomEvent::ActiveSpeaker { id: ParticipantId(b) }), "{events:?}");
+    // c leaves: the others get an offer that stops c's two m-lines (port 0), and answer it.
+    let c = ms[2].id;
+    s.handle_leave(now, c).unwrap();
+    let offers_before = ms[3].last_offer.clone();
+    now += Duration::from_millis(1);
+    pump(now, &mut s, &mut ms);
+    let stopped = ms[3].last_offer.lines().filter(|l| l.starts_with("m=") && l.split_whitespace().nth(1) == Some("0")).count();
+    assert!(ms[3].last_offer != offers_before, "a new offer after c left");
+    assert_eq!(stopped, 2, "c's audio and video stopped in v's session");
 }
