@@ -337,9 +337,12 @@ fn rtp_quality_follows_the_e_model() {
             assert!(measured_loss < 0.1, "{r}");
             assert!(mean_mos >= 4.3, "MOS {mean_mos} with no loss");
         } else {
-            assert!((4.0..=6.0).contains(&measured_loss), "reported loss {measured_loss}% for 5% injected");
-            // 5% random loss: Ie,eff = 95*5/(5+25.1) = 15.8, R = 77.4, MOS = 3.92.
-            assert!((mean_mos - 3.92).abs() < 0.15, "MOS {mean_mos}");
+            // 5 % injected on the way out, plus packets still in flight on the echo path when
+            // the call ends (counted as lost): up to about 1 % more on a busy machine (one CI
+            // run saw 6.002 %).
+            assert!((4.0..=6.5).contains(&measured_loss), "reported loss {measured_loss}% for 5% injected");
+            // 5% random loss: Ie,eff = 95*5/(5+25.1) = 15.8, R = 77.4, MOS = 3.92 (3.77 at 6.5 %).
+            assert!((mean_mos - 3.92).abs() < 0.2, "MOS {mean_mos}");
         }
         assert!((mean_mos - expected).abs() < 0.1, "MOS {mean_mos} vs E-model {expected} at {measured_loss}% loss");
         mos.push(mean_mos);
