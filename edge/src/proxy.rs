@@ -162,8 +162,13 @@ impl Branch<'_> {
 
 /// What a new branch to the next upstream target needs (RFC 3263 4.3 style fail-over).
 struct Failover {
-    cursor: crate::resolve::Cursor,
+    seed: FailoverSeed,
     branch: Branch<'static>,
+}
+
+/// Where fail-over stands: the cursor over the route's targets and the trunk limits held.
+struct FailoverSeed {
+    cursor: crate::resolve::Cursor,
     /// The route's trunks (a cursor entry's group indexes this).
     legs: Vec<Leg>,
     /// The trunk whose call limits this call holds.
@@ -172,16 +177,6 @@ struct Failover {
     refused: Vec<u16>,
     call_id: String,
     /// Group of the current branch.
-    current: u16,
-}
-
-/// Fail-over state before the request's branch exists.
-struct FailoverSeed {
-    cursor: crate::resolve::Cursor,
-    legs: Vec<Leg>,
-    admitted: Option<u16>,
-    refused: Vec<u16>,
-    call_id: String,
     current: u16,
 }
 
@@ -203,6 +198,21 @@ struct Target {
 impl Target {
     fn to(dest: Peer) -> Target {
         Target { request_uri: None, push_routes: vec![], dest, out_token: false, drop_headers: &[], append: String::new(), cseq_shift: 0 }
+    }
+}
+
+impl Leg {
+    /// A branch to target `t` of this trunk.
+    fn target(&self, t: crate::resolve::Target) -> Target {
+        Target {
+            request_uri: self.request_uri.clone(),
+            push_routes: vec![],
+            dest: Peer { transport: t.transport, addr: t.addr, flow: None },
+            out_token: false,
+            drop_headers: self.drop_headers,
+            append: self.append.clone(),
+            cseq_shift: 0,
+        }
     }
 }
 
@@ -1002,15 +1012,7 @@ impl Core {
             failover: None,
         };
         if let Some(f) = failover_seed {
-            ctx.failover = Some(Box::new(Failover {
-                cursor: f.cursor,
-                branch: request_branch.to_static(),
-                legs: f.legs,
-                admitted: f.admitted,
-                refused: f.refused,
-                call_id: f.call_id,
-                current: f.current,
-            }));
+            ctx.failover = Some(Box::new(Failover { seed: f, branch: request_branch.to_static() }));
         }
         if invite {
             ctx.timer_c = Some(now + self.sh.timer_c);
@@ -1116,7 +1118,7 @@ impl Core {
     /// Arms the INVITE timeout of a fail-over branch.
     fn schedule_failover(&mut self, now: Instant, ctx_id: u64, cid: u64) {
         if let Some(f) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()) {
-            let at = now + f.legs.get(f.current as usize).map_or(std::time::Duration::from_secs(2), |l| l.invite_timeout);
+            let at = now + f.seed.legs.get(f.seed.current as usize).map_or(std::time::Duration::from_secs(2), |l| l.invite_timeout);
             self.timers.push(Reverse((at, TimerKey::Failover(cid))));
         }
     }
@@ -1197,16 +1199,7 @@ impl Core {
             FailoverSeed { cursor: crate::resolve::Cursor::new(entries), legs, admitted: None, refused: vec![], call_id, current: 0 };
         let (tg, g) = self.next_trunk_target(now, &mut seed, initial_invite)?;
         seed.current = g;
-        let leg = &seed.legs[g as usize];
-        let t = Target {
-            request_uri: leg.request_uri.clone(),
-            push_routes: vec![],
-            dest: Peer { transport: tg.transport, addr: tg.addr, flow: None },
-            out_token: false,
-            drop_headers: leg.drop_headers,
-            append: leg.append.clone(),
-            cseq_shift: 0,
-        };
+        let t = seed.legs[g as usize].target(tg);
         Ok((t, initial_invite.then_some(seed)))
     }
 
@@ -1266,7 +1259,7 @@ impl Core {
         }
         let cnonce = format!("{:016x}", self.rand());
         let Some(f) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()) else { return false };
-        let Some(leg) = f.legs.get(f.current as usize) else { return false };
+        let Some(leg) = f.seed.legs.get(f.seed.current as usize) else { return false };
         let Some((user, pass)) = leg.credentials.clone() else { return false };
         let (hdr, name) = if code == 401 {
             (HeaderName::WwwAuthenticate, "Authorization")
@@ -1316,16 +1309,15 @@ impl Core {
             return false;
         }
         let Some(f) = self.ctxs.get_mut(&ctx_id).and_then(|c| c.failover.take()) else { return false };
-        let Failover { cursor, branch, legs, admitted, refused, call_id, current } = *f;
+        let Failover { mut seed, branch } = *f;
         let failed = crate::resolve::Target { addr: to.addr, transport: to.transport };
         {
-            let block_for = legs.get(current as usize).map_or(std::time::Duration::from_secs(30), |l| l.block_for);
+            let block_for = seed.legs.get(seed.current as usize).map_or(std::time::Duration::from_secs(30), |l| l.block_for);
             let mut h = self.sh.health.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(crate::resolve::Change::Down(t)) = h.handle_failure(failed, now, Some(retry_after.unwrap_or(block_for))) {
                 tracing::warn!(target = %t.addr, transport = t.transport.uri_param(), "upstream target down: failing over");
             }
         }
-        let mut seed = FailoverSeed { cursor, legs, admitted, refused, call_id, current };
         let next = self.next_trunk_target(now, &mut seed, true).ok();
         let started = match next {
             Some((t, g)) => {
@@ -1333,27 +1325,10 @@ impl Core {
                     c.done = true;
                 }
                 seed.current = g;
-                let leg = &seed.legs[g as usize];
-                let target = Target {
-                    request_uri: leg.request_uri.clone(),
-                    push_routes: vec![],
-                    dest: Peer { transport: t.transport, addr: t.addr, flow: None },
-                    out_token: false,
-                    drop_headers: leg.drop_headers,
-                    append: leg.append.clone(),
-                    cseq_shift: 0,
-                };
+                let target = seed.legs[g as usize].target(t);
                 let r = self.new_branch(now, ctx_id, &branch, &target, media);
                 if let Some(c) = self.ctxs.get_mut(&ctx_id) {
-                    c.failover = Some(Box::new(Failover {
-                        cursor: seed.cursor,
-                        branch,
-                        legs: seed.legs,
-                        admitted: seed.admitted,
-                        refused: seed.refused,
-                        call_id: seed.call_id,
-                        current: seed.current,
-                    }));
+                    c.failover = Some(Box::new(Failover { seed, branch }));
                 }
                 // Armed now that the state is back (new_branch found none).
                 if let Some(new_cid) = r {
@@ -1363,15 +1338,7 @@ impl Core {
             }
             None => {
                 if let Some(c) = self.ctxs.get_mut(&ctx_id) {
-                    c.failover = Some(Box::new(Failover {
-                        cursor: seed.cursor,
-                        branch,
-                        legs: seed.legs,
-                        admitted: seed.admitted,
-                        refused: seed.refused,
-                        call_id: seed.call_id,
-                        current: seed.current,
-                    }));
+                    c.failover = Some(Box::new(Failover { seed, branch }));
                 }
                 None
             }
@@ -1658,7 +1625,7 @@ impl Core {
                 self.end_call(now, &call, reason);
             }
             // The trunk slot of a failed call (also when no media anchor tracks the call).
-            if let Some(call) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()).map(|f| f.call_id.clone())
+            if let Some(call) = self.ctxs.get(&ctx_id).and_then(|c| c.failover.as_ref()).map(|f| f.seed.call_id.clone())
                 && let Some(trunk) = self.trunk_calls.remove(&call)
             {
                 self.sh.loads.release(&trunk);

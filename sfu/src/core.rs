@@ -166,6 +166,25 @@ struct QualityState {
     at: Instant,
 }
 
+impl Peer {
+    fn new(rtc: Rtc, room: &str, kind: PeerKind) -> Peer {
+        Peer {
+            rtc,
+            room: room.to_string(),
+            kind,
+            incoming: vec![],
+            outgoing: vec![],
+            connected: false,
+            next: None,
+            outs: vec![],
+            pending: None,
+            // Members offer first; WHIP/WHEP peers are negotiated by their offer.
+            negotiated: kind != PeerKind::Member,
+            quality: HashMap::new(),
+        }
+    }
+}
+
 /// A datagram to send.
 #[derive(Debug, Clone)]
 pub struct Transmit {
@@ -245,9 +264,7 @@ impl Sfu {
 
     fn new_peer(&mut self, now: Instant, room: &str, offer: &str, kind: PeerKind) -> Result<(ParticipantId, String), SfuError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadOffer(e.to_string()))?;
-        let mut rtc = Rtc::builder().set_ice_lite(true).set_stats_interval(Some(Duration::from_secs(1))).build(now);
-        let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
-        rtc.add_local_candidate(cand);
+        let mut rtc = self.new_rtc(now)?;
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Unsupported(e.to_string()))?;
         let id = ParticipantId(self.next_id);
         let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room::new(self.cfg.room));
@@ -262,22 +279,7 @@ impl Sfu {
             return Err(e.into());
         }
         self.next_id += 1;
-        self.peers.insert(
-            id,
-            Peer {
-                rtc,
-                room: room.to_string(),
-                kind,
-                incoming: vec![],
-                outgoing: vec![],
-                connected: false,
-                next: None,
-                outs: vec![],
-                pending: None,
-                negotiated: true,
-                quality: HashMap::new(),
-            },
-        );
+        self.peers.insert(id, Peer::new(rtc, room, kind));
         self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
         self.dirty.push(id);
         self.drain_room_events(room);
@@ -301,11 +303,17 @@ impl Sfu {
         self.new_peer(now, room, offer, PeerKind::Viewer)
     }
 
-    /// A member joins `room` with the room protocol (its media follows with `handle_offer`).
-    pub fn handle_join(&mut self, now: Instant, room: &str, name: &str, client: ClientType) -> Result<ParticipantId, SfuError> {
+    /// A str0m peer for a new participant: ICE-lite, stats every second, our host candidate.
+    fn new_rtc(&self, now: Instant) -> Result<Rtc, SfuError> {
         let mut rtc = Rtc::builder().set_ice_lite(true).set_stats_interval(Some(Duration::from_secs(1))).build(now);
         let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
         rtc.add_local_candidate(cand);
+        Ok(rtc)
+    }
+
+    /// A member joins `room` with the room protocol (its media follows with `handle_offer`).
+    pub fn handle_join(&mut self, now: Instant, room: &str, name: &str, client: ClientType) -> Result<ParticipantId, SfuError> {
+        let rtc = self.new_rtc(now)?;
         let id = ParticipantId(self.next_id);
         let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room::new(self.cfg.room));
         if let Err(e) = r.handle_join(now, id, name, client) {
@@ -315,22 +323,7 @@ impl Sfu {
             return Err(e.into());
         }
         self.next_id += 1;
-        self.peers.insert(
-            id,
-            Peer {
-                rtc,
-                room: room.to_string(),
-                kind: PeerKind::Member,
-                incoming: vec![],
-                outgoing: vec![],
-                connected: false,
-                next: None,
-                outs: vec![],
-                pending: None,
-                negotiated: false,
-                quality: HashMap::new(),
-            },
-        );
+        self.peers.insert(id, Peer::new(rtc, room, PeerKind::Member));
         self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
         self.dirty.push(id);
         self.drain_room_events(room);
@@ -734,8 +727,11 @@ impl Sfu {
         let Some(src) = self.peers.get(&from) else { return };
         let room = src.room.clone();
         let Some(kind) = src.incoming.iter().find(|t| t.mid == d.mid).map(|t| t.kind) else { return };
-        let lobby: Vec<ParticipantId> =
-            self.rooms.get(&room).map_or(vec![], |r| r.members().iter().filter(|m| m.in_lobby).map(|m| m.id).collect());
+        // Only rooms with someone in the lobby pay for the list (none: no allocation per frame).
+        let lobby: Vec<ParticipantId> = match self.rooms.get(&room) {
+            Some(r) if r.members().iter().any(|m| m.in_lobby) => r.members().iter().filter(|m| m.in_lobby).map(|m| m.id).collect(),
+            _ => Vec::new(),
+        };
         if lobby.contains(&from) {
             // Guests in the lobby are not seen or heard until admitted.
             return;
