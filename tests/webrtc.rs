@@ -330,3 +330,97 @@ fn three_chromium_pages_meet_one_leaves_and_the_moderator_removes_another() {
     );
     assert!(wait_until(Duration::from_secs(10), || without("Ann", "Bob")));
 }
+
+#[test]
+fn a_sip_phone_dials_into_a_room_with_two_browsers_and_hears_the_mix() {
+    // `conference:*`: the number dialled names the room.
+    let edge = Edge::start("[[route]]\nname = \"rooms\"\nprefix = \"team\"\nupstream = \"conference:*\"\n", &[]);
+    let admin = edge.admin.unwrap();
+    let (port, reports, _) = page_server_with_control();
+    let url = |name: &str| format!("http://{admin}/meet/team7?name={name}&autojoin=1&report=http://127.0.0.1:{port}/report");
+    let _ann = Browser::open(&url("Ann"));
+    let _bob = Browser::open(&url("Bob"));
+    assert!(
+        wait_until(Duration::from_secs(40), || ["Ann", "Bob"]
+            .iter()
+            .all(|n| by_name(&reports, n).is_some_and(|r| receiving(&r, 2_000, 20_000) >= 1))),
+        "the two pages receive each other: {:?} {:?}\n{}",
+        by_name(&reports, "Ann"),
+        by_name(&reports, "Bob"),
+        edge.log()
+    );
+    // A phone (loadgen with Opus RTP: a 440 Hz tone) calls sip:team7@edge.test for 8 s.
+    // A second phone offers only G.711 (PCMU): its mix is encoded in G.711.
+    let dir = tempfile::tempdir().unwrap();
+    let call = |from: &str, codec: &str| {
+        let rj = dir.path().join(format!("{from}.json"));
+        let target = format!("sip:{}", edge.udp);
+        let (from, codec) = (format!("sip:{from}@edge.test"), codec.to_string());
+        let rj2 = rj.clone();
+        let h = std::thread::spawn(move || {
+            run(
+                &[
+                    "call",
+                    "--target",
+                    &target,
+                    "--to",
+                    "sip:team7@edge.test",
+                    "--from",
+                    &from,
+                    "--calls",
+                    "1",
+                    "--hold-ms",
+                    "8000",
+                    "--rtp",
+                    "--codec",
+                    &codec,
+                    "--quiet",
+                    "--report-json",
+                    rj2.to_str().unwrap(),
+                ],
+                Duration::from_secs(40),
+            )
+        });
+        (h, rj)
+    };
+    let (phone, rj) = call("deskphone", "opus");
+    let (pcmu_phone, rj_pcmu) = call("analog", "pcmu");
+    // While the call lasts: the room lists the phone, and both pages receive its audio.
+    let phone_id = || {
+        by_name(&reports, "Ann")
+            .and_then(|r| r["members"].as_array().and_then(|a| a.iter().find(|m| m["name"] == "deskphone").and_then(|m| m["id"].as_u64())))
+    };
+    let hears_phone = |who: &str| {
+        let Some(id) = phone_id() else { return false };
+        by_name(&reports, who).is_some_and(|r| r["inbound"][id.to_string()]["audio"].as_u64().unwrap_or(0) > 2_000)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || hears_phone("Ann") && hears_phone("Bob")),
+        "the pages receive the phone's audio: {:?}\n{}",
+        by_name(&reports, "Ann"),
+        edge.log()
+    );
+    let out = phone.join().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), edge.log());
+    let r = json(&rj);
+    let s = &r["media"]["per_stream"][0];
+    assert_eq!(r["calls_succeeded"], 1, "{r}\n{}", edge.log());
+    // 8 s of 20 ms frames: the mix of the two browsers' audio (Chromium's fake
+    // microphone beeps) comes back, and is not all silence.
+    assert!(s["packets_received"].as_u64().unwrap_or(0) > 250, "{s}\n{}", edge.log());
+    assert!(s["voiced_frames"].as_u64().unwrap_or(0) > 10, "the phone hears the browsers: {s}");
+    let out = pcmu_phone.join().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), edge.log());
+    let r = json(&rj_pcmu);
+    let s = &r["media"]["per_stream"][0];
+    assert_eq!(s["codec"], "PCMU", "{s}");
+    assert!(s["packets_received"].as_u64().unwrap_or(0) > 250, "{s}");
+    assert!(s["voiced_frames"].as_u64().unwrap_or(0) > 10, "the G.711 phone hears the room: {s}");
+    // The phone hung up: gone from the room.
+    assert!(
+        wait_until(Duration::from_secs(10), || by_name(&reports, "Ann")
+            .is_some_and(|r| r["members"].as_array().is_some_and(|a| !a.iter().any(|m| m["client"] == "phone")))),
+        "{:?}",
+        by_name(&reports, "Ann")
+    );
+}

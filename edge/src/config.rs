@@ -586,7 +586,13 @@ impl Config {
         }
         let mut route_names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
-            r.to_route(i, &|n| names.contains(n)).map_err(|e| err(Some(r.name.span()), format!("[[route]] {e}")))?;
+            let route = r.to_route(i, &|n| names.contains(n)).map_err(|e| err(Some(r.name.span()), format!("[[route]] {e}")))?;
+            if route.conference_room(Some("x")).is_some() && !self.sfu.enabled {
+                return Err(err(
+                    Some(r.name.span()),
+                    format!("[[route]] {:?}: a conference target needs [sfu] enabled = true", route.name),
+                ));
+            }
             if !route_names.insert(r.name.get_ref().clone()) {
                 return Err(err(Some(r.name.span()), format!("[[route]] {:?} is defined twice", r.name.get_ref())));
             }

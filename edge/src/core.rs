@@ -120,6 +120,8 @@ pub struct Shared {
     pub reject_anonymous: std::collections::HashSet<String>,
     pub media: MediaPolicy,
     token_key: [u8; 32],
+    /// The conference UA (SFU rooms for SIP phones), as a trunk: set when the SFU runs.
+    conference: std::sync::OnceLock<Upstream>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -204,7 +206,13 @@ impl Shared {
             reject_anonymous: cfg.users.iter().filter(|u| u.reject_anonymous).map(|u| u.name.get_ref().clone()).collect(),
             media,
             token_key: key,
+            conference: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The conference UA is listening: routes to `conference:ROOM` reach it.
+    pub fn set_conference(&self, up: Upstream) {
+        let _ = self.conference.set(up);
     }
 
     /// The preferred upstream (takes calls to other domains).
@@ -219,6 +227,12 @@ impl Shared {
         let ups = self.upstream_list();
         let routes = self.route_list();
         match crate::dialplan::decide(&routes, user, host, local, &self.emergency_numbers, self.emergency_route.as_deref()) {
+            Some(d) if d.route.upstreams.first().is_some_and(|u| u.starts_with(crate::dialplan::CONFERENCE)) => {
+                // A room of the SFU: the conference UA, with the room as the Request-URI user.
+                let room = d.route.conference_room(d.user.as_deref()).map(str::to_string);
+                let trunks = self.conference.get().cloned().into_iter().collect();
+                Some(Plan { trunks, user: room, rewrite: true, emergency: d.emergency, route: Some(d.route.name.clone()) })
+            }
             Some(d) => {
                 let mut names: Vec<&String> = d.route.upstreams.iter().collect();
                 if !d.route.weights.is_empty() {

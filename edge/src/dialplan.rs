@@ -116,7 +116,19 @@ impl Route {
         if upstreams.is_empty() {
             return Err(err("expected at least one upstream (trunk)".into()));
         }
-        for u in &upstreams {
+        if let Some(c) = upstreams.iter().find(|u| u.starts_with(CONFERENCE)) {
+            let room = &c[CONFERENCE.len()..];
+            if upstreams.len() > 1 {
+                return Err(err(format!("{c:?}: a conference target is the route's only target")));
+            }
+            if room != "*" && (room.is_empty() || room.len() > 64 || !room.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
+            {
+                return Err(err(format!(
+                    "{c:?}: expected conference:ROOM (1 to 64 letters, digits, '_', '.', '-') or conference:* (the number dialled)"
+                )));
+            }
+        }
+        for u in upstreams.iter().filter(|u| !u.starts_with(CONFERENCE)) {
             if !trunk_exists(u) {
                 return Err(err(format!("unknown upstream (trunk) {u:?}")));
             }
@@ -166,6 +178,18 @@ impl Route {
     /// The number after this route's conversion rules.
     pub fn convert(&self, number: &str) -> String {
         self.convert.iter().find_map(|c| c.apply(number)).unwrap_or_else(|| number.to_string())
+    }
+}
+
+/// Target prefix of a route that sends calls into an SFU room as phone participants:
+/// `conference:ROOM`, or `conference:*` for the room named by the (converted) number.
+pub const CONFERENCE: &str = "conference:";
+
+impl Route {
+    /// The room of a conference route, given the (converted) number dialled.
+    pub fn conference_room<'a>(&'a self, user: Option<&'a str>) -> Option<&'a str> {
+        let room = self.upstreams.first()?.strip_prefix(CONFERENCE)?;
+        if room == "*" { user } else { Some(room) }
     }
 }
 

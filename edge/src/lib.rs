@@ -5,6 +5,7 @@
 //! WebSocket, threads and the clock.
 
 pub mod auth;
+pub mod conference;
 pub mod config;
 pub mod core;
 pub mod dialplan;

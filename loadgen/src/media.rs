@@ -28,6 +28,11 @@ pub struct StreamReport {
     pub jitter_ms: f64,
     pub r_factor: f64,
     pub mos: f64,
+    /// Received packets whose decoded 20 ms are louder than -50 dBov (not silence): a call
+    /// with none heard nothing (one-way or silent audio).
+    pub voiced_frames: u64,
+    /// Mean level of the received audio in dBov (-127: silence).
+    pub mean_level_dbov: f64,
 }
 
 /// G.711 variant.
@@ -154,6 +159,42 @@ struct Stream {
 struct RxStats {
     seq: SeqTracker,
     jitter: Jitter,
+    voiced: u64,
+    /// Sum of the per-frame levels in -dBov and their count.
+    level_sum: f64,
+    frames: u64,
+}
+
+/// Decodes received payloads to measure what is heard.
+enum Listener {
+    G711(fn(u8) -> i16),
+    Opus(Box<opus::Decoder>, Vec<i16>),
+}
+
+impl Listener {
+    fn new(c: Codec) -> Option<Listener> {
+        Some(match c {
+            Codec::Pcmu => Listener::G711(codec::g711::ulaw_to_linear),
+            Codec::Pcma => Listener::G711(codec::g711::alaw_to_linear),
+            Codec::Opus => Listener::Opus(Box::new(opus::Decoder::new(48000, opus::Channels::Mono).ok()?), vec![0; 5760]),
+        })
+    }
+
+    /// The level of one payload in -dBov (RFC 6464 scale: 0 loudest, 127 silence).
+    fn level(&mut self, payload: &[u8]) -> Option<f64> {
+        let (sum, n) = match self {
+            Listener::G711(f) => (payload.iter().map(|b| (f(*b) as f64).powi(2)).sum::<f64>(), payload.len()),
+            Listener::Opus(d, pcm) => {
+                let n = d.decode(payload, pcm, false).ok()?;
+                (pcm[..n].iter().map(|s| (*s as f64).powi(2)).sum::<f64>(), n)
+            }
+        };
+        if n == 0 {
+            return None;
+        }
+        let rms = (sum / n as f64).sqrt() / 32768.0;
+        Some(if rms > 0.0 { (-20.0 * rms.log10()).clamp(0.0, 127.0) } else { 127.0 })
+    }
 }
 
 /// One SDP media description: address and port of the first audio stream.
@@ -210,7 +251,7 @@ impl MediaPlan {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
         tokio::spawn(send_loop(sock.clone(), remote, self.codec, self.imp, h, st.stop.clone(), st.sent.clone()));
-        tokio::spawn(recv_loop(sock, st.rx.clone(), st.stop.clone(), self.codec.clock()));
+        tokio::spawn(recv_loop(sock, st.rx.clone(), st.stop.clone(), self.codec));
     }
 
     /// The call ended: stop its streams and report what was received.
@@ -235,6 +276,8 @@ impl MediaPlan {
             jitter_ms,
             r_factor: r_factor(input),
             mos: mos(input),
+            voiced_frames: rx.voiced,
+            mean_level_dbov: if rx.frames > 0 { -(rx.level_sum / rx.frames as f64) } else { -127.0 },
         })
     }
 }
@@ -314,7 +357,9 @@ async fn send_loop(
     }
 }
 
-async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, stop: Arc<AtomicBool>, clock: u32) {
+async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, stop: Arc<AtomicBool>, codec: Codec) {
+    let clock = codec.clock();
+    let mut listener = Listener::new(codec);
     let t0 = Instant::now();
     let mut buf = vec![0u8; 2048];
     loop {
@@ -329,9 +374,16 @@ async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, st
         }
         let Ok(h) = RtpHeader::parse(p) else { continue };
         let arrival = (t0.elapsed().as_secs_f64() * clock as f64) as u64;
+        let level =
+            if h.payload_type == codec.pt() { listener.as_mut().and_then(|l| l.level(&p[h.payload_offset..h.payload_end])) } else { None };
         if let Ok(mut s) = rx.lock() {
             s.seq.record(h.sequence);
             s.jitter.record(arrival, h.timestamp);
+            if let Some(l) = level {
+                s.frames += 1;
+                s.level_sum += l;
+                s.voiced += u64::from(l < 50.0);
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct MediaSummary {
     pub mos_min: f64,
     pub loss_pct_mean: f64,
     pub jitter_ms_mean: f64,
+    /// Streams in which nothing but silence (or nothing at all) was heard.
+    pub silent_streams: usize,
     pub per_stream: Vec<StreamReport>,
 }
 
@@ -70,6 +72,7 @@ impl Report {
                 mos_min: s.media.iter().map(|m| m.mos).fold(f64::INFINITY, f64::min),
                 loss_pct_mean: s.media.iter().map(|m| m.loss_pct).sum::<f64>() / n,
                 jitter_ms_mean: s.media.iter().map(|m| m.jitter_ms).sum::<f64>() / n,
+                silent_streams: s.media.iter().filter(|m| m.voiced_frames == 0).count(),
                 per_stream: s.media.clone(),
             }
         });
@@ -136,8 +139,8 @@ impl Report {
         }
         if let Some(m) = &self.media {
             s.push_str(&format!(
-                "media: {} streams, MOS mean {:.2} min {:.2}, loss {:.2}%, jitter {:.2} ms\n",
-                m.streams, m.mos_mean, m.mos_min, m.loss_pct_mean, m.jitter_ms_mean
+                "media: {} streams, MOS mean {:.2} min {:.2}, loss {:.2}%, jitter {:.2} ms, silent {}\n",
+                m.streams, m.mos_mean, m.mos_min, m.loss_pct_mean, m.jitter_ms_mean, m.silent_streams
             ));
         }
         if let Some(g) = self.rss_growth_mb_per_hour {

@@ -9,6 +9,7 @@
 //! never reads the clock or touches a socket (the runtime is `rt.rs`).
 
 use crate::keyframe::KeyframeRequests;
+use crate::mixer::{Decoder, Encoder, FRAME, Mix, Pcm, PhoneCodec};
 use crate::room::{ClientType, ParticipantId, Room, RoomConfig, RoomError, RoomEvent};
 use crate::speaker::{SpeakerConfig, Speakers};
 use std::collections::{HashMap, VecDeque};
@@ -185,6 +186,32 @@ impl Peer {
     }
 }
 
+/// The mid under which a phone's audio is offered to the room's members.
+pub const PHONE_MID: &str = "sip";
+
+/// A SIP phone in a room (joined through the edge, `conference:{room}`): no WebRTC
+/// session; it sends and receives one audio stream in its own codec.
+struct Phone {
+    room: String,
+    /// Encodes its mix of the room.
+    enc: Encoder,
+    /// Decodes what it says (for the other phones' mixes and its level).
+    dec: Decoder,
+    /// G.711 phones: what it says, encoded in Opus for the browsers.
+    to_opus: Option<Encoder>,
+    /// 48 kHz time of its next frame towards the browsers.
+    ticks: u64,
+    pcm: Box<Pcm>,
+}
+
+/// The mix of a room with phones, taken every 20 ms.
+struct RoomMix {
+    mix: Mix<ParticipantId>,
+    next: Instant,
+}
+
+const MIX_EVERY: Duration = Duration::from_millis(20);
+
 /// A datagram to send.
 #[derive(Debug, Clone)]
 pub struct Transmit {
@@ -220,6 +247,11 @@ pub struct Sfu {
     /// (member, source) pairs whose video is being forwarded (last-N): a new one needs a
     /// key frame.
     seeing: std::collections::HashSet<(ParticipantId, ParticipantId)>,
+    phones: HashMap<ParticipantId, Phone>,
+    /// Rooms with at least one phone.
+    mixes: HashMap<String, RoomMix>,
+    /// Encoded mixes for phones (the runtime puts them in RTP).
+    phone_audio: VecDeque<(ParticipantId, Vec<u8>)>,
 }
 
 impl Sfu {
@@ -240,6 +272,9 @@ impl Sfu {
             quality_samples: VecDeque::new(),
             dirty: Vec::new(),
             seeing: std::collections::HashSet::new(),
+            phones: HashMap::new(),
+            mixes: HashMap::new(),
+            phone_audio: VecDeque::new(),
         }
     }
 
@@ -250,7 +285,158 @@ impl Sfu {
 
     /// Participants in all rooms.
     pub fn participant_count(&self) -> usize {
-        self.peers.len()
+        self.peers.len() + self.phones.len()
+    }
+
+    /// A SIP phone joins `room` as an audio participant (its codec chosen by the edge from
+    /// its offer). It hears the mix of the current speakers, and the members receive its
+    /// audio as a track (mid [`PHONE_MID`]).
+    pub fn handle_phone_join(&mut self, now: Instant, room: &str, name: &str, codec: PhoneCodec) -> Result<ParticipantId, SfuError> {
+        let bad = |e: String| SfuError::Unsupported(e);
+        let enc = Encoder::new(codec).map_err(bad)?;
+        let dec = Decoder::new(codec).map_err(bad)?;
+        let to_opus = match codec {
+            PhoneCodec::Opus => None,
+            _ => Some(Encoder::new(PhoneCodec::Opus).map_err(bad)?),
+        };
+        let id = ParticipantId(self.next_id);
+        let r = self.rooms.entry(room.to_string()).or_insert_with(|| Room::new(self.cfg.room));
+        if let Err(e) = r.handle_join(now, id, name, ClientType::Phone) {
+            if r.is_empty() {
+                self.rooms.remove(room);
+            }
+            return Err(e.into());
+        }
+        self.next_id += 1;
+        self.phones.insert(id, Phone { room: room.to_string(), enc, dec, to_opus, ticks: 0, pcm: Box::new([0; FRAME]) });
+        self.mixes.entry(room.to_string()).or_insert_with(|| RoomMix { mix: Mix::default(), next: now + MIX_EVERY });
+        self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
+        let mid = Mid::from(PHONE_MID);
+        for p in self.peers.values_mut() {
+            if p.room == room && p.kind == PeerKind::Member && p.negotiated {
+                p.outs.push(TrackOut { source: (id, mid), kind: MediaKind::Audio, state: OutState::ToOpen });
+            }
+        }
+        self.drain_room_events(room);
+        self.drive(now);
+        Ok(id)
+    }
+
+    /// One RTP payload (20 ms) from a phone, in its codec.
+    pub fn handle_phone_audio(&mut self, now: Instant, id: ParticipantId, payload: &[u8]) {
+        let Some(ph) = self.phones.get_mut(&id) else { return };
+        if !ph.dec.decode(payload, &mut ph.pcm) {
+            return;
+        }
+        let level = crate::mixer::level(&ph.pcm[..]);
+        let opus = match ph.to_opus.as_mut() {
+            Some(e) => e.encode(&ph.pcm),
+            None => payload.to_vec(),
+        };
+        let time = str0m::media::MediaTime::new(ph.ticks, str0m::media::Frequency::FORTY_EIGHT_KHZ);
+        ph.ticks += FRAME as u64;
+        let room = ph.room.clone();
+        let pcm = *ph.pcm;
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.handle_activity(now, id);
+        }
+        self.speaker_level(now, &room, id, level);
+        if self.heard(&room, id)
+            && let Some(m) = self.mixes.get_mut(&room)
+        {
+            m.mix.push_pcm(id, &pcm);
+        }
+        if opus.is_empty() {
+            return;
+        }
+        let mid = Mid::from(PHONE_MID);
+        let lobby = self.lobby_of(&room);
+        let heard = self.heard(&room, id);
+        for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.connected) {
+            if !heard || lobby.contains(pid) {
+                continue;
+            }
+            let Some(out) = p.outs.iter().find_map(|t| match t.state {
+                OutState::Open(m) if t.source == (id, mid) => Some(m),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let Some(writer) = p.rtc.writer(out) else { continue };
+            let Some(pt) = writer.payload_params().find(|pp| pp.spec().codec == str0m::format::Codec::Opus).map(|pp| pp.pt()) else {
+                continue;
+            };
+            if writer.audio_level(-(level.min(127) as i8), level < 127).write(pt, now, time, opus.clone()).is_ok() {
+                self.stats.frames_forwarded += 1;
+                self.dirty.push(*pid);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// A phone hangs up.
+    pub fn handle_phone_leave(&mut self, now: Instant, id: ParticipantId) -> Result<(), SfuError> {
+        let ph = self.phones.get(&id).ok_or(SfuError::NoSuchParticipant)?;
+        let room = ph.room.clone();
+        if let Some(r) = self.rooms.get_mut(&room) {
+            let _ = r.handle_leave(id);
+        }
+        self.drain_room_events(&room);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// The next encoded 20 ms of audio for a phone.
+    pub fn poll_phone_audio(&mut self) -> Option<(ParticipantId, Vec<u8>)> {
+        self.phone_audio.pop_front()
+    }
+
+    /// Mixes due rooms: one frame for each phone, every 20 ms.
+    fn mix_phones(&mut self, now: Instant) {
+        for (room, m) in self.mixes.iter_mut() {
+            if m.next > now {
+                continue;
+            }
+            m.next = if now - m.next > MIX_EVERY * 5 { now + MIX_EVERY } else { m.next + MIX_EVERY };
+            m.mix.tick();
+            for (id, ph) in self.phones.iter_mut().filter(|(_, ph)| &ph.room == room) {
+                let pcm = m.mix.mix_for(*id).unwrap_or([0; FRAME]);
+                let data = ph.enc.encode(&pcm);
+                if !data.is_empty() {
+                    self.phone_audio.push_back((*id, data));
+                }
+            }
+        }
+    }
+
+    /// Guests waiting in the lobby of `room` (no allocation when nobody waits).
+    fn lobby_of(&self, room: &str) -> Vec<ParticipantId> {
+        match self.rooms.get(room) {
+            Some(r) if r.members().iter().any(|m| m.in_lobby) => r.members().iter().filter(|m| m.in_lobby).map(|m| m.id).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `true` if `from` is heard in `room`: small rooms hear everyone, larger ones the
+    /// `audio_n` most recent speakers.
+    fn heard(&self, room: &str, from: ParticipantId) -> bool {
+        let size = self.rooms.get(room).map_or(0, |r| r.members().len());
+        size <= self.cfg.all_audio_up_to || self.speakers.get(room).is_some_and(|s| s.rank(&from).is_some_and(|r| r < self.cfg.audio_n))
+    }
+
+    /// An RFC 6464 level of `from`: active-speaker changes become room events.
+    fn speaker_level(&mut self, now: Instant, room: &str, from: ParticipantId, level: u8) {
+        let sp = self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default()));
+        sp.handle_level(now, from, level.min(127));
+        if let Some(id) = sp.poll_change() {
+            let e = RoomEvent::ActiveSpeaker { id };
+            for (pid, p) in &self.peers {
+                if p.room == room && p.kind == PeerKind::Member {
+                    self.signals.push_back((*pid, Signal::Event { event: e.clone() }));
+                }
+            }
+            self.events.push_back((room.to_string(), e));
+        }
     }
 
     pub fn take_stats(&mut self) -> SfuStats {
@@ -351,6 +537,7 @@ impl Sfu {
                 .iter()
                 .filter(|(pid, q)| **pid != id && q.room == room && q.kind != PeerKind::Viewer)
                 .flat_map(|(pid, q)| q.incoming.iter().map(move |t| (*pid, t.mid, t.kind)))
+                .chain(self.phones.iter().filter(|(_, ph)| ph.room == room).map(|(pid, _)| (*pid, Mid::from(PHONE_MID), MediaKind::Audio)))
                 .collect();
             if let Some(p) = self.peers.get_mut(&id) {
                 for (pid, mid, kind) in existing {
@@ -492,6 +679,7 @@ impl Sfu {
                 self.dirty.push(*id);
             }
         }
+        self.mix_phones(now);
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for r in &rooms {
             if let Some(room) = self.rooms.get_mut(r) {
@@ -510,7 +698,8 @@ impl Sfu {
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let rooms = self.rooms.values().filter_map(|r| r.poll_timeout());
-        rooms.chain(self.peers.values().filter_map(|p| p.next)).min()
+        let mixes = self.mixes.values().map(|m| m.next);
+        rooms.chain(mixes).chain(self.peers.values().filter_map(|p| p.next)).min()
     }
 
     /// Room events: departures (timeouts, removals) end the peer's connection.
@@ -542,10 +731,19 @@ impl Sfu {
             self.speakers.remove(room);
         }
         for (id, reason) in gone {
+            let reason = format!("{reason:?}").to_ascii_lowercase();
             if let Some(mut p) = self.peers.remove(&id) {
                 p.rtc.disconnect();
                 if p.kind == PeerKind::Member {
-                    self.signals.push_back((id, Signal::Closed { reason: format!("{reason:?}").to_ascii_lowercase() }));
+                    self.signals.push_back((id, Signal::Closed { reason }));
+                }
+            } else if self.phones.remove(&id).is_some() {
+                self.signals.push_back((id, Signal::Closed { reason }));
+                if let Some(m) = self.mixes.get_mut(room) {
+                    m.mix.remove(id);
+                }
+                if !self.phones.values().any(|ph| ph.room == room) {
+                    self.mixes.remove(room);
                 }
             }
             // Its tracks are stopped in every other member's session (renegotiated).
@@ -727,26 +925,18 @@ impl Sfu {
         let Some(src) = self.peers.get(&from) else { return };
         let room = src.room.clone();
         let Some(kind) = src.incoming.iter().find(|t| t.mid == d.mid).map(|t| t.kind) else { return };
-        // Only rooms with someone in the lobby pay for the list (none: no allocation per frame).
-        let lobby: Vec<ParticipantId> = match self.rooms.get(&room) {
-            Some(r) if r.members().iter().any(|m| m.in_lobby) => r.members().iter().filter(|m| m.in_lobby).map(|m| m.id).collect(),
-            _ => Vec::new(),
-        };
+        let lobby = self.lobby_of(&room);
         if lobby.contains(&from) {
             // Guests in the lobby are not seen or heard until admitted.
             return;
         }
         if let (MediaKind::Audio, Some(level)) = (kind, d.ext_vals.audio_level) {
-            let sp = self.speakers.entry(room.clone()).or_insert_with(|| Speakers::new(SpeakerConfig::default()));
-            sp.handle_level(d.network_time, from, level.unsigned_abs().min(127));
-            if let Some(id) = sp.poll_change() {
-                let e = RoomEvent::ActiveSpeaker { id };
-                for (pid, p) in &self.peers {
-                    if p.room == room && p.kind == PeerKind::Member {
-                        self.signals.push_back((*pid, Signal::Event { event: e.clone() }));
-                    }
-                }
-                self.events.push_back((room.clone(), e));
+            self.speaker_level(d.network_time, &room, from, level.unsigned_abs());
+        }
+        if kind == MediaKind::Audio && self.mixes.contains_key(&room) && self.heard(&room, from) {
+            // Phones in the room hear it in their mix.
+            if let Some(m) = self.mixes.get_mut(&room) {
+                m.mix.push(from, PhoneCodec::Opus, &d.data);
             }
         }
         let size = self.rooms.get(&room).map_or(0, |r| r.members().len());

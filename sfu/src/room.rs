@@ -98,6 +98,7 @@ pub enum RoomEvent {
         id: ParticipantId,
         name: String,
         role: Role,
+        client: ClientType,
     },
     Waiting {
         id: ParticipantId,
@@ -177,7 +178,7 @@ impl Room {
         if in_lobby {
             self.events.push_back(RoomEvent::Waiting { id, name: name.to_string() });
         } else {
-            self.events.push_back(RoomEvent::Joined { id, name: name.to_string(), role });
+            self.events.push_back(RoomEvent::Joined { id, name: name.to_string(), role, client });
         }
         if role == Role::Moderator {
             self.events.push_back(RoomEvent::ModeratorChanged { id: Some(id) });
@@ -197,9 +198,9 @@ impl Room {
             return Err(RoomError::NotInLobby);
         }
         m.in_lobby = false;
-        let (name, role) = (m.name.clone(), m.role);
+        let (name, role, client) = (m.name.clone(), m.role, m.client);
         self.events.push_back(RoomEvent::Admitted { id: who });
-        self.events.push_back(RoomEvent::Joined { id: who, name, role });
+        self.events.push_back(RoomEvent::Joined { id: who, name, role, client });
         Ok(())
     }
 
@@ -344,7 +345,10 @@ mod tests {
         r.handle_admit(p(2), p(3)).unwrap();
         assert_eq!(
             events(&mut r),
-            [RoomEvent::Admitted { id: p(3) }, RoomEvent::Joined { id: p(3), name: "guest".into(), role: Role::Participant }]
+            [
+                RoomEvent::Admitted { id: p(3) },
+                RoomEvent::Joined { id: p(3), name: "guest".into(), role: Role::Participant, client: ClientType::Guest }
+            ]
         );
         assert_eq!(r.handle_admit(p(2), p(3)), Err(RoomError::NotInLobby));
         r.handle_join(t0, p(4), "bob", ClientType::Web).unwrap();

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
 
 use crate::core::{Action, Sfu, SfuConfig, SfuError, Signal};
+use crate::mixer::PhoneCodec;
 use crate::room::{ClientType, Member, ParticipantId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +31,24 @@ enum Cmd {
     Offer { id: ParticipantId, sdp: String, reply: oneshot::Sender<Result<String, SfuError>> },
     Answer { id: ParticipantId, sdp: String, reply: oneshot::Sender<Result<(), SfuError>> },
     Act { id: ParticipantId, action: Action, reply: oneshot::Sender<Result<(), SfuError>> },
+    PhoneJoin { room: String, name: String, codec: PhoneCodec, reply: oneshot::Sender<Result<PhoneJoined, SfuError>> },
+    PhoneAudio { id: ParticipantId, payload: Vec<u8> },
+    PhoneLeave { id: ParticipantId },
+}
+
+/// What the SFU sends a phone in a room.
+#[derive(Debug)]
+pub enum PhoneEvent {
+    /// 20 ms of the room's mix in the phone's codec (one RTP payload).
+    Audio(Vec<u8>),
+    /// The phone is out of the room (removed by the moderator or an operator, timed out).
+    Closed(String),
+}
+
+/// A phone that joined a room: its participant id and its mix.
+pub struct PhoneJoined {
+    pub id: ParticipantId,
+    pub events: mpsc::UnboundedReceiver<PhoneEvent>,
 }
 
 /// A member that joined with the room protocol: its id, the room's members at that
@@ -121,6 +140,23 @@ impl SfuHandle {
         rx.await.map_err(|_| gone())?
     }
 
+    /// A SIP phone joins `room` (dial-plan target `conference:{room}`).
+    pub async fn phone_join(&self, room: &str, name: &str, codec: PhoneCodec) -> Result<PhoneJoined, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::PhoneJoin { room: room.to_string(), name: name.to_string(), codec, reply }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// One RTP payload from a phone.
+    pub fn phone_audio(&self, id: ParticipantId, payload: Vec<u8>) {
+        let _ = self.tx.send(Cmd::PhoneAudio { id, payload });
+    }
+
+    /// The phone hung up.
+    pub fn phone_leave(&self, id: ParticipantId) {
+        let _ = self.tx.send(Cmd::PhoneLeave { id });
+    }
+
     /// Every room with its members.
     pub async fn rooms(&self) -> Vec<RoomView> {
         let (reply, rx) = oneshot::channel();
@@ -149,6 +185,7 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
     let local = sock.local_addr().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
     let mut buf = vec![0u8; 2048];
     let mut subs: HashMap<ParticipantId, mpsc::UnboundedSender<Signal>> = HashMap::new();
+    let mut phones: HashMap<ParticipantId, mpsc::UnboundedSender<PhoneEvent>> = HashMap::new();
     loop {
         let deadline = sfu.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1));
         tokio::select! {
@@ -171,6 +208,19 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                     Cmd::Offer { id, sdp, reply } => { let _ = reply.send(sfu.handle_offer(now, id, &sdp)); }
                     Cmd::Answer { id, sdp, reply } => { let _ = reply.send(sfu.handle_answer(now, id, &sdp)); }
                     Cmd::Act { id, action, reply } => { let _ = reply.send(sfu.handle_action(now, id, action)); }
+                    Cmd::PhoneJoin { room, name, codec, reply } => {
+                        let r = sfu.handle_phone_join(now, &room, &name, codec).map(|id| {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            phones.insert(id, tx);
+                            PhoneJoined { id, events: rx }
+                        });
+                        let _ = reply.send(r);
+                    }
+                    Cmd::PhoneAudio { id, payload } => sfu.handle_phone_audio(now, id, &payload),
+                    Cmd::PhoneLeave { id } => {
+                        phones.remove(&id);
+                        let _ = sfu.handle_phone_leave(now, id);
+                    }
                     Cmd::Rooms { reply } => {
                         let rooms = sfu
                             .rooms()
@@ -196,7 +246,17 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                 let _ = sock.send_to(&t.data, t.destination).await;
             }
         }
+        while let Some((id, data)) = sfu.poll_phone_audio() {
+            if let Some(tx) = phones.get(&id) {
+                let _ = tx.send(PhoneEvent::Audio(data));
+            }
+        }
         while let Some((id, sig)) = sfu.poll_signal() {
+            if let (Some(tx), Signal::Closed { reason }) = (phones.get(&id), &sig) {
+                let _ = tx.send(PhoneEvent::Closed(reason.clone()));
+                phones.remove(&id);
+                continue;
+            }
             let closed = matches!(sig, Signal::Closed { .. });
             if let Some(tx) = subs.get(&id) {
                 let _ = tx.send(sig);

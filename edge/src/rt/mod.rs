@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod api;
 pub mod capture;
+pub mod conference;
 pub mod dns;
 pub mod flows;
 pub mod media;
@@ -30,7 +31,7 @@ use crate::proxy::Core;
 use crate::transport::Transport;
 use flows::Flows;
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -228,6 +229,24 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut key = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
     let shared = Arc::new(Shared::new(&cfg, bound.listeners.clone(), None, Instant::now(), key));
+    // SIP phones in SFU rooms: the conference UA, reached by `conference:` routes like a trunk.
+    if let Some(h) = &sfu {
+        let ip = match h.media_addr.ip() {
+            ip if ip.is_unspecified() => {
+                bound.listeners.first().map(|l| l.1.ip()).filter(|i| !i.is_unspecified()).unwrap_or(IpAddr::from([127, 0, 0, 1]))
+            }
+            ip => ip,
+        };
+        let addr = conference::start(conn_rt.handle(), ip, h.clone())?;
+        let uri = match addr {
+            SocketAddr::V4(a) => format!("sip:{a}"),
+            SocketAddr::V6(a) => format!("sip:[{}]:{}", a.ip(), a.port()),
+        };
+        let o = crate::trunk::TrunkOptions { trusted: Some(true), ..Default::default() };
+        let up = crate::trunk::Upstream::build("conference", u32::MAX, "sfu", &uri, None, None, &o)?;
+        shared.set_conference(up);
+        println!("edge: listening conference {addr}");
+    }
     let db = cfg.data_dir.join("edge.db");
     let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::SqliteStore::open(&db).map_err(|e| format!("{}: {e}", db.display()))?);
     let clock = crate::store::wall_clock();

@@ -1,0 +1,314 @@
+//! Audio for SIP phones in rooms. A phone takes one audio stream, so the SFU decodes the
+//! voices it would forward (Opus, RFC 7587), mixes them at 48 kHz minus the listener's
+//! own voice, and encodes the mix in the phone's codec: Opus, or G.711 (ITU-T G.711
+//! u-law / A-law at 8 kHz) when that is all the phone offers. The phone's own audio is
+//! decoded for the others' mixes and for its speaking level (RFC 6464 scale).
+//!
+//! Pure computation: the core calls [`Mix::tick`] every 20 ms of its clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+/// Samples of one 20 ms frame at 48 kHz, mono.
+pub const FRAME: usize = 960;
+/// 48 kHz samples per 8 kHz sample.
+const DOWN: usize = 6;
+/// Frames kept per source before the oldest is dropped (60 ms of slack for bursts).
+const MAX_QUEUED: usize = 3;
+
+/// One 20 ms frame of 48 kHz mono samples.
+pub type Pcm = [i16; FRAME];
+
+/// The codec of a phone's audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PhoneCodec {
+    /// Opus at 48 kHz (RFC 7587 `opus/48000/2`, sent mono).
+    Opus,
+    /// G.711 u-law (`PCMU/8000`, payload type 0).
+    Pcmu,
+    /// G.711 A-law (`PCMA/8000`, payload type 8).
+    Pcma,
+}
+
+impl PhoneCodec {
+    /// RTP clock rate.
+    pub fn clock(self) -> u32 {
+        match self {
+            PhoneCodec::Opus => 48_000,
+            PhoneCodec::Pcmu | PhoneCodec::Pcma => 8_000,
+        }
+    }
+
+    /// RTP timestamp increment of one 20 ms frame.
+    pub fn frame_ticks(self) -> u32 {
+        self.clock() / 50
+    }
+}
+
+/// Decodes a phone's or a browser's audio frames to 48 kHz mono.
+pub struct Decoder {
+    codec: PhoneCodec,
+    opus: Option<opus::Decoder>,
+}
+
+impl Decoder {
+    pub fn new(codec: PhoneCodec) -> Result<Decoder, String> {
+        let opus = match codec {
+            PhoneCodec::Opus => Some(opus::Decoder::new(48_000, opus::Channels::Mono).map_err(|e| format!("opus decoder: {e}"))?),
+            _ => None,
+        };
+        Ok(Decoder { codec, opus })
+    }
+
+    /// Decodes one frame into `out` (zero-padded when shorter than 20 ms); `false` when
+    /// the payload is not valid for the codec.
+    pub fn decode(&mut self, payload: &[u8], out: &mut Pcm) -> bool {
+        match (self.codec, self.opus.as_mut()) {
+            (PhoneCodec::Opus, Some(d)) => {
+                let mut buf = [0i16; FRAME * 6]; // up to 120 ms
+                let Ok(n) = d.decode(payload, &mut buf, false) else { return false };
+                let n = n.min(FRAME);
+                out[..n].copy_from_slice(&buf[..n]);
+                out[n..].fill(0);
+                true
+            }
+            (c, _) => {
+                let to_linear = if c == PhoneCodec::Pcmu { codec::g711::ulaw_to_linear } else { codec::g711::alaw_to_linear };
+                // 8 kHz -> 48 kHz by linear interpolation between samples.
+                let n = payload.len().min(FRAME / DOWN);
+                let mut prev = to_linear(payload.first().copied().unwrap_or(0xff)) as i32;
+                for i in 0..n {
+                    let cur = to_linear(payload[i]) as i32;
+                    for k in 0..DOWN {
+                        out[i * DOWN + k] = (prev + (cur - prev) * (k as i32 + 1) / DOWN as i32) as i16;
+                    }
+                    prev = cur;
+                }
+                out[n * DOWN..].fill(0);
+                n > 0
+            }
+        }
+    }
+}
+
+/// Encodes 48 kHz mono frames in a phone's codec.
+pub struct Encoder {
+    codec: PhoneCodec,
+    opus: Option<opus::Encoder>,
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(codec: PhoneCodec) -> Result<Encoder, String> {
+        let opus = match codec {
+            PhoneCodec::Opus => {
+                Some(opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).map_err(|e| format!("opus encoder: {e}"))?)
+            }
+            _ => None,
+        };
+        Ok(Encoder { codec, opus, buf: vec![0; 1500] })
+    }
+
+    /// One encoded 20 ms frame (empty if the encoder failed).
+    pub fn encode(&mut self, pcm: &Pcm) -> Vec<u8> {
+        match (self.codec, self.opus.as_mut()) {
+            (PhoneCodec::Opus, Some(e)) => {
+                let n = e.encode(pcm, &mut self.buf).unwrap_or(0);
+                self.buf[..n].to_vec()
+            }
+            (c, _) => {
+                let from_linear = if c == PhoneCodec::Pcmu { codec::g711::linear_to_ulaw } else { codec::g711::linear_to_alaw };
+                // 48 kHz -> 8 kHz: the mean of each 6 samples (a box low-pass before decimation).
+                pcm.chunks_exact(DOWN).map(|c| from_linear((c.iter().map(|s| *s as i32).sum::<i32>() / DOWN as i32) as i16)).collect()
+            }
+        }
+    }
+}
+
+/// The level of a frame as RFC 6464 -dBov (0 loudest, 127 silence).
+pub fn level(pcm: &[i16]) -> u8 {
+    if pcm.is_empty() {
+        return 127;
+    }
+    let energy = pcm.iter().map(|s| (*s as f64) * (*s as f64)).sum::<f64>() / pcm.len() as f64;
+    let rms = energy.sqrt() / 32768.0;
+    if rms <= 0.0 {
+        return 127;
+    }
+    (-20.0 * rms.log10()).clamp(0.0, 127.0) as u8
+}
+
+struct Source {
+    /// Sources that push encoded frames decode them here.
+    dec: Option<Decoder>,
+    queue: VecDeque<Box<Pcm>>,
+}
+
+/// The mix of one room: decoded frames queued per source, popped one per source each
+/// 20 ms tick, and summed (with saturation) for each listener minus its own voice.
+pub struct Mix<K> {
+    sources: HashMap<K, Source>,
+    current: Vec<(K, Box<Pcm>)>,
+    scratch: Box<Pcm>,
+}
+
+impl<K: Hash + Eq + Copy> Default for Mix<K> {
+    fn default() -> Self {
+        Mix { sources: HashMap::new(), current: Vec::new(), scratch: Box::new([0; FRAME]) }
+    }
+}
+
+impl<K: Hash + Eq + Copy> Mix<K> {
+    /// An encoded frame of `src` (decoded with a decoder kept per source).
+    pub fn push(&mut self, src: K, codec: PhoneCodec, payload: &[u8]) {
+        let s = self.sources.entry(src).or_insert_with(|| Source { dec: None, queue: VecDeque::new() });
+        if s.dec.is_none() {
+            s.dec = Decoder::new(codec).ok();
+        }
+        let Some(dec) = s.dec.as_mut() else { return };
+        if dec.decode(payload, &mut self.scratch) {
+            let frame = std::mem::replace(&mut self.scratch, Box::new([0; FRAME]));
+            Self::queue(s, frame);
+        }
+    }
+
+    /// A frame of `src` already decoded.
+    pub fn push_pcm(&mut self, src: K, pcm: &Pcm) {
+        let s = self.sources.entry(src).or_insert_with(|| Source { dec: None, queue: VecDeque::new() });
+        Self::queue(s, Box::new(*pcm));
+    }
+
+    fn queue(s: &mut Source, frame: Box<Pcm>) {
+        if s.queue.len() >= MAX_QUEUED {
+            s.queue.pop_front();
+        }
+        s.queue.push_back(frame);
+    }
+
+    /// A source left.
+    pub fn remove(&mut self, src: K) {
+        self.sources.remove(&src);
+    }
+
+    /// Next 20 ms: takes one frame of each source that has one.
+    pub fn tick(&mut self) {
+        self.current.clear();
+        for (k, s) in self.sources.iter_mut() {
+            if let Some(f) = s.queue.pop_front() {
+                self.current.push((*k, f));
+            }
+        }
+    }
+
+    /// What `listener` hears this tick: every current frame but its own. `None`: silence.
+    pub fn mix_for(&self, listener: K) -> Option<Pcm> {
+        let mut acc = [0i32; FRAME];
+        let mut any = false;
+        for (k, f) in &self.current {
+            if *k == listener {
+                continue;
+            }
+            any = true;
+            for (a, s) in acc.iter_mut().zip(f.iter()) {
+                *a += *s as i32;
+            }
+        }
+        any.then(|| acc.map(|a| a.clamp(i16::MIN as i32, i16::MAX as i32) as i16))
+    }
+
+    /// Number of sources with frames in the current tick.
+    pub fn current_sources(&self) -> usize {
+        self.current.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(freq: f64, amp: f64) -> Pcm {
+        let mut p = [0i16; FRAME];
+        for (i, s) in p.iter_mut().enumerate() {
+            *s = ((2.0 * std::f64::consts::PI * freq * i as f64 / 48_000.0).sin() * amp) as i16;
+        }
+        p
+    }
+
+    #[test]
+    fn levels_follow_rfc6464_scale() {
+        assert_eq!(level(&[0; FRAME]), 127);
+        // A full-scale sine is -3 dBov.
+        assert_eq!(level(&tone(1000.0, 32767.0)), 3);
+        assert!((level(&tone(1000.0, 327.0)) as i32 - 43).abs() <= 1);
+    }
+
+    #[test]
+    fn g711_round_trip_keeps_a_tone() {
+        for c in [PhoneCodec::Pcmu, PhoneCodec::Pcma] {
+            let mut enc = Encoder::new(c).unwrap();
+            let mut dec = Decoder::new(c).unwrap();
+            let t = tone(400.0, 8000.0);
+            let payload = enc.encode(&t);
+            assert_eq!(payload.len(), 160);
+            let mut out = [0i16; FRAME];
+            assert!(dec.decode(&payload, &mut out));
+            // Same loudness within 1 dB (interpolation and the box filter at 400 Hz).
+            assert!((level(&out) as i32 - level(&t) as i32).abs() <= 1, "{c:?}: {} vs {}", level(&out), level(&t));
+        }
+    }
+
+    #[test]
+    fn opus_round_trip_keeps_a_tone() {
+        let mut enc = Encoder::new(PhoneCodec::Opus).unwrap();
+        let mut dec = Decoder::new(PhoneCodec::Opus).unwrap();
+        let t = tone(440.0, 8000.0);
+        let mut out = [0i16; FRAME];
+        for _ in 0..10 {
+            let p = enc.encode(&t);
+            assert!(!p.is_empty());
+            assert!(dec.decode(&p, &mut out));
+        }
+        assert!((level(&out) as i32 - level(&t) as i32).abs() <= 2, "{} vs {}", level(&out), level(&t));
+        assert!(!dec.decode(&[0xff; 3], &mut out) || level(&out) > 0);
+    }
+
+    #[test]
+    fn mix_minus_leaves_out_the_listener() {
+        let mut m: Mix<u32> = Mix::default();
+        m.push_pcm(1, &tone(300.0, 1000.0));
+        m.push_pcm(2, &tone(500.0, 1000.0));
+        m.tick();
+        assert_eq!(m.current_sources(), 2);
+        // Listener 1 hears only 2; listener 3 hears both (louder).
+        let for1 = m.mix_for(1).unwrap();
+        assert_eq!(level(&for1), level(&tone(500.0, 1000.0)));
+        let for3 = m.mix_for(3).unwrap();
+        assert!(level(&for3) < level(&for1));
+        // Next tick: nothing queued, silence.
+        m.tick();
+        assert!(m.mix_for(3).is_none());
+    }
+
+    #[test]
+    fn mix_saturates_instead_of_wrapping() {
+        let mut m: Mix<u32> = Mix::default();
+        m.push_pcm(1, &[30_000; FRAME]);
+        m.push_pcm(2, &[30_000; FRAME]);
+        m.tick();
+        assert!(m.mix_for(9).unwrap().iter().all(|s| *s == i16::MAX));
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let mut m: Mix<u32> = Mix::default();
+        for _ in 0..10 {
+            m.push_pcm(1, &tone(300.0, 1000.0));
+        }
+        let mut n = 0;
+        for _ in 0..10 {
+            m.tick();
+            n += m.current_sources();
+        }
+        assert_eq!(n, MAX_QUEUED);
+    }
+}
