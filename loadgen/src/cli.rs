@@ -38,6 +38,8 @@ pub enum Cmd {
     Dialer(DialerArgs),
     /// Run a call, register or dialer job for a long time, sampling the target's memory.
     Soak(SoakArgs),
+    /// Meeting participants against an SFU (room protocol, WebRTC media).
+    Sfu(crate::sfu::SfuArgs),
 }
 
 /// Options every client run shares.
@@ -700,6 +702,9 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
 
 /// Runs the command line; returns the process exit code.
 pub fn main_with(cli: Cli) -> i32 {
+    if let Cmd::Sfu(a) = &cli.cmd {
+        return sfu_main(a.clone());
+    }
     let threads = match &cli.cmd {
         Cmd::Call(a) => a.common.threads,
         Cmd::Register(a) => a.common.threads,
@@ -709,7 +714,7 @@ pub fn main_with(cli: Cli) -> i32 {
             SoakJob::Register(a) => a.common.threads,
             SoakJob::Dialer(a) => a.common.threads,
         },
-        Cmd::Answer(_) => 1,
+        Cmd::Answer(_) | Cmd::Sfu(_) => 1,
     };
     // One worker: a current-thread runtime (no cross-thread wake-ups per message).
     let built = if threads <= 1 {
@@ -737,6 +742,7 @@ pub fn main_with(cli: Cli) -> i32 {
             Cmd::Register(a) => (a.common.fail_above, register_job(a, stop, None).await),
             Cmd::Dialer(a) => (a.common.fail_above, dialer_job(a, stop, None).await),
             Cmd::Answer(a) => (None, answer_job(a, stop).await),
+            Cmd::Sfu(_) => return 2,
             Cmd::Soak(s) => {
                 if s.watch_pid.is_none() && s.watch_metrics.is_none() {
                     eprintln!("loadgen: soak needs --watch-pid PID or --watch-metrics URL");
@@ -772,4 +778,40 @@ pub fn main_with(cli: Cli) -> i32 {
             }
         }
     })
+}
+
+/// `loadgen sfu`: its own runtime (str0m peers are CPU-bound: `--threads` workers).
+fn sfu_main(a: crate::sfu::SfuArgs) -> i32 {
+    str0m::crypto::from_feature_flags().install_process_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.clamp(1, 64)).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return 2;
+        }
+    };
+    let report = a.report_json.clone();
+    match rt.block_on(crate::sfu::run(a)) {
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            2
+        }
+        Ok(r) => {
+            print!("{}", r.summary());
+            if let Some(p) = report
+                && let Err(e) = std::fs::write(&p, serde_json::to_vec_pretty(&r).unwrap_or_default())
+            {
+                eprintln!("loadgen: {}: {e}", p.display());
+                return 2;
+            }
+            for f in r.per_participant.iter().filter(|p| p.error.is_some()) {
+                eprintln!("loadgen: {}: {}", f.name, f.error.as_deref().unwrap_or(""));
+            }
+            if r.joined == 0 {
+                eprintln!("loadgen: nobody joined (is the SFU enabled at --http?)");
+                return 1;
+            }
+            0
+        }
+    }
 }

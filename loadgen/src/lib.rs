@@ -14,4 +14,5 @@ pub mod report;
 pub mod resolve;
 pub mod rt;
 pub mod scenario;
+pub mod sfu;
 pub mod stats;

@@ -8,6 +8,7 @@
 //! Driven like str0m: `handle_*(now, ...)`, then `poll_transmit` / `poll_timeout`; it
 //! never reads the clock or touches a socket (the runtime is `rt.rs`).
 
+use crate::forward::{Layer, Packet, Selector, Verdict, choose_layer, wanted_layers};
 use crate::keyframe::KeyframeRequests;
 use crate::mixer::{Decoder, Encoder, FRAME, Mix, Pcm, PhoneCodec};
 use crate::room::{ClientType, ParticipantId, Room, RoomConfig, RoomError, RoomEvent};
@@ -16,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -81,6 +82,9 @@ pub enum Signal {
     Error { reason: String },
     /// The member's connection ends (removed, timed out).
     Closed { reason: String },
+    /// Simulcast layers of the member's track `mid` that somebody watches: the member
+    /// pauses the others (`RTCRtpSender.setParameters`, `encodings[i].active`).
+    Layers { mid: String, active: Vec<String> },
 }
 
 /// What a member asks of the room.
@@ -90,7 +94,16 @@ pub enum Action {
     Reject(ParticipantId),
     Remove(ParticipantId),
     MakeModerator(ParticipantId),
-    State { muted: bool, video: bool, hand_raised: bool },
+    State {
+        muted: bool,
+        video: bool,
+        hand_raised: bool,
+    },
+    /// The largest video height the member shows (its tile size): simulcast layers above
+    /// it are not sent to it. 0: it shows no video.
+    VideoSize {
+        height: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +148,59 @@ struct Peer {
     negotiated: bool,
     /// Per (mid, direction out?) quality.
     quality: HashMap<(Mid, bool), QualityState>,
+    /// Publishing: simulcast layers of its video tracks.
+    simulcast: HashMap<Mid, SimLayers>,
+    /// Subscribing: layer choice per outgoing simulcast track (our mid), and the extended
+    /// output timestamp (last 32-bit value, extended value).
+    selectors: HashMap<Mid, (Selector, Option<(u32, u64)>)>,
+    /// Subscribing: str0m's TWCC/GCC estimate of the bandwidth towards it (bit/s).
+    bwe_bps: Option<u64>,
+    /// Subscribing: the largest video it shows (`Action::VideoSize`).
+    max_height: u16,
+    /// Subscribing: how many videos it currently receives (last-N), for the budget per video.
+    videos: usize,
+}
+
+/// The simulcast layers of one published video track: rids from its SDP, ranked lowest
+/// first by measured bitrate once known.
+#[derive(Debug, Default)]
+struct SimLayers {
+    rids: Vec<Rid>,
+    /// Per rid: bytes this second, bit/s last second, frames seen (a per-layer counter),
+    /// height from the latest VP8 key frame.
+    stats: HashMap<Rid, (u64, u64, u16, u16)>,
+    /// Layers somebody watches, as last told to the publisher.
+    active: Vec<bool>,
+    /// `rids` is in quality order: by the heights of their VP8 key frames as soon as all
+    /// are known (normally before anyone subscribes), else by bitrate after 3 s.
+    ranked: bool,
+    passes: u32,
+}
+
+impl SimLayers {
+    fn layers(&self) -> Vec<Layer> {
+        let n = self.rids.len();
+        self.rids
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let st = self.stats.get(r).copied().unwrap_or_default();
+                // Unknown height: 720 for the top layer, halved per layer below.
+                let h = if st.3 > 0 { st.3 } else { 720 >> (n - 1 - i).min(4) };
+                // Unknown bitrate: nominal 150 k / 500 k / 1.5 M style ladder.
+                let b = if st.1 > 0 { st.1 as u32 } else { [150_000, 500_000, 1_500_000, 3_000_000][i.min(3)] };
+                Layer { height: h, bitrate: b }
+            })
+            .collect()
+    }
+}
+
+/// Height of a VP8 key frame (RFC 6386 9.1: 3-byte tag, start code, 14-bit width/height).
+fn vp8_height(frame: &[u8]) -> Option<u16> {
+    if frame.len() < 10 || frame[0] & 1 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff)
 }
 
 /// Quality of one track of a participant: `in` is what the SFU receives from it (its
@@ -182,6 +248,11 @@ impl Peer {
             // Members offer first; WHIP/WHEP peers are negotiated by their offer.
             negotiated: kind != PeerKind::Member,
             quality: HashMap::new(),
+            simulcast: HashMap::new(),
+            selectors: HashMap::new(),
+            bwe_bps: None,
+            max_height: u16::MAX,
+            videos: 0,
         }
     }
 }
@@ -252,6 +323,8 @@ pub struct Sfu {
     mixes: HashMap<String, RoomMix>,
     /// Encoded mixes for phones (the runtime puts them in RTP).
     phone_audio: VecDeque<(ParticipantId, Vec<u8>)>,
+    /// Last per-second simulcast bookkeeping (`layer_pass`).
+    layer_pass_at: Option<Instant>,
 }
 
 impl Sfu {
@@ -275,6 +348,7 @@ impl Sfu {
             phones: HashMap::new(),
             mixes: HashMap::new(),
             phone_audio: VecDeque::new(),
+            layer_pass_at: None,
         }
     }
 
@@ -391,6 +465,77 @@ impl Sfu {
         self.phone_audio.pop_front()
     }
 
+    /// Once a second: layer bitrates (and which rid is the low one), videos per
+    /// subscriber, and the layers nobody watches, which the publisher is told to pause.
+    fn layer_pass(&mut self) {
+        let mut reranked: Vec<(ParticipantId, Mid)> = vec![];
+        for (id, p) in self.peers.iter_mut() {
+            for (mid, sl) in p.simulcast.iter_mut() {
+                for st in sl.stats.values_mut() {
+                    st.1 = st.0 * 8;
+                    st.0 = 0;
+                }
+                // Publishers list their rids in any order: rank them by what they carry, once.
+                sl.passes += 1;
+                if !sl.ranked && sl.passes >= 3 && sl.rids.iter().all(|r| sl.stats.get(r).is_some_and(|st| st.1 > 0)) {
+                    sl.ranked = true;
+                    let before = sl.rids.clone();
+                    sl.rids.sort_by_key(|r| sl.stats.get(r).map_or(0, |st| st.1));
+                    if sl.rids != before {
+                        reranked.push((*id, *mid));
+                    }
+                }
+            }
+        }
+        // Subscribers of a re-ranked track start over at a key frame of their layer.
+        for p in self.peers.values_mut() {
+            for t in &p.outs {
+                if let OutState::Open(m) = t.state
+                    && reranked.contains(&t.source)
+                    && let Some((sel, _)) = p.selectors.get_mut(&m)
+                {
+                    *sel = Selector::new(90_000);
+                }
+            }
+        }
+        let mut videos: HashMap<ParticipantId, usize> = HashMap::new();
+        for (v, _) in &self.seeing {
+            *videos.entry(*v).or_default() += 1;
+        }
+        // (publisher, its mid) -> the layer each subscriber targets.
+        let mut targets: HashMap<(ParticipantId, Mid), Vec<Option<u8>>> = HashMap::new();
+        for (id, p) in self.peers.iter_mut() {
+            p.videos = videos.get(id).copied().unwrap_or(0);
+            for t in &p.outs {
+                if let OutState::Open(m) = t.state
+                    && let Some((sel, _)) = p.selectors.get(&m)
+                {
+                    // The layer being sent stays on until the switch to the target is done.
+                    let seen = self.seeing.contains(&(*id, t.source.0));
+                    let e = targets.entry(t.source).or_default();
+                    if seen {
+                        e.push(sel.target());
+                        e.push(sel.current());
+                    }
+                }
+            }
+        }
+        for (id, p) in self.peers.iter_mut() {
+            for (mid, sl) in p.simulcast.iter_mut() {
+                let want = match targets.get(&(*id, *mid)) {
+                    Some(t) => wanted_layers(t.iter().copied(), sl.rids.len()),
+                    // Nobody subscribed yet: keep the lowest layer ready for the first one.
+                    None => (0..sl.rids.len()).map(|i| i == 0).collect(),
+                };
+                if want != sl.active && p.kind == PeerKind::Member {
+                    let active = sl.rids.iter().zip(&want).filter(|(_, w)| **w).map(|(r, _)| r.to_string()).collect();
+                    self.signals.push_back((*id, Signal::Layers { mid: mid.to_string(), active }));
+                }
+                sl.active = want;
+            }
+        }
+    }
+
     /// Mixes due rooms: one frame for each phone, every 20 ms.
     fn mix_phones(&mut self, now: Instant) {
         for (room, m) in self.mixes.iter_mut() {
@@ -491,7 +636,13 @@ impl Sfu {
 
     /// A str0m peer for a new participant: ICE-lite, stats every second, our host candidate.
     fn new_rtc(&self, now: Instant) -> Result<Rtc, SfuError> {
-        let mut rtc = Rtc::builder().set_ice_lite(true).set_stats_interval(Some(Duration::from_secs(1))).build(now);
+        // BWE (TWCC/GCC) towards each participant picks its simulcast layers.
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .enable_bwe(Some(str0m::bwe::Bitrate::kbps(1_000)))
+            .build(now);
+        rtc.bwe().set_bitrate(str0m::bwe::Bitrate::kbps(100), str0m::bwe::Bitrate::mbps(20));
         let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
         rtc.add_local_candidate(cand);
         Ok(rtc)
@@ -583,6 +734,12 @@ impl Sfu {
     /// A member's request to the room (moderator actions, its own state).
     pub fn handle_action(&mut self, now: Instant, id: ParticipantId, a: Action) -> Result<(), SfuError> {
         let room = self.peers.get(&id).ok_or(SfuError::NoSuchParticipant)?.room.clone();
+        if let Action::VideoSize { height } = a {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.max_height = height;
+            }
+            return Ok(());
+        }
         let r = self.rooms.get_mut(&room).ok_or(SfuError::NoSuchParticipant)?;
         match a {
             Action::Admit(who) => r.handle_admit(id, who)?,
@@ -590,6 +747,7 @@ impl Sfu {
             Action::Remove(who) => r.handle_remove(id, who)?,
             Action::MakeModerator(who) => r.handle_make_moderator(id, who)?,
             Action::State { muted, video, hand_raised } => r.handle_state(id, muted, video, hand_raised)?,
+            Action::VideoSize { .. } => {}
         }
         r.handle_activity(now, id);
         self.drain_room_events(&room);
@@ -680,6 +838,10 @@ impl Sfu {
             }
         }
         self.mix_phones(now);
+        if self.layer_pass_at.is_none_or(|t| now >= t + Duration::from_secs(1)) {
+            self.layer_pass_at = Some(now);
+            self.layer_pass();
+        }
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for r in &rooms {
             if let Some(room) = self.rooms.get_mut(r) {
@@ -804,6 +966,15 @@ impl Sfu {
                                     }
                                     Direction::Inactive => {}
                                 }
+                                if let Some(sc) = m.simulcast.as_ref().filter(|_| m.kind == MediaKind::Video) {
+                                    let rids: Vec<Rid> =
+                                        if sc.recv.is_empty() { &sc.send } else { &sc.recv }.iter().map(|l| l.rid).collect();
+                                    if rids.len() > 1 {
+                                        let active = vec![true; rids.len()];
+                                        p.simulcast
+                                            .insert(m.mid, SimLayers { rids, stats: HashMap::new(), active, ranked: false, passes: 0 });
+                                    }
+                                }
                                 if p.kind == PeerKind::Viewer && m.kind == MediaKind::Video {
                                     kf_asks.push((*id, m.mid));
                                 }
@@ -843,6 +1014,7 @@ impl Sfu {
                                 }
                             }
                             Event::KeyframeRequest(k) => kf_asks.push((*id, k.mid)),
+                            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => p.bwe_bps = Some(estimate.as_u64()),
                             _ => {}
                         },
                         Err(e) => {
@@ -922,9 +1094,32 @@ impl Sfu {
     /// One frame from publisher `from`: to every viewer of its room (same kind of track).
     fn forward(&mut self, from: ParticipantId, d: &MediaData) {
         self.stats.frames_in += 1;
-        let Some(src) = self.peers.get(&from) else { return };
+        let Some(src) = self.peers.get_mut(&from) else { return };
         let room = src.room.clone();
         let Some(kind) = src.incoming.iter().find(|t| t.mid == d.mid).map(|t| t.kind) else { return };
+        // A simulcast layer: its rank, its frame counter, the track's layers.
+        let keyframe = kind == MediaKind::Video && d.is_keyframe();
+        let sim: Option<(u8, u16, Vec<Layer>, Vec<Rid>)> = match (d.rid, src.simulcast.get_mut(&d.mid)) {
+            (Some(rid), Some(sl)) => {
+                if !sl.rids.contains(&rid) {
+                    return;
+                }
+                let st = sl.stats.entry(rid).or_default();
+                st.0 += d.data.len() as u64;
+                st.2 = st.2.wrapping_add(1);
+                if keyframe && let Some(h) = vp8_height(&d.data) {
+                    st.3 = h;
+                }
+                let n = st.2;
+                if !sl.ranked && sl.rids.iter().all(|r| sl.stats.get(r).is_some_and(|st| st.3 > 0)) {
+                    sl.ranked = true;
+                    sl.rids.sort_by_key(|r| sl.stats.get(r).map_or(0, |st| st.3));
+                }
+                let Some(idx) = sl.rids.iter().position(|r| *r == rid) else { return };
+                Some((idx as u8, n, sl.layers(), sl.rids.clone()))
+            }
+            _ => None,
+        };
         let lobby = self.lobby_of(&room);
         if lobby.contains(&from) {
             // Guests in the lobby are not seen or heard until admitted.
@@ -943,6 +1138,7 @@ impl Sfu {
         let (last_n, audio_n, all_audio) = (self.cfg.last_n, self.cfg.audio_n, size <= self.cfg.all_audio_up_to);
         let sp = self.speakers.get(&room);
         let mut new_viewers: Vec<(ParticipantId, Mid)> = vec![];
+        let mut layer_asks: Vec<u8> = vec![];
         for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.connected) {
             if lobby.contains(pid) {
                 continue;
@@ -963,24 +1159,67 @@ impl Sfu {
                 MediaKind::Video => {
                     let seen = sp.is_none_or(|s| s.in_last_n(pid, &from, last_n));
                     if !seen {
-                        self.seeing.remove(&(*pid, from));
+                        if self.seeing.remove(&(*pid, from)) {
+                            p.videos = p.videos.saturating_sub(1);
+                        }
                         continue;
                     }
                     if self.seeing.insert((*pid, from)) {
+                        p.videos += 1;
                         new_viewers.push((*pid, mid));
                     }
                 }
             }
+            let mut time = d.time;
+            if let Some((idx, n, layers, _)) = &sim {
+                // Simulcast: this subscriber's layer, from its bandwidth per video and tile size.
+                let budget = p.bwe_bps.map_or(u64::MAX, |b| b / p.videos.max(1) as u64);
+                let (sel, ext) = p.selectors.entry(mid).or_insert_with(|| (Selector::new(90_000), None));
+                sel.set_target(choose_layer(layers, budget, p.max_height));
+                let pkt = Packet { layer: *idx, seq: *n, ts: d.time.numer() as u32, keyframe, picture_id: None, tl0: None };
+                match sel.handle_packet(d.network_time, pkt) {
+                    Verdict::Forward { ts, .. } => {
+                        // One continuous 64-bit timeline for str0m across layer switches.
+                        let out = match *ext {
+                            Some((last, e)) => e.wrapping_add_signed(ts.wrapping_sub(last) as i32 as i64),
+                            None => ts as u64,
+                        };
+                        *ext = Some((ts, out));
+                        time = MediaTime::new(out, d.time.frequency());
+                    }
+                    Verdict::NeedKeyframe(l) => {
+                        layer_asks.push(l);
+                        continue;
+                    }
+                    Verdict::Drop => continue,
+                }
+            }
             let Some(writer) = p.rtc.writer(mid) else { continue };
             let Some(pt) = writer.match_params(d.params) else { continue };
-            if writer.write(pt, d.network_time, d.time, d.data.clone()).is_ok() {
+            if writer.write(pt, d.network_time, time, d.data.clone()).is_ok() {
                 self.stats.frames_forwarded += 1;
                 self.dirty.push(*pid);
             }
         }
         let now = d.network_time;
         for (viewer, mid) in new_viewers {
-            self.ask_keyframe(now, viewer, mid);
+            if sim.is_none() {
+                self.ask_keyframe(now, viewer, mid);
+            }
+        }
+        if let Some((_, _, _, rids)) = &sim {
+            layer_asks.sort_unstable();
+            layer_asks.dedup();
+            for l in layer_asks {
+                let Some(rid) = rids.get(l as usize) else { continue };
+                if !self.keyframes.request(now, (from, d.mid), l) {
+                    continue;
+                }
+                if let Some(mut w) = self.peers.get_mut(&from).and_then(|p| p.rtc.writer(d.mid)) {
+                    let _ = w.request_keyframe(Some(*rid), KeyframeRequestKind::Pli);
+                }
+                self.dirty.push(from);
+            }
         }
         if self.source_of(&room) != Some(from) {
             return;

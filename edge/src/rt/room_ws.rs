@@ -48,6 +48,10 @@ enum Request_ {
         #[serde(default)]
         hand_raised: bool,
     },
+    /// The largest video height the member shows: simulcast layers above it are not sent.
+    VideoSize {
+        height: u16,
+    },
     Leave,
 }
 
@@ -172,6 +176,7 @@ where
                             Request_::Remove { id } => Action::Remove(ParticipantId(id)),
                             Request_::MakeModerator { id } => Action::MakeModerator(ParticipantId(id)),
                             Request_::State { muted, video, hand_raised } => Action::State { muted, video, hand_raised },
+                            Request_::VideoSize { height } => Action::VideoSize { height },
                             _ => continue,
                         };
                         sfu.act(id, action).await.err().map(|e| serde_json::json!({"type": "error", "reason": e.to_string()}))
