@@ -308,162 +308,167 @@ async fn participant(i: usize, room: &str, name: &str, sh: &Shared, rep: &mut Pa
     let mut last_key = Instant::now();
     let (mut audio_ts, mut video_ts) = (0u64, 0u64);
     let mut buf = vec![0u8; 2048];
-    loop {
-        // Everything str0m has to say.
-        let timeout = loop {
-            match rtc.poll_output() {
-                Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => {
-                    rep.packets_out += 1;
-                    let _ = sock.try_send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Event(e)) => match e {
-                    Event::Connected => {
-                        let now = Instant::now();
-                        connected_at = Some(now);
-                        end = now + Duration::from_secs_f64(a.duration_s);
-                        rep.join_ms = Some((now - t0).as_secs_f64() * 1000.0);
+    // Failures end the session but keep what was measured until then.
+    let outcome: Result<(), String> = async {
+        loop {
+            // Everything str0m has to say.
+            let timeout = loop {
+                match rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => break t,
+                    Ok(Output::Transmit(t)) => {
+                        rep.packets_out += 1;
+                        let _ = sock.try_send_to(&t.contents, t.destination);
                     }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        return Err("ICE disconnected".into());
-                    }
-                    Event::MediaAdded(m) if m.mid != audio && Some(m.mid) != video => {
-                        remotes.entry(m.mid).or_default().kind = Some(m.kind);
-                    }
-                    Event::MediaData(d) => {
-                        let r = remotes.entry(d.mid).or_default();
-                        let now = Instant::now();
-                        r.frames += 1;
-                        r.bytes += d.data.len() as u64;
-                        if r.kind == Some(MediaKind::Video) {
-                            if !r.started {
-                                r.started = true;
-                                // A decoder cannot start without a key frame: ask (PLI).
-                                if !d.is_keyframe()
-                                    && let Some(mut w) = rtc.writer(d.mid)
-                                {
-                                    let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                                    rep.keyframes_asked += 1;
+                    Ok(Output::Event(e)) => match e {
+                        Event::Connected => {
+                            let now = Instant::now();
+                            connected_at = Some(now);
+                            end = now + Duration::from_secs_f64(a.duration_s);
+                            rep.join_ms = Some((now - t0).as_secs_f64() * 1000.0);
+                        }
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                            return Err("ICE disconnected".into());
+                        }
+                        Event::MediaAdded(m) if m.mid != audio && Some(m.mid) != video => {
+                            remotes.entry(m.mid).or_default().kind = Some(m.kind);
+                        }
+                        Event::MediaData(d) => {
+                            let r = remotes.entry(d.mid).or_default();
+                            let now = Instant::now();
+                            r.frames += 1;
+                            r.bytes += d.data.len() as u64;
+                            if r.kind == Some(MediaKind::Video) {
+                                if !r.started {
+                                    r.started = true;
+                                    // A decoder cannot start without a key frame: ask (PLI).
+                                    if !d.is_keyframe()
+                                        && let Some(mut w) = rtc.writer(d.mid)
+                                    {
+                                        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                                        rep.keyframes_asked += 1;
+                                    }
+                                }
+                                if r.last.is_some_and(|l| now - l > Duration::from_millis(500)) {
+                                    r.freezes += 1;
                                 }
                             }
-                            if r.last.is_some_and(|l| now - l > Duration::from_millis(500)) {
-                                r.freezes += 1;
+                            r.last = Some(now);
+                        }
+                        Event::MediaIngressStats(st) => {
+                            let r = remotes.entry(st.mid).or_default();
+                            r.loss = st.loss.or(r.loss);
+                            r.packets = st.packets;
+                        }
+                        Event::KeyframeRequest(k) => {
+                            let l = k.rid.and_then(|rid| RIDS.iter().position(|r| Rid::from(*r) == rid)).unwrap_or(0);
+                            let last = key_due.len().saturating_sub(1);
+                            match k.rid {
+                                Some(_) => {
+                                    if let Some(x) = key_due.get_mut(l.min(last)) {
+                                        *x = true;
+                                    }
+                                }
+                                None => key_due.iter_mut().for_each(|k| *k = true),
                             }
                         }
-                        r.last = Some(now);
-                    }
-                    Event::MediaIngressStats(st) => {
-                        let r = remotes.entry(st.mid).or_default();
-                        r.loss = st.loss.or(r.loss);
-                        r.packets = st.packets;
-                    }
-                    Event::KeyframeRequest(k) => {
-                        let l = k.rid.and_then(|rid| RIDS.iter().position(|r| Rid::from(*r) == rid)).unwrap_or(0);
-                        let last = key_due.len().saturating_sub(1);
-                        match k.rid {
-                            Some(_) => {
-                                if let Some(x) = key_due.get_mut(l.min(last)) {
-                                    *x = true;
+                        _ => {}
+                    },
+                    Err(e) => return Err(format!("str0m: {e}")),
+                }
+            };
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let media_due = if connected_at.is_some() { next_audio.min(if video.is_some() { next_video } else { next_audio }) } else { end };
+            let wake = timeout.min(media_due).min(end).max(now);
+            tokio::select! {
+                r = sock.recv_from(&mut buf) => {
+                    let Ok((n, src)) = r else { continue };
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: src, destination: local, contents });
+                    rtc.handle_input(input).map_err(|e| format!("str0m input: {e}"))?;
+                }
+                m = wrx.next() => {
+                    let Some(Ok(WsMessage::Text(t))) = m else { return Err("the SFU closed the WebSocket".into()) };
+                    let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                    match v["type"].as_str() {
+                        Some("answer") => {
+                            let ans = SdpAnswer::from_sdp_string(v["sdp"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
+                            if let Some(p) = pending.take() {
+                                rtc.sdp_api().accept_answer(p, ans).map_err(|e| e.to_string())?;
+                            }
+                        }
+                        Some("offer") => {
+                            let off = SdpOffer::from_sdp_string(v["sdp"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
+                            let ans = rtc.sdp_api().accept_offer(off).map_err(|e| e.to_string())?;
+                            wtx.send(send(serde_json::json!({"type": "answer", "sdp": ans.to_sdp_string()}))).await.map_err(|e| e.to_string())?;
+                        }
+                        Some("layers") => {
+                            let on: Vec<&str> = v["active"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+                            for (k, r) in RIDS[..active.len()].iter().enumerate() {
+                                let was = active[k];
+                                active[k] = on.contains(r);
+                                if active[k] && !was {
+                                    key_due[k] = true; // a resumed layer starts with a key frame
                                 }
                             }
-                            None => key_due.iter_mut().for_each(|k| *k = true),
                         }
+                        Some("closed") => return Err(format!("removed: {}", v["reason"])),
+                        _ => {}
                     }
-                    _ => {}
-                },
-                Err(e) => return Err(format!("str0m: {e}")),
-            }
-        };
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        let media_due = if connected_at.is_some() { next_audio.min(if video.is_some() { next_video } else { next_audio }) } else { end };
-        let wake = timeout.min(media_due).min(end).max(now);
-        tokio::select! {
-            r = sock.recv_from(&mut buf) => {
-                let Ok((n, src)) = r else { continue };
-                let Ok(contents) = buf[..n].try_into() else { continue };
-                let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: src, destination: local, contents });
-                rtc.handle_input(input).map_err(|e| format!("str0m input: {e}"))?;
-            }
-            m = wrx.next() => {
-                let Some(Ok(WsMessage::Text(t))) = m else { return Err("the SFU closed the WebSocket".into()) };
-                let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
-                match v["type"].as_str() {
-                    Some("answer") => {
-                        let ans = SdpAnswer::from_sdp_string(v["sdp"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
-                        if let Some(p) = pending.take() {
-                            rtc.sdp_api().accept_answer(p, ans).map_err(|e| e.to_string())?;
-                        }
-                    }
-                    Some("offer") => {
-                        let off = SdpOffer::from_sdp_string(v["sdp"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
-                        let ans = rtc.sdp_api().accept_offer(off).map_err(|e| e.to_string())?;
-                        wtx.send(send(serde_json::json!({"type": "answer", "sdp": ans.to_sdp_string()}))).await.map_err(|e| e.to_string())?;
-                    }
-                    Some("layers") => {
-                        let on: Vec<&str> = v["active"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
-                        for (k, r) in RIDS[..active.len()].iter().enumerate() {
-                            let was = active[k];
-                            active[k] = on.contains(r);
-                            if active[k] && !was {
-                                key_due[k] = true; // a resumed layer starts with a key frame
-                            }
-                        }
-                    }
-                    Some("closed") => return Err(format!("removed: {}", v["reason"])),
-                    _ => {}
                 }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             }
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
-        }
-        let now = Instant::now();
-        rtc.handle_input(Input::Timeout(now)).map_err(|e| format!("str0m: {e}"))?;
-        if connected_at.is_none() {
-            continue;
-        }
-        // 20 ms of Opus, with its level: speakers take turns of 4 s.
-        while next_audio <= now {
-            next_audio += Duration::from_millis(20);
-            let turn = (sh.start.elapsed().as_secs() / 4) as usize % a.speakers.max(1);
-            let talking = speaker && turn == i % a.participants.max(1);
-            let pt = rtc.writer(audio).and_then(|w| w.payload_params().find(|p| p.spec().codec == RtcCodec::Opus).map(|p| p.pt()));
-            if let (Some(pt), Some(w)) = (pt, rtc.writer(audio)) {
-                let (data, level) = if talking { (&sh.tone, 20) } else { (&sh.quiet, 127) };
-                let _ = w.audio_level(-level, talking).write(
-                    pt,
-                    now,
-                    MediaTime::new(audio_ts, str0m::media::Frequency::FORTY_EIGHT_KHZ),
-                    data.clone(),
-                );
+            let now = Instant::now();
+            rtc.handle_input(Input::Timeout(now)).map_err(|e| format!("str0m: {e}"))?;
+            if connected_at.is_none() {
+                continue;
             }
-            audio_ts += 960;
-        }
-        // One frame per layer at the frame rate; key frames every keyframe_s or when asked.
-        if let Some(vmid) = video {
-            while next_video <= now {
-                next_video += frame_every;
-                video_ts += 90_000 / a.fps.max(1) as u64;
-                if now.duration_since(last_key).as_secs_f64() >= a.keyframe_s {
-                    last_key = now;
-                    key_due.iter_mut().for_each(|k| *k = true);
+            // 20 ms of Opus, with its level: speakers take turns of 4 s.
+            while next_audio <= now {
+                next_audio += Duration::from_millis(20);
+                let turn = (sh.start.elapsed().as_secs() / 4) as usize % a.speakers.max(1);
+                let talking = speaker && turn == i % a.participants.max(1);
+                let pt = rtc.writer(audio).and_then(|w| w.payload_params().find(|p| p.spec().codec == RtcCodec::Opus).map(|p| p.pt()));
+                if let (Some(pt), Some(w)) = (pt, rtc.writer(audio)) {
+                    let (data, level) = if talking { (&sh.tone, 20) } else { (&sh.quiet, 127) };
+                    let _ = w.audio_level(-level, talking).write(
+                        pt,
+                        now,
+                        MediaTime::new(audio_ts, str0m::media::Frequency::FORTY_EIGHT_KHZ),
+                        data.clone(),
+                    );
                 }
-                for (k, kbps) in sh.layers.iter().enumerate() {
-                    if !active[k] {
-                        continue;
+                audio_ts += 960;
+            }
+            // One frame per layer at the frame rate; key frames every keyframe_s or when asked.
+            if let Some(vmid) = video {
+                while next_video <= now {
+                    next_video += frame_every;
+                    video_ts += 90_000 / a.fps.max(1) as u64;
+                    if now.duration_since(last_key).as_secs_f64() >= a.keyframe_s {
+                        last_key = now;
+                        key_due.iter_mut().for_each(|k| *k = true);
                     }
-                    let base = (*kbps as usize * 1000 / 8) / a.fps.max(1) as usize;
-                    let key = std::mem::take(&mut key_due[k]);
-                    let data = vp8_frame(if key { base * 4 } else { base }, key, HEIGHTS[k + 3 - sh.layers.len()]);
-                    let pt = rtc.writer(vmid).and_then(|w| w.payload_params().find(|p| p.spec().codec == RtcCodec::Vp8).map(|p| p.pt()));
-                    let (Some(pt), Some(w)) = (pt, rtc.writer(vmid)) else { break };
-                    let w = if sh.layers.len() > 1 { w.rid(Rid::from(RIDS[k])) } else { w };
-                    let _ = w.write(pt, now, MediaTime::from_90khz(video_ts), data);
+                    for (k, kbps) in sh.layers.iter().enumerate() {
+                        if !active[k] {
+                            continue;
+                        }
+                        let base = (*kbps as usize * 1000 / 8) / a.fps.max(1) as usize;
+                        let key = std::mem::take(&mut key_due[k]);
+                        let data = vp8_frame(if key { base * 4 } else { base }, key, HEIGHTS[k + 3 - sh.layers.len()]);
+                        let pt = rtc.writer(vmid).and_then(|w| w.payload_params().find(|p| p.spec().codec == RtcCodec::Vp8).map(|p| p.pt()));
+                        let (Some(pt), Some(w)) = (pt, rtc.writer(vmid)) else { break };
+                        let w = if sh.layers.len() > 1 { w.rid(Rid::from(RIDS[k])) } else { w };
+                        let _ = w.write(pt, now, MediaTime::from_90khz(video_ts), data);
+                    }
                 }
             }
         }
+        Ok(())
     }
+    .await;
     let _ = wtx.send(send(serde_json::json!({"type": "leave"}))).await;
     rtc.disconnect();
     let secs = connected_at.map_or(0.0, |c| c.elapsed().as_secs_f64()).max(0.001);
@@ -476,7 +481,7 @@ async fn participant(i: usize, room: &str, name: &str, sh: &Shared, rep: &mut Pa
     rep.freezes = remotes.values().map(|r| r.freezes).sum();
     let losses: Vec<f64> = remotes.values().filter_map(|r| r.loss).map(|l| (l as f64 * 100.0).clamp(0.0, 100.0)).collect();
     rep.loss_pct = if losses.is_empty() { 0.0 } else { losses.iter().sum::<f64>() / losses.len() as f64 };
-    Ok(())
+    outcome
 }
 
 #[cfg(test)]

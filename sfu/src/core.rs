@@ -159,7 +159,12 @@ struct Peer {
     max_height: u16,
     /// Subscribing: how many videos it currently receives (last-N), for the budget per video.
     videos: usize,
+    /// Members: when the SFU last sent an offer.
+    offered_at: Option<Instant>,
 }
+
+/// Shortest time between two SFU offers to one member.
+const RENEGOTIATE_EVERY: Duration = Duration::from_millis(500);
 
 /// The simulcast layers of one published video track: rids from its SDP, ranked lowest
 /// first by measured bitrate once known.
@@ -253,6 +258,7 @@ impl Peer {
             bwe_bps: None,
             max_height: u16::MAX,
             videos: 0,
+            offered_at: None,
         }
     }
 }
@@ -861,7 +867,12 @@ impl Sfu {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let rooms = self.rooms.values().filter_map(|r| r.poll_timeout());
         let mixes = self.mixes.values().map(|m| m.next);
-        rooms.chain(mixes).chain(self.peers.values().filter_map(|p| p.next)).min()
+        // A deferred offer (see `negotiate`).
+        let offers = self.peers.values().filter_map(|p| {
+            let work = p.pending.is_none() && p.outs.iter().any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
+            p.offered_at.filter(|_| work).map(|t| t + RENEGOTIATE_EVERY)
+        });
+        rooms.chain(mixes).chain(offers).chain(self.peers.values().filter_map(|p| p.next)).min()
     }
 
     /// Room events: departures (timeouts, removals) end the peer's connection.
@@ -1031,7 +1042,7 @@ impl Sfu {
                     }
                 }
             }
-            self.negotiate();
+            self.negotiate(now);
             for (from, d) in media.drain(..) {
                 self.forward(from, &d);
             }
@@ -1040,7 +1051,7 @@ impl Sfu {
             }
         }
         // Offers for tracks added or stopped outside a poll (a member left, a removal).
-        self.negotiate();
+        self.negotiate(now);
         dead.sort();
         dead.dedup();
         for id in dead {
@@ -1056,12 +1067,20 @@ impl Sfu {
     }
 
     /// Offers members the remote tracks they do not have yet (one offer at a time each).
-    fn negotiate(&mut self) {
+    fn negotiate(&mut self, now: Instant) {
         for (id, p) in self.peers.iter_mut() {
             let work = p.outs.iter().any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
             if p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() || !work {
                 continue;
             }
+            // Join storms: changes are gathered into at most one offer per RENEGOTIATE_EVERY
+            // (each offer and answer is a full SDP of every remote track).
+            if let Some(t) = p.offered_at
+                && now < t + RENEGOTIATE_EVERY
+            {
+                continue;
+            }
+            p.offered_at = Some(now);
             let mut api = p.rtc.sdp_api();
             let mut tracks = vec![];
             for t in &mut p.outs {
