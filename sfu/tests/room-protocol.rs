@@ -28,6 +28,8 @@ struct Member {
     video_from: HashMap<u64, u32>,
     /// The SFU's latest offer.
     last_offer: String,
+    /// Video frames received per remote mid.
+    by_mid: HashMap<String, u32>,
 }
 
 fn join(s: &mut Sfu, now: Instant, port: u16, name: &str, video: bool) -> Member {
@@ -43,7 +45,7 @@ fn join(s: &mut Sfu, now: Instant, port: u16, name: &str, video: bool) -> Member
     let (offer, pending) = api.apply().unwrap();
     let answer = s.handle_offer(now, id, &offer.to_sdp_string()).unwrap();
     rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
-    Member { id, rtc, addr, own, remote: HashMap::new(), video_from: HashMap::new(), last_offer: String::new() }
+    Member { id, rtc, addr, own, remote: HashMap::new(), video_from: HashMap::new(), last_offer: String::new(), by_mid: HashMap::new() }
 }
 
 /// Moves datagrams and signals until nothing moves.
@@ -63,6 +65,7 @@ fn pump(now: Instant, s: &mut Sfu, ms: &mut [Member]) {
                             && m.rtc.media(d.mid).is_some_and(|x| x.kind() == MediaKind::Video)
                         {
                             *m.video_from.entry(*src).or_default() += 1;
+                            *m.by_mid.entry(d.mid.to_string()).or_default() += 1;
                         }
                     }
                     Output::Event(_) => {}
@@ -189,4 +192,49 @@ fn members_get_each_other_and_last_n_follows_the_speaker() {
     let stopped = ms[3].last_offer.lines().filter(|l| l.starts_with("m=") && l.split_whitespace().nth(1) == Some("0")).count();
     assert!(ms[3].last_offer != offers_before, "a new offer after c left");
     assert_eq!(stopped, 2, "c's audio and video stopped in v's session");
+}
+
+#[test]
+fn a_screen_share_is_an_extra_track_offered_to_the_others() {
+    let mut now = Instant::now();
+    let mut s = Sfu::new(SfuConfig::new(SFU.parse().unwrap(), RoomConfig::default()));
+    let mut ms = vec![join(&mut s, now, 52000, "a", true), join(&mut s, now, 52001, "b", true)];
+    for _ in 0..3000 {
+        now += Duration::from_millis(1);
+        for m in ms.iter_mut() {
+            m.rtc.handle_input(Input::Timeout(now)).unwrap();
+        }
+        s.handle_timeout(now);
+        pump(now, &mut s, &mut ms);
+        if ms.iter().all(|m| m.rtc.is_connected()) && ms[1].remote.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(ms[1].remote.len(), 2, "b has a's camera and microphone");
+    // a shares its screen: a second video track, in a new offer of a's.
+    let mut api = ms[0].rtc.sdp_api();
+    let screen = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let answer = s.handle_offer(now, ms[0].id, &offer.to_sdp_string()).unwrap();
+    ms[0].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+    let pt = ms[0].rtc.writer(screen).unwrap().payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+    let a = ms[0].id.0;
+    let start = now;
+    for i in 0..3000u64 {
+        now += Duration::from_millis(1);
+        if i % 33 == 0 && ms[0].rtc.is_connected() {
+            let mut f = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            f.resize(800, 0x44);
+            let _ = ms[0].rtc.writer(screen).unwrap().write(pt, now, (now - start).into(), f);
+        }
+        for m in ms.iter_mut() {
+            m.rtc.handle_input(Input::Timeout(now)).unwrap();
+        }
+        s.handle_timeout(now);
+        pump(now, &mut s, &mut ms);
+    }
+    let from_a: Vec<&String> = ms[1].remote.iter().filter(|(_, src)| **src == a).map(|(mid, _)| mid).collect();
+    assert_eq!(from_a.len(), 3, "b was offered a's screen as a third track: {:?}", ms[1].remote);
+    let screen_frames = from_a.iter().map(|mid| ms[1].by_mid.get(*mid).copied().unwrap_or(0)).max().unwrap_or(0);
+    assert!(screen_frames > 50, "b receives the screen frames: {:?}", ms[1].by_mid);
 }
