@@ -163,8 +163,14 @@ struct Peer {
     offered_at: Option<Instant>,
 }
 
-/// Shortest time between two SFU offers to one member.
+/// Shortest time between two SFU offers to one member, per 10 participants in its room
+/// (each offer and answer is an SDP of every remote track: in large rooms during a join
+/// storm, fewer and larger renegotiations).
 const RENEGOTIATE_EVERY: Duration = Duration::from_millis(500);
+
+fn renegotiate_every(room_size: usize) -> Duration {
+    RENEGOTIATE_EVERY * (room_size / 10).max(1) as u32
+}
 
 /// The simulcast layers of one published video track: rids from its SDP, ranked lowest
 /// first by measured bitrate once known.
@@ -870,7 +876,8 @@ impl Sfu {
         // A deferred offer (see `negotiate`).
         let offers = self.peers.values().filter_map(|p| {
             let work = p.pending.is_none() && p.outs.iter().any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
-            p.offered_at.filter(|_| work).map(|t| t + RENEGOTIATE_EVERY)
+            let size = self.rooms.get(&p.room).map_or(0, |r| r.members().len());
+            p.offered_at.filter(|_| work).map(|t| t + renegotiate_every(size))
         });
         rooms.chain(mixes).chain(offers).chain(self.peers.values().filter_map(|p| p.next)).min()
     }
@@ -1073,10 +1080,9 @@ impl Sfu {
             if p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() || !work {
                 continue;
             }
-            // Join storms: changes are gathered into at most one offer per RENEGOTIATE_EVERY
-            // (each offer and answer is a full SDP of every remote track).
+            // Join storms: changes are gathered into one offer per `renegotiate_every`.
             if let Some(t) = p.offered_at
-                && now < t + RENEGOTIATE_EVERY
+                && now < t + renegotiate_every(self.rooms.get(&p.room).map_or(0, |r| r.members().len()))
             {
                 continue;
             }
