@@ -186,9 +186,15 @@ struct SimLayers {
     /// are known (normally before anyone subscribes), else by bitrate after 3 s.
     ranked: bool,
     passes: u32,
+    /// `layers()` as of the last change (read per frame without allocating).
+    cached: std::sync::Arc<[Layer]>,
 }
 
 impl SimLayers {
+    fn refresh(&mut self) {
+        self.cached = self.layers().into();
+    }
+
     fn layers(&self) -> Vec<Layer> {
         let n = self.rids.len();
         self.rids
@@ -435,6 +441,7 @@ impl Sfu {
         if opus.is_empty() {
             return;
         }
+        let opus: std::sync::Arc<[u8]> = opus.into();
         let mid = Mid::from(PHONE_MID);
         let lobby = self.lobby_of(&room);
         let heard = self.heard(&room, id);
@@ -487,12 +494,14 @@ impl Sfu {
                     st.1 = st.0 * 8;
                     st.0 = 0;
                 }
+                sl.refresh();
                 // Publishers list their rids in any order: rank them by what they carry, once.
                 sl.passes += 1;
                 if !sl.ranked && sl.passes >= 3 && sl.rids.iter().all(|r| sl.stats.get(r).is_some_and(|st| st.1 > 0)) {
                     sl.ranked = true;
                     let before = sl.rids.clone();
                     sl.rids.sort_by_key(|r| sl.stats.get(r).map_or(0, |st| st.1));
+                    sl.refresh();
                     if sl.rids != before {
                         reranked.push((*id, *mid));
                     }
@@ -989,8 +998,17 @@ impl Sfu {
                                         if sc.recv.is_empty() { &sc.send } else { &sc.recv }.iter().map(|l| l.rid).collect();
                                     if rids.len() > 1 {
                                         let active = vec![true; rids.len()];
-                                        p.simulcast
-                                            .insert(m.mid, SimLayers { rids, stats: HashMap::new(), active, ranked: false, passes: 0 });
+                                        p.simulcast.insert(
+                                            m.mid,
+                                            SimLayers {
+                                                rids,
+                                                stats: HashMap::new(),
+                                                active,
+                                                ranked: false,
+                                                passes: 0,
+                                                cached: std::sync::Arc::from([]),
+                                            },
+                                        );
                                     }
                                 }
                                 if p.kind == PeerKind::Viewer && m.kind == MediaKind::Video {
@@ -1124,7 +1142,7 @@ impl Sfu {
         let Some(kind) = src.incoming.iter().find(|t| t.mid == d.mid).map(|t| t.kind) else { return };
         // A simulcast layer: its rank, its frame counter, the track's layers.
         let keyframe = kind == MediaKind::Video && d.is_keyframe();
-        let sim: Option<(u8, u16, Vec<Layer>, Vec<Rid>)> = match (d.rid, src.simulcast.get_mut(&d.mid)) {
+        let sim: Option<(u8, u16, std::sync::Arc<[Layer]>)> = match (d.rid, src.simulcast.get_mut(&d.mid)) {
             (Some(rid), Some(sl)) => {
                 if !sl.rids.contains(&rid) {
                     return;
@@ -1136,12 +1154,16 @@ impl Sfu {
                     st.3 = h;
                 }
                 let n = st.2;
+                let new_height = keyframe && st.3 > 0 && sl.cached.iter().all(|l| l.height != st.3);
                 if !sl.ranked && sl.rids.iter().all(|r| sl.stats.get(r).is_some_and(|st| st.3 > 0)) {
                     sl.ranked = true;
                     sl.rids.sort_by_key(|r| sl.stats.get(r).map_or(0, |st| st.3));
                 }
+                if new_height || sl.cached.len() != sl.rids.len() {
+                    sl.refresh();
+                }
                 let Some(idx) = sl.rids.iter().position(|r| *r == rid) else { return };
-                Some((idx as u8, n, sl.layers(), sl.rids.clone()))
+                Some((idx as u8, n, sl.cached.clone()))
             }
             _ => None,
         };
@@ -1196,7 +1218,7 @@ impl Sfu {
                 }
             }
             let mut time = d.time;
-            if let Some((idx, n, layers, _)) = &sim {
+            if let Some((idx, n, layers)) = &sim {
                 // Simulcast: this subscriber's layer, from its bandwidth per video and tile size.
                 let budget = p.bwe_bps.map_or(u64::MAX, |b| b / p.videos.max(1) as u64);
                 let (sel, ext) = p.selectors.entry(mid).or_insert_with(|| (Selector::new(90_000), None));
@@ -1232,16 +1254,17 @@ impl Sfu {
                 self.ask_keyframe(now, viewer, mid);
             }
         }
-        if let Some((_, _, _, rids)) = &sim {
+        if sim.is_some() && !layer_asks.is_empty() {
             layer_asks.sort_unstable();
             layer_asks.dedup();
             for l in layer_asks {
-                let Some(rid) = rids.get(l as usize) else { continue };
+                let rid = self.peers.get(&from).and_then(|p| p.simulcast.get(&d.mid)).and_then(|sl| sl.rids.get(l as usize).copied());
+                let Some(rid) = rid else { continue };
                 if !self.keyframes.request(now, (from, d.mid), l) {
                     continue;
                 }
                 if let Some(mut w) = self.peers.get_mut(&from).and_then(|p| p.rtc.writer(d.mid)) {
-                    let _ = w.request_keyframe(Some(*rid), KeyframeRequestKind::Pli);
+                    let _ = w.request_keyframe(Some(rid), KeyframeRequestKind::Pli);
                 }
                 self.dirty.push(from);
             }
