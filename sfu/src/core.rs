@@ -343,6 +343,8 @@ pub struct Sfu {
     phone_audio: VecDeque<(ParticipantId, Vec<u8>)>,
     /// Last per-second simulcast bookkeeping (`layer_pass`).
     layer_pass_at: Option<Instant>,
+    /// Remote address -> participant, so a datagram does not scan every peer.
+    by_source: HashMap<SocketAddr, ParticipantId>,
 }
 
 impl Sfu {
@@ -367,6 +369,7 @@ impl Sfu {
             mixes: HashMap::new(),
             phone_audio: VecDeque::new(),
             layer_pass_at: None,
+            by_source: HashMap::new(),
         }
     }
 
@@ -830,9 +833,23 @@ impl Sfu {
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
         let Ok(contents) = data.try_into() else { return };
         let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
-        let Some((&id, _)) = self.peers.iter().find(|(_, p)| p.rtc.accepts(&input)) else {
-            tracing::trace!(%source, "datagram for no participant");
-            return;
+        // The participant last seen at this address, else a scan (ICE ufrag, then 5-tuple).
+        let known = self.by_source.get(&source).copied().filter(|id| self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input)));
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Some((&id, _)) = self.peers.iter().find(|(_, p)| p.rtc.accepts(&input)) else {
+                    tracing::trace!(%source, "datagram for no participant");
+                    return;
+                };
+                if self.by_source.len() > 4 * self.peers.len() + 64 {
+                    // Addresses of participants that left.
+                    let peers = &self.peers;
+                    self.by_source.retain(|_, id| peers.contains_key(id));
+                }
+                self.by_source.insert(source, id);
+                id
+            }
         };
         self.dirty.push(id);
         if let Some(p) = self.peers.get_mut(&id) {
