@@ -171,6 +171,11 @@ impl SfuHandle {
 /// `rt`. `cfg.media_addr` may have port 0: the bound port is used.
 pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig, tokens: HashMap<String, String>) -> Result<SfuHandle, String> {
     let std_sock = std::net::UdpSocket::bind(cfg.media_addr).map_err(|e| format!("SFU media socket {}: {e}", cfg.media_addr))?;
+    // Bursts (key frames to many subscribers, a join storm keeping the task busy) must not
+    // overflow the kernel's default 208 KB: dropped STUN checks end ICE sessions.
+    let s2 = socket2::SockRef::from(&std_sock);
+    let _ = s2.set_recv_buffer_size(8 << 20);
+    let _ = s2.set_send_buffer_size(8 << 20);
     std_sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     cfg.media_addr = std_sock.local_addr().map_err(|e| e.to_string())?;
     let media_addr = cfg.media_addr;
