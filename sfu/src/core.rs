@@ -161,6 +161,9 @@ struct Peer {
     videos: usize,
     /// Members: when the SFU last sent an offer.
     offered_at: Option<Instant>,
+    /// Members: `outs` has tracks to open or stop (set where they are added or stopped, so
+    /// `negotiate` and `poll_timeout` need not scan every member's tracks per datagram).
+    outs_changed: bool,
 }
 
 /// Shortest time between two SFU offers to one member, per 10 participants in its room
@@ -271,6 +274,7 @@ impl Peer {
             max_height: u16::MAX,
             videos: 0,
             offered_at: None,
+            outs_changed: false,
         }
     }
 }
@@ -410,6 +414,7 @@ impl Sfu {
         for p in self.peers.values_mut() {
             if p.room == room && p.kind == PeerKind::Member && p.negotiated {
                 p.outs.push(TrackOut { source: (id, mid), kind: MediaKind::Audio, state: OutState::ToOpen });
+                p.outs_changed = true;
             }
         }
         self.drain_room_events(room);
@@ -595,7 +600,10 @@ impl Sfu {
 
     /// An RFC 6464 level of `from`: active-speaker changes become room events.
     fn speaker_level(&mut self, now: Instant, room: &str, from: ParticipantId, level: u8) {
-        let sp = self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default()));
+        if !self.speakers.contains_key(room) {
+            self.speakers.insert(room.to_string(), Speakers::new(SpeakerConfig::default()));
+        }
+        let Some(sp) = self.speakers.get_mut(room) else { return };
         sp.handle_level(now, from, level.min(127));
         if let Some(id) = sp.poll_change() {
             let e = RoomEvent::ActiveSpeaker { id };
@@ -717,6 +725,7 @@ impl Sfu {
             if let Some(p) = self.peers.get_mut(&id) {
                 for (pid, mid, kind) in existing {
                     p.outs.push(TrackOut { source: (pid, mid), kind, state: OutState::ToOpen });
+                    p.outs_changed = true;
                 }
             }
         }
@@ -900,10 +909,9 @@ impl Sfu {
         let rooms = self.rooms.values().filter_map(|r| r.poll_timeout());
         let mixes = self.mixes.values().map(|m| m.next);
         // A deferred offer (see `negotiate`).
-        let offers = self.peers.values().filter_map(|p| {
-            let work = p.pending.is_none() && p.outs.iter().any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
+        let offers = self.peers.values().filter(|p| p.outs_changed && p.pending.is_none()).filter_map(|p| {
             let size = self.rooms.get(&p.room).map_or(0, |r| r.members().len());
-            p.offered_at.filter(|_| work).map(|t| t + renegotiate_every(size))
+            p.offered_at.map(|t| t + renegotiate_every(size))
         });
         rooms.chain(mixes).chain(offers).chain(self.peers.values().filter_map(|p| p.next)).min()
     }
@@ -958,6 +966,7 @@ impl Sfu {
                 for t in p.outs.iter_mut().filter(|t| t.source.0 == id) {
                     if let OutState::Open(m) | OutState::Negotiating(m) = t.state {
                         t.state = OutState::ToStop(m);
+                        p.outs_changed = true;
                     }
                 }
             }
@@ -1081,6 +1090,7 @@ impl Sfu {
                 for (pid, p) in self.peers.iter_mut() {
                     if *pid != from && p.room == room && p.kind == PeerKind::Member && p.negotiated {
                         p.outs.push(TrackOut { source: (from, mid), kind, state: OutState::ToOpen });
+                        p.outs_changed = true;
                     }
                 }
             }
@@ -1111,8 +1121,7 @@ impl Sfu {
     /// Offers members the remote tracks they do not have yet (one offer at a time each).
     fn negotiate(&mut self, now: Instant) {
         for (id, p) in self.peers.iter_mut() {
-            let work = p.outs.iter().any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
-            if p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() || !work {
+            if !p.outs_changed || p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() {
                 continue;
             }
             // Join storms: changes are gathered into one offer per `renegotiate_every`.
@@ -1122,6 +1131,7 @@ impl Sfu {
                 continue;
             }
             p.offered_at = Some(now);
+            p.outs_changed = false;
             let mut api = p.rtc.sdp_api();
             let mut tracks = vec![];
             for t in &mut p.outs {
