@@ -166,34 +166,36 @@ struct RxStats {
 }
 
 /// Decodes received payloads to measure what is heard.
-enum Listener {
-    G711(fn(u8) -> i16),
-    Opus(Box<opus::Decoder>, Vec<i16>),
+struct Listener {
+    /// G.711 expansion, or an Opus decoder.
+    g711: Option<fn(u8) -> i16>,
+    opus: Option<Box<opus::Decoder>>,
+    pcm: Vec<i16>,
 }
 
 impl Listener {
     fn new(c: Codec) -> Option<Listener> {
-        Some(match c {
-            Codec::Pcmu => Listener::G711(codec::g711::ulaw_to_linear),
-            Codec::Pcma => Listener::G711(codec::g711::alaw_to_linear),
-            Codec::Opus => Listener::Opus(Box::new(opus::Decoder::new(48000, opus::Channels::Mono).ok()?), vec![0; 5760]),
-        })
+        let (g711, opus) = match c {
+            Codec::Pcmu => (Some(codec::g711::ulaw_to_linear as fn(u8) -> i16), None),
+            Codec::Pcma => (Some(codec::g711::alaw_to_linear as fn(u8) -> i16), None),
+            Codec::Opus => (None, Some(Box::new(opus::Decoder::new(48000, opus::Channels::Mono).ok()?))),
+        };
+        Some(Listener { g711, opus, pcm: vec![0; 5760] })
     }
 
     /// The level of one payload in -dBov (RFC 6464 scale: 0 loudest, 127 silence).
     fn level(&mut self, payload: &[u8]) -> Option<f64> {
-        let (sum, n) = match self {
-            Listener::G711(f) => (payload.iter().map(|b| (f(*b) as f64).powi(2)).sum::<f64>(), payload.len()),
-            Listener::Opus(d, pcm) => {
-                let n = d.decode(payload, pcm, false).ok()?;
-                (pcm[..n].iter().map(|s| (*s as f64).powi(2)).sum::<f64>(), n)
+        let n = match (self.g711, self.opus.as_mut()) {
+            (Some(f), _) => {
+                for (o, b) in self.pcm.iter_mut().zip(payload) {
+                    *o = f(*b);
+                }
+                payload.len().min(self.pcm.len())
             }
+            (None, Some(d)) => d.decode(payload, &mut self.pcm, false).ok()?,
+            (None, None) => return None,
         };
-        if n == 0 {
-            return None;
-        }
-        let rms = (sum / n as f64).sqrt() / 32768.0;
-        Some(if rms > 0.0 { (-20.0 * rms.log10()).clamp(0.0, 127.0) } else { 127.0 })
+        (n > 0).then(|| codec::audio_level::dbov(&self.pcm[..n]))
     }
 }
 
