@@ -85,13 +85,13 @@ impl Codec {
 }
 
 /// Produces one 20 ms payload per call.
-enum PayloadSource {
+pub(crate) enum PayloadSource {
     G711(Vec<u8>),
     Opus { enc: Box<opus::Encoder>, phase: f64, pcm: Vec<i16>, out: Vec<u8> },
 }
 
 impl PayloadSource {
-    fn new(c: Codec) -> Option<PayloadSource> {
+    pub(crate) fn new(c: Codec) -> Option<PayloadSource> {
         Some(match c {
             Codec::Pcmu => PayloadSource::G711(vec![codec::g711::linear_to_ulaw(0); 160]),
             Codec::Pcma => PayloadSource::G711(vec![codec::g711::linear_to_alaw(0); 160]),
@@ -104,7 +104,7 @@ impl PayloadSource {
         })
     }
 
-    fn next(&mut self) -> &[u8] {
+    pub(crate) fn next(&mut self) -> &[u8] {
         match self {
             PayloadSource::G711(b) => b,
             PayloadSource::Opus { enc, phase, pcm, out } => {

@@ -145,17 +145,17 @@ struct Shared {
 const HEIGHTS: [u16; 3] = [180, 360, 720];
 const RIDS: [&str; 3] = ["q", "h", "f"];
 
+/// A 440 Hz tone frame (the call media's source, past the encoder's start) and a silent one.
 fn opus_frames() -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut src = crate::media::PayloadSource::new(crate::media::Codec::Opus).ok_or("opus encoder")?;
+    let mut tone = vec![];
+    for _ in 0..3 {
+        tone = src.next().to_vec();
+    }
     let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).map_err(|e| e.to_string())?;
     let mut out = vec![0u8; 1500];
-    let tone: Vec<i16> = (0..960).map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 440.0 / 48_000.0).sin() * 8000.0) as i16).collect();
-    let mut t = vec![];
-    for _ in 0..3 {
-        let n = enc.encode(&tone, &mut out).map_err(|e| e.to_string())?;
-        t = out[..n].to_vec();
-    }
     let n = enc.encode(&[0i16; 960], &mut out).map_err(|e| e.to_string())?;
-    Ok((t, out[..n].to_vec()))
+    Ok((tone, out[..n].to_vec()))
 }
 
 /// A synthetic VP8 frame (RFC 6386 9.1 frame tag; key frames carry the start code and
