@@ -422,21 +422,15 @@ impl ConferenceUa {
         let from = inv.header(HeaderName::From).unwrap_or("");
         let to = inv.header(HeaderName::To).unwrap_or("");
         self.seq += 1;
-        let mut m = String::with_capacity(512);
-        let _ = write!(m, "BYE {target} SIP/2.0\r\n");
         let host = match self.local {
             SocketAddr::V4(a) => a.to_string(),
             SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
         };
-        let _ = write!(m, "Via: SIP/2.0/UDP {host};branch=z9hG4bKconf{:x}{:x};rport\r\n", self.seq, c.cseq);
-        let _ = write!(m, "Max-Forwards: 70\r\n");
-        for rr in inv.values(HeaderName::RecordRoute) {
-            let _ = write!(m, "Route: {rr}\r\n");
-        }
-        let _ = write!(m, "From: {to};tag={}\r\nTo: {from}\r\n", c.to_tag);
-        let _ = write!(m, "Call-ID: {call}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n", c.cseq);
-        self.out.push_back(Output::Send { to: c.source, data: Bytes::from(m) });
-    }
+        let via = format!("SIP/2.0/UDP {host};branch=z9hG4bKconf{:x}{:x};rport", self.seq, c.cseq);
+        let routes: Vec<String> = inv.values(HeaderName::RecordRoute).map(str::to_string).collect();
+        let ours = format!("{to};tag={}", c.to_tag);
+        let data = crate::msg::write::bye(&target, &via, &routes, &ours, from, call, c.cseq, "");
+        self.out.push_back(Output::Send { to: c.source, data });    }
 
     /// A response (to our BYE): nothing more to do.
     pub fn handle_response(&mut self, _now: Instant, _msg: Message) {}

@@ -2048,17 +2048,9 @@ impl Core {
         let Some(local) = self.sh.local_addr(peer.transport) else { return };
         let r = self.rand();
         let branch = format!("{MAGIC_COOKIE}e{:x}{r:x}", self.worker);
-        let mut s = String::with_capacity(512);
-        let _ = write!(
-            s,
-            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch}\r\nMax-Forwards: 70\r\n",
-            peer.transport.via_token()
-        );
-        if !routes.is_empty() {
-            let _ = write!(s, "Route: {}\r\n", routes.join(", "));
-        }
-        let _ = write!(s, "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} BYE\r\n{extra}Content-Length: 0\r\n\r\n");
-        self.start_client(now, format!("{branch}|BYE"), false, peer, Bytes::from(s), None, None, None);
+        let via = format!("SIP/2.0/{} {local};branch={branch}", peer.transport.via_token());
+        let data = crate::msg::write::bye(target, &via, routes, from, to, call_id, seq, extra);
+        self.start_client(now, format!("{branch}|BYE"), false, peer, data, None, None, None);
     }
 
     // ---------------------------------------------------------------- timers

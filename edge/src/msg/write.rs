@@ -59,6 +59,20 @@ pub fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
+/// A BYE within a dialog (RFC 3261 15.1.1 with 12.2.1.1): to the remote `target`, along the
+/// dialog's route set `routes` (in order), with our `via` value (`SIP/2.0/UDP host;branch=..`),
+/// the dialog's `from` (ours, with our tag) and `to`, and `extra` complete header lines.
+#[allow(clippy::too_many_arguments)]
+pub fn bye(target: &str, via: &str, routes: &[String], from: &str, to: &str, call_id: &str, seq: u32, extra: &str) -> Bytes {
+    let mut s = String::with_capacity(512);
+    let _ = write!(s, "BYE {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n");
+    if !routes.is_empty() {
+        let _ = write!(s, "Route: {}\r\n", routes.join(", "));
+    }
+    let _ = write!(s, "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {seq} BYE\r\n{extra}Content-Length: 0\r\n\r\n");
+    Bytes::from(s)
+}
+
 /// Builds a response to `req` (RFC 3261 8.2.6.2): Via (with `top_via` replacing the first
 /// value when given, e.g. with `received`/`rport` added), From, To (plus `to_tag` when
 /// the request's To has none), Call-ID and CSeq copied; `extra` is zero or more complete
