@@ -93,16 +93,9 @@ fn pick(offer: &[u8]) -> Result<(Media, Option<u8>), String> {
         return Err(format!("only RTP/AVP is supported here, offered {}", m.proto));
     }
     let ip = sdp.connection(m).ok_or("no connection address")?;
-    let rtpmaps: Vec<(u8, String)> = sdp
-        .media_attrs(m, "rtpmap")
-        .filter_map(|v| {
-            let (pt, enc) = v.split_once(' ')?;
-            Some((pt.trim().parse().ok()?, enc.trim().to_ascii_lowercase()))
-        })
-        .collect();
-    let offered: Vec<u8> = m.formats.iter().filter_map(|f| f.parse().ok()).collect();
-    let named = |name: &str| offered.iter().copied().find(|pt| rtpmaps.iter().any(|(p, e)| p == pt && e.starts_with(name)));
-    let stat = |pt: u8| offered.contains(&pt) && !rtpmaps.iter().any(|(p, _)| *p == pt);
+    let offered: Vec<(u8, Option<String>)> = m.formats.iter().filter_map(|f| Some((f.parse().ok()?, sdp.rtpmap(m, f)))).collect();
+    let named = |name: &str| offered.iter().find(|(_, e)| e.as_deref().is_some_and(|e| e.starts_with(name))).map(|(pt, _)| *pt);
+    let stat = |pt: u8| offered.iter().any(|(p, e)| *p == pt && e.is_none());
     let (codec, pt) = if let Some(pt) = named("opus/48000") {
         (PhoneCodec::Opus, pt)
     } else if let Some(pt) = named("pcmu/8000").or_else(|| stat(0).then_some(0)) {
@@ -113,7 +106,8 @@ fn pick(offer: &[u8]) -> Result<(Media, Option<u8>), String> {
         return Err("no common codec: opus, PCMU or PCMA".into());
     };
     let clock = if codec == PhoneCodec::Opus { "48000" } else { "8000" };
-    let dtmf = offered.iter().copied().find(|pt| rtpmaps.iter().any(|(p, e)| p == pt && *e == format!("telephone-event/{clock}")));
+    let event = format!("telephone-event/{clock}");
+    let dtmf = offered.iter().find(|(_, e)| e.as_deref() == Some(event.as_str())).map(|(pt, _)| *pt);
     Ok((Media { codec, pt, remote: SocketAddr::new(ip, m.port) }, dtmf))
 }
 
@@ -430,7 +424,8 @@ impl ConferenceUa {
         let routes: Vec<String> = inv.values(HeaderName::RecordRoute).map(str::to_string).collect();
         let ours = format!("{to};tag={}", c.to_tag);
         let data = crate::msg::write::bye(&target, &via, &routes, &ours, from, call, c.cseq, "");
-        self.out.push_back(Output::Send { to: c.source, data });    }
+        self.out.push_back(Output::Send { to: c.source, data });
+    }
 
     /// A response (to our BYE): nothing more to do.
     pub fn handle_response(&mut self, _now: Instant, _msg: Message) {}

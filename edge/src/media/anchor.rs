@@ -533,14 +533,10 @@ impl Anchor {
 /// Clock rate and E-model impairment of a media line's first format.
 fn codec_of(sdp: &Sdp, m: &super::sdp::Media) -> (u32, CodecImpairment) {
     let Some(pt) = m.formats.first() else { return (8000, CodecImpairment::G711_PLC) };
-    let map = sdp.media_attrs(m, "rtpmap").find_map(|v| {
-        let (p, enc) = v.split_once(' ')?;
-        (p == pt).then(|| enc.to_string())
-    });
-    match map {
+    match sdp.rtpmap(m, pt) {
         Some(enc) => {
             let mut it = enc.split('/');
-            let name = it.next().unwrap_or("").to_ascii_lowercase();
+            let name = it.next().unwrap_or("");
             let rate = it.next().and_then(|r| r.parse().ok()).unwrap_or(8000);
             let codec = if name == "opus" { CodecImpairment::OPUS } else { CodecImpairment::G711_PLC };
             (rate, codec)

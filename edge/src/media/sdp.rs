@@ -138,6 +138,15 @@ impl Sdp {
         })
     }
 
+    /// The `a=rtpmap` encoding of payload type `pt` in media `m` (`opus/48000/2`), lowercase
+    /// (RFC 4566 6: encoding names are case-insensitive).
+    pub fn rtpmap(&self, m: &Media, pt: &str) -> Option<String> {
+        self.media_attrs(m, "rtpmap").find_map(|v| {
+            let (p, enc) = v.split_once(' ')?;
+            (p.trim() == pt).then(|| enc.trim().to_ascii_lowercase())
+        })
+    }
+
     /// The connection address of media `m`: its own `c=` or the session's.
     pub fn connection(&self, m: &Media) -> Option<IpAddr> {
         let find = |r: std::ops::Range<usize>| {
