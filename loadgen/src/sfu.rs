@@ -76,14 +76,19 @@ pub struct ParticipantReport {
     /// WebSocket connect to ICE/DTLS connected, in ms (`None`: never connected).
     pub join_ms: Option<f64>,
     pub error: Option<String>,
-    /// Remote video tracks that delivered frames.
+    /// Video slots (remote video tracks) that delivered frames.
     pub video_tracks: usize,
+    /// Times one of its video slots was given another participant (speaking order).
+    pub video_switches: u64,
+    /// Longest time from such a change to the new participant's first frame, in ms.
+    pub switch_ms_max: Option<f64>,
     pub video_kbps_in: f64,
     pub audio_kbps_in: f64,
     pub packets_in: u64,
     /// Mean loss over its remote tracks (receiver-side RTCP figures), percent.
     pub loss_pct: f64,
-    /// Gaps of more than 500 ms between frames of a remote video that then resumed.
+    /// Gaps of more than 500 ms between frames of a remote video that then resumed (a
+    /// slot's change of participant starts over: its wait is in `switch_ms_max`).
     pub freezes: u64,
     pub frames_in: u64,
     pub packets_out: u64,
@@ -109,6 +114,9 @@ pub struct SfuReport {
     pub loss_pct_mean: f64,
     pub loss_pct_max: f64,
     pub freezes_total: u64,
+    pub video_switches_total: u64,
+    /// Over participants: the longest wait for a new participant's video in a slot, ms.
+    pub switch_ms_max: f64,
     pub video_kbps_in_mean: f64,
     pub per_participant: Vec<ParticipantReport>,
 }
@@ -116,7 +124,7 @@ pub struct SfuReport {
 impl SfuReport {
     pub fn summary(&self) -> String {
         format!(
-            "sfu: {}/{} joined (join ms p50 {:.0} p90 {:.0} max {:.0}; all in {:.1} s); {:.0} packets/s received, {:.0} sent; loss mean {:.2}% max {:.2}%; freezes {}; video in {:.0} kbit/s per participant\n",
+            "sfu: {}/{} joined (join ms p50 {:.0} p90 {:.0} max {:.0}; all in {:.1} s); {:.0} packets/s received, {:.0} sent; loss mean {:.2}% max {:.2}%; freezes {}; video switches {} (max {:.0} ms to the new video); video in {:.0} kbit/s per participant\n",
             self.joined,
             self.participants,
             self.join_ms_p50,
@@ -128,6 +136,8 @@ impl SfuReport {
             self.loss_pct_mean,
             self.loss_pct_max,
             self.freezes_total,
+            self.video_switches_total,
+            self.switch_ms_max,
             self.video_kbps_in_mean
         )
     }
@@ -234,6 +244,8 @@ pub async fn run(args: SfuArgs) -> Result<SfuReport, String> {
         loss_pct_mean: reps.iter().map(|r| r.loss_pct).sum::<f64>() / n,
         loss_pct_max: reps.iter().map(|r| r.loss_pct).fold(0.0, f64::max),
         freezes_total: reps.iter().map(|r| r.freezes).sum(),
+        video_switches_total: reps.iter().map(|r| r.video_switches).sum(),
+        switch_ms_max: reps.iter().filter_map(|r| r.switch_ms_max).fold(0.0, f64::max),
         video_kbps_in_mean: reps.iter().map(|r| r.video_kbps_in).sum::<f64>() / n,
         per_participant: reps,
     })
@@ -249,6 +261,9 @@ struct Remote {
     started: bool,
     loss: Option<f32>,
     packets: u64,
+    /// The participant the slot carries (`slots` message), and when that changed.
+    owner: Option<u64>,
+    switched_at: Option<Instant>,
 }
 
 async fn participant(i: usize, room: &str, name: &str, sh: &Shared, rep: &mut ParticipantReport) -> Result<(), String> {
@@ -338,6 +353,10 @@ async fn participant(i: usize, room: &str, name: &str, sh: &Shared, rep: &mut Pa
                             r.frames += 1;
                             r.bytes += d.data.len() as u64;
                             if r.kind == Some(MediaKind::Video) {
+                                if let Some(at) = r.switched_at.take() {
+                                    let ms = (now - at).as_secs_f64() * 1000.0;
+                                    rep.switch_ms_max = Some(rep.switch_ms_max.map_or(ms, |m| m.max(ms)));
+                                }
                                 if !r.started {
                                     r.started = true;
                                     // A decoder cannot start without a key frame: ask (PLI).
@@ -399,7 +418,29 @@ async fn participant(i: usize, room: &str, name: &str, sh: &Shared, rep: &mut Pa
                                 rtc.sdp_api().accept_answer(p, ans).map_err(|e| e.to_string())?;
                             }
                         }
+                        Some("slots") => {
+                            // Slots given to other participants: a new video starts at its
+                            // key frame (the wait is measured, not counted as a freeze).
+                            let now = Instant::now();
+                            for e in v["map"].as_array().into_iter().flatten() {
+                                let (Some(mid), owner) = (e[0].as_str(), e[1].as_u64()) else { continue };
+                                let r = remotes.entry(Mid::from(mid)).or_default();
+                                if r.owner != owner {
+                                    r.owner = owner;
+                                    r.last = None;
+                                    if r.kind == Some(MediaKind::Video) && owner.is_some() {
+                                        r.switched_at = Some(now);
+                                        rep.video_switches += 1;
+                                    }
+                                }
+                            }
+                        }
                         Some("offer") => {
+                            for e in v["tracks"].as_array().into_iter().flatten() {
+                                if let Some(mid) = e[0].as_str() {
+                                    remotes.entry(Mid::from(mid)).or_default().owner = e[1].as_u64();
+                                }
+                            }
                             let off = SdpOffer::from_sdp_string(v["sdp"].as_str().unwrap_or("")).map_err(|e| e.to_string())?;
                             let ans = rtc.sdp_api().accept_offer(off).map_err(|e| e.to_string())?;
                             wtx.send(send(serde_json::json!({"type": "answer", "sdp": ans.to_sdp_string()}))).await.map_err(|e| e.to_string())?;

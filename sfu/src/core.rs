@@ -71,9 +71,12 @@ pub enum PeerKind {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Signal {
-    /// An SDP offer from the SFU (new remote tracks); `tracks` maps each new mid to the
-    /// participant whose track it carries.
-    Offer { sdp: String, tracks: Vec<(String, u64)> },
+    /// An SDP offer from the SFU (new subscription slots: sendonly m-lines); `tracks` maps
+    /// each new mid to the participant whose track it carries (`null`: none yet).
+    Offer { sdp: String, tracks: Vec<(String, Option<u64>)> },
+    /// The participant each of the member's slots carries now (`null`: none), sent when
+    /// the speaking order, a join or a departure moves tracks between slots.
+    Slots { map: Vec<(String, Option<u64>)> },
     /// The answer to the member's offer.
     Answer { sdp: String },
     /// Something happened in the room.
@@ -107,27 +110,76 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutState {
+enum SlotState {
+    /// To be added in the SFU's next offer.
     ToOpen,
+    /// In an offer waiting for the member's answer.
     Negotiating(Mid),
     Open(Mid),
-    /// Its publisher left: to be stopped (m-line to port 0) in the next offer.
-    ToStop(Mid),
-    Stopping(Mid),
 }
 
-/// A remote track sent to a member.
+/// A subscription slot: one sendonly transceiver of a member that carries one remote track
+/// at a time. A member has as many as it needs at once (last-N videos, heard voices), never
+/// one per participant of the room, so a 100-person room is not a 200 m-line session
+/// renegotiated at every join; when the speaking order changes, slots change source
+/// (`Signal::Slots`) without any SDP. Slots are never stopped (RFC 8829 5.2.2 would leave
+/// a recyclable m-line behind anyway).
 #[derive(Debug, Clone)]
-struct TrackOut {
-    source: (ParticipantId, Mid),
+struct Slot {
     kind: MediaKind,
-    state: OutState,
+    state: SlotState,
+    /// The remote track it carries now (publisher, its mid).
+    source: Option<(ParticipantId, Mid)>,
+    /// Layer choice and timestamp rewriting: a change of layer or of source continues the
+    /// stream's timeline (advanced by the wall-clock gap) at a key frame.
+    sel: Selector,
+    /// Output timestamp: last 32-bit value and its 64-bit extension for str0m.
+    ext: Option<(u32, u64)>,
+}
+
+impl Slot {
+    fn new(kind: MediaKind, source: (ParticipantId, Mid)) -> Slot {
+        let clock = if kind == MediaKind::Audio { 48_000 } else { 90_000 };
+        Slot { kind, state: SlotState::ToOpen, source: Some(source), sel: Selector::new(clock), ext: None }
+    }
+
+    fn mid(&self) -> Option<Mid> {
+        match self.state {
+            SlotState::ToOpen => None,
+            SlotState::Negotiating(m) | SlotState::Open(m) => Some(m),
+        }
+    }
+
+    /// Carries `source` from now on (its first frame sent is a key frame).
+    fn set_source(&mut self, source: Option<(ParticipantId, Mid)>) {
+        self.source = source;
+        self.sel.restart();
+    }
+
+    /// The output time of one frame of its source; `Err(Some(layer))`: not sent, the layer's
+    /// key frame is needed; `Err(None)`: not for this subscriber.
+    fn time_of(&mut self, now: Instant, pkt: Packet, frequency: str0m::media::Frequency) -> Result<MediaTime, Option<u8>> {
+        match self.sel.handle_packet(now, pkt) {
+            Verdict::Forward { ts, .. } => {
+                let out = match self.ext {
+                    Some((last, e)) => e.wrapping_add_signed(ts.wrapping_sub(last) as i32 as i64),
+                    None => ts as u64,
+                };
+                self.ext = Some((ts, out));
+                Ok(MediaTime::new(out, frequency))
+            }
+            Verdict::NeedKeyframe(l) => Err(Some(l)),
+            Verdict::Drop => Err(None),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Track {
     mid: Mid,
     kind: MediaKind,
+    /// Frames received (a per-track counter for the slots' selectors).
+    frames: u16,
 }
 
 struct Peer {
@@ -141,8 +193,8 @@ struct Peer {
     connected: bool,
     /// When str0m wants `handle_timeout` next.
     next: Option<Instant>,
-    /// Members: remote tracks and the offer waiting for its answer.
-    outs: Vec<TrackOut>,
+    /// Members: subscription slots and the offer waiting for its answer.
+    outs: Vec<Slot>,
     pending: Option<SdpPendingOffer>,
     /// Members: the first offer was accepted.
     negotiated: bool,
@@ -150,20 +202,19 @@ struct Peer {
     quality: HashMap<(Mid, bool), QualityState>,
     /// Publishing: simulcast layers of its video tracks.
     simulcast: HashMap<Mid, SimLayers>,
-    /// Subscribing: layer choice per outgoing simulcast track (our mid), and the extended
-    /// output timestamp (last 32-bit value, extended value).
-    selectors: HashMap<Mid, (Selector, Option<(u32, u64)>)>,
     /// Subscribing: str0m's TWCC/GCC estimate of the bandwidth towards it (bit/s).
     bwe_bps: Option<u64>,
     /// Subscribing: the largest video it shows (`Action::VideoSize`).
     max_height: u16,
-    /// Subscribing: how many videos it currently receives (last-N), for the budget per video.
+    /// Subscribing: how many video slots carry a source (last-N), for the budget per video.
     videos: usize,
     /// Members: when the SFU last sent an offer.
     offered_at: Option<Instant>,
-    /// Members: `outs` has tracks to open or stop (set where they are added or stopped, so
-    /// `negotiate` and `poll_timeout` need not scan every member's tracks per datagram).
+    /// Members: `outs` has slots to open (set where they are added, so `negotiate` and
+    /// `poll_timeout` need not scan every member's slots per datagram).
     outs_changed: bool,
+    /// Members: a negotiated slot changed source since the last `Signal::Slots`.
+    slots_changed: bool,
 }
 
 /// Shortest time between two SFU offers to one member, per 10 participants in its room
@@ -269,12 +320,12 @@ impl Peer {
             negotiated: kind != PeerKind::Member,
             quality: HashMap::new(),
             simulcast: HashMap::new(),
-            selectors: HashMap::new(),
             bwe_bps: None,
             max_height: u16::MAX,
             videos: 0,
             offered_at: None,
             outs_changed: false,
+            slots_changed: false,
         }
     }
 }
@@ -292,8 +343,9 @@ struct Phone {
     dec: Decoder,
     /// G.711 phones: what it says, encoded in Opus for the browsers.
     to_opus: Option<Encoder>,
-    /// 48 kHz time of its next frame towards the browsers.
+    /// 48 kHz time of its next frame towards the browsers, and a frame counter.
     ticks: u64,
+    frames: u16,
     pcm: Box<Pcm>,
 }
 
@@ -320,6 +372,9 @@ pub struct SfuStats {
     pub frames_forwarded: u64,
 }
 
+/// A room's routes: each source track (publisher, its mid) -> (member, slot index) pairs.
+type Routes = HashMap<(ParticipantId, Mid), Vec<(ParticipantId, usize)>>;
+
 /// Every room and peer of this SFU.
 pub struct Sfu {
     cfg: SfuConfig,
@@ -337,9 +392,10 @@ pub struct Sfu {
     /// Peers with possibly something to poll (input, writes, due timers): `drive` polls
     /// only these, so one packet does not cost a poll of every participant.
     dirty: Vec<ParticipantId>,
-    /// (member, source) pairs whose video is being forwarded (last-N): a new one needs a
-    /// key frame.
-    seeing: std::collections::HashSet<(ParticipantId, ParticipantId)>,
+    /// Per room: each source track -> the (member, slot index) pairs that carry it now.
+    routes: HashMap<String, Routes>,
+    /// Rooms whose slots are to be assigned again (join, leave, new track, speaking order).
+    reassign: Vec<String>,
     phones: HashMap<ParticipantId, Phone>,
     /// Rooms with at least one phone.
     mixes: HashMap<String, RoomMix>,
@@ -368,7 +424,8 @@ impl Sfu {
             speakers: HashMap::new(),
             quality_samples: VecDeque::new(),
             dirty: Vec::new(),
-            seeing: std::collections::HashSet::new(),
+            routes: HashMap::new(),
+            reassign: Vec::new(),
             phones: HashMap::new(),
             mixes: HashMap::new(),
             phone_audio: VecDeque::new(),
@@ -407,16 +464,9 @@ impl Sfu {
             return Err(e.into());
         }
         self.next_id += 1;
-        self.phones.insert(id, Phone { room: room.to_string(), enc, dec, to_opus, ticks: 0, pcm: Box::new([0; FRAME]) });
+        self.phones.insert(id, Phone { room: room.to_string(), enc, dec, to_opus, ticks: 0, frames: 0, pcm: Box::new([0; FRAME]) });
         self.mixes.entry(room.to_string()).or_insert_with(|| RoomMix { mix: Mix::default(), next: now + MIX_EVERY });
         self.speakers.entry(room.to_string()).or_insert_with(|| Speakers::new(SpeakerConfig::default())).add(id);
-        let mid = Mid::from(PHONE_MID);
-        for p in self.peers.values_mut() {
-            if p.room == room && p.kind == PeerKind::Member && p.negotiated {
-                p.outs.push(TrackOut { source: (id, mid), kind: MediaKind::Audio, state: OutState::ToOpen });
-                p.outs_changed = true;
-            }
-        }
         self.drain_room_events(room);
         self.drive(now);
         Ok(id)
@@ -435,6 +485,8 @@ impl Sfu {
         };
         let time = str0m::media::MediaTime::new(ph.ticks, str0m::media::Frequency::FORTY_EIGHT_KHZ);
         ph.ticks += FRAME as u64;
+        let frame = ph.frames;
+        ph.frames = ph.frames.wrapping_add(1);
         let room = ph.room.clone();
         let pcm = *ph.pcm;
         if let Some(r) = self.rooms.get_mut(&room) {
@@ -446,28 +498,21 @@ impl Sfu {
         {
             m.mix.push_pcm(id, &pcm);
         }
-        if opus.is_empty() {
-            return;
-        }
         let opus: std::sync::Arc<[u8]> = opus.into();
-        let mid = Mid::from(PHONE_MID);
-        let lobby = self.lobby_of(&room);
-        let heard = self.heard(&room, id);
-        for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.connected) {
-            if !heard || lobby.contains(pid) {
-                continue;
-            }
-            let Some(out) = p.outs.iter().find_map(|t| match t.state {
-                OutState::Open(m) if t.source == (id, mid) => Some(m),
-                _ => None,
-            }) else {
-                continue;
-            };
+        // To the members whose audio slots carry it (heard, not in the lobby).
+        let subs = self.routes.get(&room).and_then(|r| r.get(&(id, Mid::from(PHONE_MID)))).filter(|_| !opus.is_empty());
+        let pkt = Packet { layer: 0, seq: frame, ts: time.numer() as u32, keyframe: true, picture_id: None, tl0: None };
+        for (pid, idx) in subs.into_iter().flatten() {
+            let Some(p) = self.peers.get_mut(pid).filter(|p| p.connected) else { continue };
+            let Some(slot) = p.outs.get_mut(*idx) else { continue };
+            let SlotState::Open(out) = slot.state else { continue };
+            slot.sel.set_target(Some(0));
+            let Ok(t) = slot.time_of(now, pkt, time.frequency()) else { continue };
             let Some(writer) = p.rtc.writer(out) else { continue };
             let Some(pt) = writer.payload_params().find(|pp| pp.spec().codec == str0m::format::Codec::Opus).map(|pp| pp.pt()) else {
                 continue;
             };
-            if writer.audio_level(-(level.min(127) as i8), level < 127).write(pt, now, time, opus.clone()).is_ok() {
+            if writer.audio_level(-(level.min(127) as i8), level < 127).write(pt, now, t, opus.clone()).is_ok() {
                 self.stats.frames_forwarded += 1;
                 self.dirty.push(*pid);
             }
@@ -518,34 +563,19 @@ impl Sfu {
         }
         // Subscribers of a re-ranked track start over at a key frame of their layer.
         for p in self.peers.values_mut() {
-            for t in &p.outs {
-                if let OutState::Open(m) = t.state
-                    && reranked.contains(&t.source)
-                    && let Some((sel, _)) = p.selectors.get_mut(&m)
-                {
-                    *sel = Selector::new(90_000);
-                }
+            for slot in p.outs.iter_mut().filter(|t| t.source.is_some_and(|s| reranked.contains(&s))) {
+                slot.sel.restart();
             }
         }
-        let mut videos: HashMap<ParticipantId, usize> = HashMap::new();
-        for (v, _) in &self.seeing {
-            *videos.entry(*v).or_default() += 1;
-        }
-        // (publisher, its mid) -> the layer each subscriber targets.
+        // (publisher, its mid) -> the layer each subscriber targets; the layer being sent
+        // stays on until the switch to the target is done.
         let mut targets: HashMap<(ParticipantId, Mid), Vec<Option<u8>>> = HashMap::new();
-        for (id, p) in self.peers.iter_mut() {
-            p.videos = videos.get(id).copied().unwrap_or(0);
-            for t in &p.outs {
-                if let OutState::Open(m) = t.state
-                    && let Some((sel, _)) = p.selectors.get(&m)
-                {
-                    // The layer being sent stays on until the switch to the target is done.
-                    let seen = self.seeing.contains(&(*id, t.source.0));
-                    let e = targets.entry(t.source).or_default();
-                    if seen {
-                        e.push(sel.target());
-                        e.push(sel.current());
-                    }
+        for p in self.peers.values() {
+            for t in p.outs.iter().filter(|t| t.kind == MediaKind::Video && matches!(t.state, SlotState::Open(_))) {
+                if let Some(src) = t.source {
+                    let e = targets.entry(src).or_default();
+                    e.push(t.sel.target());
+                    e.push(t.sel.current());
                 }
             }
         }
@@ -604,7 +634,10 @@ impl Sfu {
             self.speakers.insert(room.to_string(), Speakers::new(SpeakerConfig::default()));
         }
         let Some(sp) = self.speakers.get_mut(room) else { return };
-        sp.handle_level(now, from, level.min(127));
+        if sp.handle_level(now, from, level.min(127)) && !self.reassign.iter().any(|r| r == room) {
+            // A new most recent speaker: last-N videos and heard voices may change.
+            self.reassign.push(room.to_string());
+        }
         if let Some(id) = sp.poll_change() {
             let e = RoomEvent::ActiveSpeaker { id };
             for (pid, p) in &self.peers {
@@ -713,21 +746,9 @@ impl Sfu {
         let first = !p.negotiated;
         p.negotiated = true;
         if first {
-            // Everything already published in the room is offered to the newcomer.
+            // The newcomer gets slots for what it is to see and hear in the room.
             let room = p.room.clone();
-            let existing: Vec<(ParticipantId, Mid, MediaKind)> = self
-                .peers
-                .iter()
-                .filter(|(pid, q)| **pid != id && q.room == room && q.kind != PeerKind::Viewer)
-                .flat_map(|(pid, q)| q.incoming.iter().map(move |t| (*pid, t.mid, t.kind)))
-                .chain(self.phones.iter().filter(|(_, ph)| ph.room == room).map(|(pid, _)| (*pid, Mid::from(PHONE_MID), MediaKind::Audio)))
-                .collect();
-            if let Some(p) = self.peers.get_mut(&id) {
-                for (pid, mid, kind) in existing {
-                    p.outs.push(TrackOut { source: (pid, mid), kind, state: OutState::ToOpen });
-                    p.outs_changed = true;
-                }
-            }
+            self.reassign.push(room);
         }
         self.dirty.push(id);
         self.drive(now);
@@ -740,24 +761,12 @@ impl Sfu {
         let p = self.peers.get_mut(&id).ok_or(SfuError::NoSuchParticipant)?;
         let pending = p.pending.take().ok_or_else(|| SfuError::Unsupported("no offer of the SFU is waiting for an answer".into()))?;
         p.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| SfuError::Unsupported(e.to_string()))?;
+        // The new slots are open; a video one starts at a key frame of its source (asked
+        // for by its selector on the first frame).
         for t in &mut p.outs {
-            if let OutState::Negotiating(m) = t.state {
-                t.state = OutState::Open(m);
+            if let SlotState::Negotiating(m) = t.state {
+                t.state = SlotState::Open(m);
             }
-        }
-        p.outs.retain(|t| !matches!(t.state, OutState::Stopping(_)));
-        // A new viewer of a video track needs a key frame.
-        let asks: Vec<Mid> = p
-            .outs
-            .iter()
-            .filter(|t| t.kind == MediaKind::Video)
-            .filter_map(|t| match t.state {
-                OutState::Open(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        for m in asks {
-            self.ask_keyframe(now, id, m);
         }
         self.dirty.push(id);
         self.drive(now);
@@ -928,6 +937,7 @@ impl Sfu {
             evs.push(e);
         }
         let empty = r.is_empty();
+        let changed = !evs.is_empty();
         let members: Vec<ParticipantId> =
             self.peers.iter().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member).map(|(id, _)| *id).collect();
         for e in evs {
@@ -960,20 +970,14 @@ impl Sfu {
                     self.mixes.remove(room);
                 }
             }
-            // Its tracks are stopped in every other member's session (renegotiated).
-            for p in self.peers.values_mut() {
-                p.outs.retain(|t| !(t.source.0 == id && t.state == OutState::ToOpen));
-                for t in p.outs.iter_mut().filter(|t| t.source.0 == id) {
-                    if let OutState::Open(m) | OutState::Negotiating(m) = t.state {
-                        t.state = OutState::ToStop(m);
-                        p.outs_changed = true;
-                    }
-                }
-            }
-            self.seeing.retain(|(a, b)| *a != id && *b != id);
         }
         if empty {
             self.rooms.remove(room);
+            self.routes.remove(room);
+        } else if changed && !self.reassign.iter().any(|r| r == room) {
+            // Who sees and hears whom may change (joined, left, admitted, ...): the slots
+            // of those who left are given to others (or left empty) without an offer.
+            self.reassign.push(room.to_string());
         }
     }
 
@@ -981,7 +985,8 @@ impl Sfu {
     fn drive(&mut self, now: Instant) {
         let mut media: Vec<(ParticipantId, MediaData)> = vec![];
         let mut kf_asks: Vec<(ParticipantId, Mid)> = vec![];
-        let mut new_tracks: Vec<(ParticipantId, String, Mid, MediaKind)> = vec![];
+        // Rooms with a published track added or removed.
+        let mut new_tracks: Vec<String> = vec![];
         let mut dead = vec![];
         for _round in 0..8 {
             let mut ids = std::mem::take(&mut self.dirty);
@@ -1009,12 +1014,12 @@ impl Sfu {
                             Event::Connected => p.connected = true,
                             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => p.rtc.disconnect(),
                             Event::MediaAdded(m) => {
-                                let t = Track { mid: m.mid, kind: m.kind };
+                                let t = Track { mid: m.mid, kind: m.kind, frames: 0 };
                                 match m.direction {
                                     Direction::RecvOnly => p.incoming.push(t),
                                     Direction::SendOnly => p.outgoing.push(t),
                                     Direction::SendRecv => {
-                                        p.incoming.push(Track { mid: m.mid, kind: m.kind });
+                                        p.incoming.push(Track { mid: m.mid, kind: m.kind, frames: 0 });
                                         p.outgoing.push(t)
                                     }
                                     Direction::Inactive => {}
@@ -1041,7 +1046,22 @@ impl Sfu {
                                     kf_asks.push((*id, m.mid));
                                 }
                                 if p.kind != PeerKind::Viewer && matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) {
-                                    new_tracks.push((*id, p.room.clone(), m.mid, m.kind));
+                                    new_tracks.push(p.room.clone());
+                                }
+                            }
+                            Event::MediaChanged(m) => {
+                                // A member stops publishing a track (e.g. the end of a screen
+                                // share: `inactive`) or publishes it again.
+                                let sending = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
+                                let had = p.incoming.iter().any(|t| t.mid == m.mid);
+                                if sending != had && p.kind != PeerKind::Viewer {
+                                    if sending {
+                                        let kind = p.rtc.media(m.mid).map_or(MediaKind::Audio, |x| x.kind());
+                                        p.incoming.push(Track { mid: m.mid, kind, frames: 0 });
+                                    } else {
+                                        p.incoming.retain(|t| t.mid != m.mid);
+                                    }
+                                    new_tracks.push(p.room.clone());
                                 }
                             }
                             Event::MediaData(d) => media.push((*id, d)),
@@ -1057,7 +1077,7 @@ impl Sfu {
                                 let kind = p
                                     .outs
                                     .iter()
-                                    .find(|t| matches!(t.state, OutState::Open(m) if m == st.mid))
+                                    .find(|t| t.state == SlotState::Open(st.mid))
                                     .map(|t| t.kind)
                                     .or_else(|| p.outgoing.iter().find(|t| t.mid == st.mid).map(|t| t.kind));
                                 if let Some(q) = update_quality(
@@ -1086,12 +1106,9 @@ impl Sfu {
                     }
                 }
             }
-            for (from, room, mid, kind) in new_tracks.drain(..) {
-                for (pid, p) in self.peers.iter_mut() {
-                    if *pid != from && p.room == room && p.kind == PeerKind::Member && p.negotiated {
-                        p.outs.push(TrackOut { source: (from, mid), kind, state: OutState::ToOpen });
-                        p.outs_changed = true;
-                    }
+            for room in new_tracks.drain(..) {
+                if !self.reassign.contains(&room) {
+                    self.reassign.push(room);
                 }
             }
             self.negotiate(now);
@@ -1118,39 +1135,116 @@ impl Sfu {
         }
     }
 
-    /// Offers members the remote tracks they do not have yet (one offer at a time each).
-    fn negotiate(&mut self, now: Instant) {
-        for (id, p) in self.peers.iter_mut() {
-            if !p.outs_changed || p.kind != PeerKind::Member || !p.negotiated || p.pending.is_some() {
-                continue;
-            }
-            // Join storms: changes are gathered into one offer per `renegotiate_every`.
-            if let Some(t) = p.offered_at
-                && now < t + renegotiate_every(self.rooms.get(&p.room).map_or(0, |r| r.members().len()))
-            {
-                continue;
-            }
-            p.offered_at = Some(now);
-            p.outs_changed = false;
-            let mut api = p.rtc.sdp_api();
-            let mut tracks = vec![];
-            for t in &mut p.outs {
-                match t.state {
-                    OutState::ToOpen => {
-                        let mid = api.add_media(t.kind, Direction::SendOnly, Some(format!("p{}", t.source.0.0)), None, None);
-                        t.state = OutState::Negotiating(mid);
-                        tracks.push((mid.to_string(), t.source.0.0));
-                    }
-                    OutState::ToStop(m) => {
-                        api.stop_media(m);
-                        t.state = OutState::Stopping(m);
-                    }
-                    _ => {}
+    /// Gives each member's slots the tracks it is to receive now: the audio of everyone
+    /// (small rooms) or of the `audio_n` most recent speakers, and the video of its last-N,
+    /// nothing for guests in the lobby or from them. A slot keeps its source while it is
+    /// still wanted; freed slots take new sources; a member gets a new slot (and an offer)
+    /// only when all of its slots of that kind are busy.
+    fn assign(&mut self, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let size = r.members().len();
+        let lobby: Vec<ParticipantId> = r.members().iter().filter(|m| m.in_lobby).map(|m| m.id).collect();
+        let sp = self.speakers.get(room);
+        let rank = |p: &ParticipantId| sp.and_then(|s| s.rank(p)).unwrap_or(usize::MAX);
+        // Every published track of the room, most recent speaker first.
+        let mut sources: Vec<(usize, ParticipantId, Mid, MediaKind)> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| p.room == room && p.kind != PeerKind::Viewer && !lobby.contains(id))
+            .flat_map(|(id, p)| p.incoming.iter().map(move |t| (rank(id), *id, t.mid, t.kind)))
+            .chain(
+                self.phones
+                    .iter()
+                    .filter(|(id, ph)| ph.room == room && !lobby.contains(id))
+                    .map(|(id, _)| (rank(id), *id, Mid::from(PHONE_MID), MediaKind::Audio)),
+            )
+            .collect();
+        sources.sort_unstable_by_key(|a| (a.0, a.1, a.2.to_string()));
+        let all_audio = size <= self.cfg.all_audio_up_to;
+        let (last_n, audio_n) = (self.cfg.last_n, self.cfg.audio_n);
+        let mut routes = Routes::new();
+        for (id, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.negotiated) {
+            let wanted: Vec<(ParticipantId, Mid, MediaKind)> = if lobby.contains(id) {
+                vec![]
+            } else {
+                sources
+                    .iter()
+                    .filter(|(r, from, _, kind)| {
+                        from != id
+                            && match kind {
+                                MediaKind::Audio => all_audio || *r < audio_n,
+                                MediaKind::Video => sp.is_none_or(|s| s.in_last_n(id, from, last_n)),
+                            }
+                    })
+                    .map(|(_, from, mid, kind)| (*from, *mid, *kind))
+                    .collect()
+            };
+            for slot in p.outs.iter_mut() {
+                if slot.source.is_some_and(|s| !wanted.iter().any(|w| (w.0, w.1) == s)) {
+                    slot.set_source(None);
+                    p.slots_changed |= slot.mid().is_some();
                 }
             }
-            if let Some((offer, pending)) = api.apply() {
-                p.pending = Some(pending);
-                self.signals.push_back((*id, Signal::Offer { sdp: offer.to_sdp_string(), tracks }));
+            for (from, mid, kind) in wanted {
+                if p.outs.iter().any(|t| t.source == Some((from, mid))) {
+                    continue;
+                }
+                match p.outs.iter_mut().find(|t| t.kind == kind && t.source.is_none()) {
+                    Some(slot) => {
+                        slot.set_source(Some((from, mid)));
+                        p.slots_changed |= slot.mid().is_some();
+                    }
+                    None => {
+                        p.outs.push(Slot::new(kind, (from, mid)));
+                        p.outs_changed = true;
+                    }
+                }
+            }
+            p.videos = p.outs.iter().filter(|t| t.kind == MediaKind::Video && t.source.is_some()).count();
+            for (i, t) in p.outs.iter().enumerate() {
+                if let Some(src) = t.source {
+                    routes.entry(src).or_default().push((*id, i));
+                }
+            }
+        }
+        self.routes.insert(room.to_string(), routes);
+    }
+
+    /// Assigns the slots of rooms that changed, offers members the slots they do not have
+    /// yet (one offer at a time each), and tells them which participant each slot carries.
+    fn negotiate(&mut self, now: Instant) {
+        while let Some(room) = self.reassign.pop() {
+            self.assign(&room);
+        }
+        for (id, p) in self.peers.iter_mut() {
+            if p.kind != PeerKind::Member || !p.negotiated {
+                continue;
+            }
+            let due = p.outs_changed
+                && p.pending.is_none()
+                // Join storms: changes are gathered into one offer per `renegotiate_every`.
+                && p.offered_at.is_none_or(|t| now >= t + renegotiate_every(self.rooms.get(&p.room).map_or(0, |r| r.members().len())));
+            if due {
+                p.offered_at = Some(now);
+                p.outs_changed = false;
+                let mut api = p.rtc.sdp_api();
+                let mut tracks = vec![];
+                for (i, t) in p.outs.iter_mut().enumerate() {
+                    if t.state == SlotState::ToOpen {
+                        let mid = api.add_media(t.kind, Direction::SendOnly, Some(format!("slot{i}")), None, None);
+                        t.state = SlotState::Negotiating(mid);
+                        tracks.push((mid.to_string(), t.source.map(|s| s.0.0)));
+                    }
+                }
+                if let Some((offer, pending)) = api.apply() {
+                    p.pending = Some(pending);
+                    self.signals.push_back((*id, Signal::Offer { sdp: offer.to_sdp_string(), tracks }));
+                }
+            }
+            if p.slots_changed {
+                p.slots_changed = false;
+                let map = p.outs.iter().filter_map(|t| Some((t.mid()?.to_string(), t.source.map(|s| s.0.0)))).collect();
+                self.signals.push_back((*id, Signal::Slots { map }));
             }
         }
     }
@@ -1208,66 +1302,46 @@ impl Sfu {
                 m.mix.push(from, PhoneCodec::Opus, &d.data);
             }
         }
-        let size = self.rooms.get(&room).map_or(0, |r| r.members().len());
-        let (last_n, audio_n, all_audio) = (self.cfg.last_n, self.cfg.audio_n, size <= self.cfg.all_audio_up_to);
-        let sp = self.speakers.get(&room);
-        let mut new_viewers: Vec<(ParticipantId, Mid)> = vec![];
+        // This track's frame counter (simulcast: the layer's).
+        let (layer, n, layers) = match sim {
+            Some((idx, n, layers)) => (idx, n, Some(layers)),
+            None => {
+                let Some(t) = self.peers.get_mut(&from).and_then(|p| p.incoming.iter_mut().find(|t| t.mid == d.mid)) else { return };
+                t.frames = t.frames.wrapping_add(1);
+                (0, t.frames, None)
+            }
+        };
+        let pkt = Packet {
+            layer,
+            seq: n,
+            ts: d.time.numer() as u32,
+            keyframe: kind == MediaKind::Audio || keyframe,
+            picture_id: None,
+            tl0: None,
+        };
         let mut layer_asks: Vec<u8> = vec![];
-        for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.connected) {
-            if lobby.contains(pid) {
-                continue;
-            }
-            let Some(mid) = p.outs.iter().find_map(|t| match t.state {
-                OutState::Open(m) if t.source == (from, d.mid) => Some(m),
-                _ => None,
-            }) else {
-                continue;
+        // To the members whose slots carry this track (see `assign`).
+        let subs = self.routes.get(&room).and_then(|r| r.get(&(from, d.mid)));
+        for (pid, idx) in subs.into_iter().flatten() {
+            let Some(p) = self.peers.get_mut(pid).filter(|p| p.connected) else { continue };
+            let (bwe, videos, max_height) = (p.bwe_bps, p.videos, p.max_height);
+            let Some(slot) = p.outs.get_mut(*idx) else { continue };
+            let SlotState::Open(mid) = slot.state else { continue };
+            // Simulcast: this subscriber's layer, from its bandwidth per video and tile size.
+            let target = match (&layers, kind) {
+                (Some(layers), _) => choose_layer(layers, bwe.map_or(u64::MAX, |b| b / videos.max(1) as u64), max_height),
+                (None, MediaKind::Video) if max_height == 0 => None,
+                _ => Some(0),
             };
-            match kind {
-                MediaKind::Audio => {
-                    let heard = sp.is_some_and(|s| s.rank(&from).is_some_and(|r| r < audio_n));
-                    if !all_audio && !heard {
-                        continue;
-                    }
+            slot.sel.set_target(target);
+            let time = match slot.time_of(d.network_time, pkt, d.time.frequency()) {
+                Ok(t) => t,
+                Err(Some(l)) => {
+                    layer_asks.push(l);
+                    continue;
                 }
-                MediaKind::Video => {
-                    let seen = sp.is_none_or(|s| s.in_last_n(pid, &from, last_n));
-                    if !seen {
-                        if self.seeing.remove(&(*pid, from)) {
-                            p.videos = p.videos.saturating_sub(1);
-                        }
-                        continue;
-                    }
-                    if self.seeing.insert((*pid, from)) {
-                        p.videos += 1;
-                        new_viewers.push((*pid, mid));
-                    }
-                }
-            }
-            let mut time = d.time;
-            if let Some((idx, n, layers)) = &sim {
-                // Simulcast: this subscriber's layer, from its bandwidth per video and tile size.
-                let budget = p.bwe_bps.map_or(u64::MAX, |b| b / p.videos.max(1) as u64);
-                let (sel, ext) = p.selectors.entry(mid).or_insert_with(|| (Selector::new(90_000), None));
-                sel.set_target(choose_layer(layers, budget, p.max_height));
-                let pkt = Packet { layer: *idx, seq: *n, ts: d.time.numer() as u32, keyframe, picture_id: None, tl0: None };
-                match sel.handle_packet(d.network_time, pkt) {
-                    Verdict::Forward { ts, .. } => {
-                        // One continuous 64-bit timeline for str0m across layer switches.
-                        let out = match *ext {
-                            Some((last, e)) => e.wrapping_add_signed(ts.wrapping_sub(last) as i32 as i64),
-                            None => ts as u64,
-                        };
-                        *ext = Some((ts, out));
-                        time = MediaTime::new(out, d.time.frequency());
-                    }
-                    Verdict::NeedKeyframe(l) => {
-                        layer_asks.push(l);
-                        continue;
-                    }
-                    Verdict::Drop => continue,
-                }
-            }
+                Err(None) => continue,
+            };
             let Some(writer) = p.rtc.writer(mid) else { continue };
             let Some(pt) = writer.match_params(d.params) else { continue };
             if writer.write(pt, d.network_time, time, d.data.clone()).is_ok() {
@@ -1276,25 +1350,27 @@ impl Sfu {
             }
         }
         let now = d.network_time;
-        for (viewer, mid) in new_viewers {
-            if sim.is_none() {
-                self.ask_keyframe(now, viewer, mid);
-            }
-        }
-        if sim.is_some() && !layer_asks.is_empty() {
-            layer_asks.sort_unstable();
-            layer_asks.dedup();
-            for l in layer_asks {
-                let rid = self.peers.get(&from).and_then(|p| p.simulcast.get(&d.mid)).and_then(|sl| sl.rids.get(l as usize).copied());
-                let Some(rid) = rid else { continue };
-                if !self.keyframes.request(now, (from, d.mid), l) {
-                    continue;
+        // Key frames the subscribers wait for (a new source or layer): at most one request
+        // per second per publisher layer.
+        layer_asks.sort_unstable();
+        layer_asks.dedup();
+        for l in layer_asks {
+            let rid = match &layers {
+                Some(_) => {
+                    match self.peers.get(&from).and_then(|p| p.simulcast.get(&d.mid)).and_then(|sl| sl.rids.get(l as usize).copied()) {
+                        Some(rid) => Some(rid),
+                        None => continue,
+                    }
                 }
-                if let Some(mut w) = self.peers.get_mut(&from).and_then(|p| p.rtc.writer(d.mid)) {
-                    let _ = w.request_keyframe(Some(rid), KeyframeRequestKind::Pli);
-                }
-                self.dirty.push(from);
+                None => None,
+            };
+            if !self.keyframes.request(now, (from, d.mid), l) {
+                continue;
             }
+            if let Some(mut w) = self.peers.get_mut(&from).and_then(|p| p.rtc.writer(d.mid)) {
+                let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
+            }
+            self.dirty.push(from);
         }
         if self.source_of(&room) != Some(from) {
             return;
@@ -1314,29 +1390,31 @@ impl Sfu {
     /// publisher, at most once a second per publisher track.
     fn ask_keyframe(&mut self, now: Instant, viewer: ParticipantId, mid: Mid) {
         let Some(v) = self.peers.get(&viewer) else { return };
-        let (src, src_mid) = match v.kind {
+        // (publisher, its track, the simulcast layer the viewer gets).
+        let (src, src_mid, layer) = match v.kind {
             // A publisher asked for a key frame of what it receives: nothing, it receives nothing.
             PeerKind::Publisher => return,
             PeerKind::Member => {
-                let Some(t) = v.outs.iter().find(|t| matches!(t.state, OutState::Open(m) | OutState::Negotiating(m) if m == mid)) else {
-                    return;
-                };
-                t.source
+                let Some(t) = v.outs.iter().find(|t| t.mid() == Some(mid)) else { return };
+                let Some(src) = t.source else { return };
+                (src.0, src.1, t.sel.current().or(t.sel.target()).unwrap_or(0))
             }
             PeerKind::Viewer => {
                 let kind = v.outgoing.iter().find(|t| t.mid == mid).map(|t| t.kind);
                 let (Some(kind), Some(src)) = (kind, self.source_of(&v.room.clone())) else { return };
                 let Some(p) = self.peers.get(&src) else { return };
                 let Some(m) = p.incoming.iter().find(|t| t.kind == kind).map(|t| t.mid) else { return };
-                (src, m)
+                (src, m, 0)
             }
         };
         let Some(p) = self.peers.get_mut(&src) else { return };
-        if !self.keyframes.request(now, (src, src_mid), 0) {
+        // A simulcast track: the layer's rid (else the whole track).
+        let rid = p.simulcast.get(&src_mid).and_then(|sl| sl.rids.get(layer as usize).copied());
+        if !self.keyframes.request(now, (src, src_mid), if rid.is_some() { layer } else { 0 }) {
             return;
         }
         if let Some(mut w) = p.rtc.writer(src_mid) {
-            let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+            let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
         }
         self.dirty.push(src);
     }

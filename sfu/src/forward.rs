@@ -120,6 +120,13 @@ impl Selector {
         self.target
     }
 
+    /// The source changes (another publisher, or its layers were re-ranked): nothing is sent
+    /// until a key frame of the target layer, from which the output continues where it
+    /// stopped (sequence numbers, and timestamps advanced by the wall-clock gap).
+    pub fn restart(&mut self) {
+        self.current = None;
+    }
+
     /// The layer being sent.
     pub fn current(&self) -> Option<u8> {
         self.current
@@ -222,5 +229,24 @@ mod tests {
         assert_eq!(s.handle_packet(t0, pkt(0, 10, 1000, false)), Verdict::NeedKeyframe(0));
         assert!(matches!(s.handle_packet(t0, pkt(0, 11, 1000, true)), Verdict::Forward { seq: 11, ts: 1000, .. }));
         assert_eq!(s.handle_packet(t0, pkt(1, 500, 7000, true)), Verdict::Drop, "other layers are not sent");
+    }
+
+    #[test]
+    fn a_new_source_continues_the_stream_at_its_key_frame() {
+        let t0 = Instant::now();
+        let mut s = Selector::new(90_000);
+        s.set_target(Some(0));
+        assert!(matches!(s.handle_packet(t0, pkt(0, 100, 5000, true)), Verdict::Forward { seq: 100, ts: 5000, .. }));
+        assert!(matches!(s.handle_packet(t0, pkt(0, 101, 8000, false)), Verdict::Forward { seq: 101, ts: 8000, .. }));
+        // Another publisher takes the slot: its own numbering, nothing until its key frame.
+        s.restart();
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(s.handle_packet(t1, pkt(0, 7, 777_000, false)), Verdict::NeedKeyframe(0));
+        match s.handle_packet(t1, pkt(0, 8, 780_000, true)) {
+            // One after the last sent; 100 ms (9000 ticks) after it.
+            Verdict::Forward { seq, ts, .. } => assert_eq!((seq, ts), (102, 17_000)),
+            v => panic!("{v:?}"),
+        }
+        assert!(matches!(s.handle_packet(t1, pkt(0, 9, 783_000, false)), Verdict::Forward { seq: 103, ts: 20_000, .. }));
     }
 }

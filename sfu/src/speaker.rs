@@ -107,8 +107,9 @@ impl<P: Copy + Eq + std::hash::Hash> Speakers<P> {
         self.voices.get(p).filter(|v| now.saturating_duration_since(v.at) < self.cfg.stale).map_or(0.0, |v| v.loud)
     }
 
-    /// An audio level (RFC 6464, 0-127) of `p` at `now`.
-    pub fn handle_level(&mut self, now: Instant, p: P, level: u8) {
+    /// An audio level (RFC 6464, 0-127) of `p` at `now`. Returns `true` if the speaking
+    /// order changed (`p` became the most recent speaker).
+    pub fn handle_level(&mut self, now: Instant, p: P, level: u8) -> bool {
         let x = 127.0 - level.min(127) as f64;
         let alpha = self.cfg.alpha;
         let v = self.voices.entry(p).or_insert(Voice { loud: 0.0, at: now, louder_since: None });
@@ -120,10 +121,11 @@ impl<P: Copy + Eq + std::hash::Hash> Speakers<P> {
             if let Some(v) = self.voices.get_mut(&p) {
                 v.louder_since = None;
             }
-            return;
+            return false;
         }
         // Speaking: moves to the front of the speaking order.
-        if self.order.first() != Some(&p) {
+        let reordered = self.order.first() != Some(&p);
+        if reordered {
             self.order.retain(|x| *x != p);
             self.order.insert(0, p);
             self.reindex();
@@ -136,7 +138,7 @@ impl<P: Copy + Eq + std::hash::Hash> Speakers<P> {
                 let clearly = dom < self.cfg.speaking_above || loud > dom + self.cfg.margin_db;
                 let hold = self.cfg.hold;
                 let take = {
-                    let Some(v) = self.voices.get_mut(&p) else { return };
+                    let Some(v) = self.voices.get_mut(&p) else { return reordered };
                     if clearly {
                         let since = *v.louder_since.get_or_insert(now);
                         now.saturating_duration_since(since) >= hold
@@ -150,6 +152,7 @@ impl<P: Copy + Eq + std::hash::Hash> Speakers<P> {
                 }
             }
         }
+        reordered
     }
 
     fn set_dominant(&mut self, p: P) {
