@@ -3,7 +3,9 @@
 # levels and simulcast VP8 (150/500/1500 kbit/s), each receives last-N 25 videos, for
 # DURATION seconds (default 60). Prints the SFU's CPU use (share of all cores, from
 # /proc/PID/stat over the steady part), packets/s received by the participants (what the
-# SFU forwarded) and per-subscriber loss and freezes. Release build, loopback only.
+# SFU forwarded), per-subscriber loss and freezes, and the UDP datagrams the kernel
+# dropped for full receive buffers during the run (/proc/net/snmp RcvbufErrors: loopback
+# only here, so these are the SFU's and the participants' sockets). Release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PARTICIPANTS:-100}
@@ -39,6 +41,8 @@ cpu() {
 ./target/release/loadgen sfu --http "$http" --room bench --participants "$P" --duration-s "$D" --fps "$FPS" \
   --join-rate "$RATE" --report-json "$dir/report.json" --quiet > "$dir/loadgen.out" 2>&1 &
 lg=$!
+drops() { awk '/^Udp:/ { n++; if (n == 1) for (i = 1; i <= NF; i++) col[$i] = i; else print $col["RcvbufErrors"] }' /proc/net/snmp; }
+d0=$(drops)
 # Steady part: after every join (P / RATE s) plus 5 s, for half the run.
 warm=$(( P / RATE + 5 ))
 win=$(( D / 2 ))
@@ -47,7 +51,9 @@ c0=$(cpu); t0=$(date +%s.%N)
 sleep "$win"
 c1=$(cpu); t1=$(date +%s.%N)
 wait $lg || true
+d1=$(drops)
 cat "$dir/loadgen.out"
+echo "UDP receive-buffer drops during the run: $(( d1 - d0 ))"
 python3 - "$dir/report.json" "$c0" "$c1" "$t0" "$t1" "$ticks" "$cores" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -62,4 +68,5 @@ print(f"packets/s received by participants: {r['packets_in_per_s']:.0f} (= {r['p
 print(f"joined {r['joined']}/{r['participants']}; join ms p50 {r['join_ms_p50']:.0f} p90 {r['join_ms_p90']:.0f} max {r['join_ms_max']:.0f}")
 print(f"per-subscriber loss %: median {loss[len(loss)//2]:.2f} max {loss[-1]:.2f}; freezes: median {frz[len(frz)//2]} max {frz[-1]} total {sum(frz)}")
 print(f"videos received per subscriber: min {vids[0]} median {vids[len(vids)//2]} max {vids[-1]}; video in {r['video_kbps_in_mean']:.0f} kbit/s mean")
+print(f"video slot switches: {r['video_switches_total']}; longest wait for the new video {r['switch_ms_max']:.0f} ms")
 PY

@@ -405,6 +405,8 @@ pub struct Sfu {
     layer_pass_at: Option<Instant>,
     /// Remote address -> participant, so a datagram does not scan every peer.
     by_source: HashMap<SocketAddr, ParticipantId>,
+    /// The time of the latest input (for the deferred polls of `poll_transmit`).
+    last_now: Option<Instant>,
 }
 
 impl Sfu {
@@ -431,6 +433,7 @@ impl Sfu {
             phone_audio: VecDeque::new(),
             layer_pass_at: None,
             by_source: HashMap::new(),
+            last_now: None,
         }
     }
 
@@ -869,18 +872,23 @@ impl Sfu {
                 id
             }
         };
-        self.dirty.push(id);
         if let Some(p) = self.peers.get_mut(&id) {
             if let Err(e) = p.rtc.handle_input(input) {
                 tracing::debug!(participant = id.0, error = %e, "participant input failed: disconnecting");
                 p.rtc.disconnect();
             }
-            let room = p.room.clone();
-            if let Some(r) = self.rooms.get_mut(&room) {
+            if let Some(r) = self.rooms.get_mut(&p.room) {
                 r.handle_activity(now, id);
             }
         }
-        self.drive(now);
+        // The sender is polled now (its frames are forwarded: written into the subscribers'
+        // sessions); the subscribers are polled once for a whole batch of datagrams, in
+        // `poll_transmit`, not once per frame each.
+        let waiting = std::mem::take(&mut self.dirty);
+        self.dirty.push(id);
+        self.drive_rounds(now, 1);
+        self.dirty.extend(waiting);
+        self.last_now = Some(now);
     }
 
     /// Time passes.
@@ -908,13 +916,20 @@ impl Sfu {
         self.drive(now);
     }
 
-    /// Next datagram to send.
+    /// Next datagram to send (polling the sessions that have something to send first).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(now) = self.last_now.filter(|_| self.out.is_empty() && !self.dirty.is_empty()) {
+            self.drive(now);
+        }
         self.out.pop_front()
     }
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(now) = self.last_now.filter(|_| !self.dirty.is_empty()) {
+            // Sessions written to and not polled yet (see `handle_receive`).
+            return Some(now);
+        }
         let rooms = self.rooms.values().filter_map(|r| r.poll_timeout());
         let mixes = self.mixes.values().map(|m| m.next);
         // A deferred offer (see `negotiate`).
@@ -983,12 +998,18 @@ impl Sfu {
 
     /// Polls every peer until it has nothing more, forwarding media between them.
     fn drive(&mut self, now: Instant) {
+        self.drive_rounds(now, 8);
+    }
+
+    /// `drive` for at most `rounds` rounds (a round polls the dirty peers and forwards what
+    /// they received, which makes their subscribers dirty).
+    fn drive_rounds(&mut self, now: Instant, rounds: usize) {
         let mut media: Vec<(ParticipantId, MediaData)> = vec![];
         let mut kf_asks: Vec<(ParticipantId, Mid)> = vec![];
         // Rooms with a published track added or removed.
         let mut new_tracks: Vec<String> = vec![];
         let mut dead = vec![];
-        for _round in 0..8 {
+        for _round in 0..rounds {
             let mut ids = std::mem::take(&mut self.dirty);
             ids.sort_unstable();
             ids.dedup();

@@ -186,6 +186,9 @@ pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig, tokens: HashMap<St
     Ok(SfuHandle { tx, media_addr, tokens: std::sync::Arc::new(tokens) })
 }
 
+/// Datagrams taken from the media socket per wake-up (after the first).
+const RECV_BATCH: usize = 63;
+
 async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedReceiver<Cmd>) {
     let local = sock.local_addr().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
     let mut buf = vec![0u8; 2048];
@@ -237,7 +240,14 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
             }
             r = sock.recv_from(&mut buf) => {
                 if let Ok((n, src)) = r {
-                    sfu.handle_receive(Instant::now(), src, local, &buf[..n]);
+                    let now = Instant::now();
+                    sfu.handle_receive(now, src, local, &buf[..n]);
+                    // What else is queued, up to a batch: the subscribers it is forwarded
+                    // to are polled once for the batch (in `poll_transmit`).
+                    for _ in 0..RECV_BATCH {
+                        let Ok((n, src)) = sock.try_recv_from(&mut buf) else { break };
+                        sfu.handle_receive(now, src, local, &buf[..n]);
+                    }
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
