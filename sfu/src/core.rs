@@ -180,6 +180,10 @@ struct Track {
     kind: MediaKind,
     /// Frames received (a per-track counter for the slots' selectors).
     frames: u16,
+    /// Bytes this second and bit/s last second (video without simulcast: its cost for a
+    /// subscriber's bandwidth).
+    bytes: u64,
+    bps: u64,
 }
 
 struct Peer {
@@ -206,6 +210,9 @@ struct Peer {
     bwe_bps: Option<u64>,
     /// Subscribing: the largest video it shows (`Action::VideoSize`).
     max_height: u16,
+    /// Subscribing: how many videos its bandwidth estimate carries at the lowest layer
+    /// (its last-N is cut to this; `usize::MAX` until str0m has an estimate).
+    video_cap: usize,
     /// Subscribing: how many video slots carry a source (last-N), for the budget per video.
     videos: usize,
     /// Members: when the SFU last sent an offer.
@@ -221,6 +228,10 @@ struct Peer {
 /// (each offer and answer is an SDP of every remote track: in large rooms during a join
 /// storm, fewer and larger renegotiations).
 const RENEGOTIATE_EVERY: Duration = Duration::from_millis(500);
+
+/// Bandwidth allocation never cuts a subscriber below this many videos (a small meeting
+/// keeps everyone's video while the estimate ramps up).
+const MIN_VIDEOS: usize = 4;
 
 fn renegotiate_every(room_size: usize) -> Duration {
     RENEGOTIATE_EVERY * (room_size / 10).max(1) as u32
@@ -264,6 +275,23 @@ impl SimLayers {
             })
             .collect()
     }
+}
+
+/// How many videos a subscriber gets (see `Sfu::allocate_bandwidth`): from its estimate
+/// `bwe` and the cost of one video at its lowest layer (bit/s), the videos it receives now
+/// and its cap so far. Down at once, up by a quarter (at least 2) per call; `usize::MAX`
+/// once last-N fits.
+fn video_cap(bwe: u64, per_video: u64, videos: usize, cap: usize, last_n: usize) -> usize {
+    // Headroom for audio, RTCP and retransmissions.
+    let fits = (((bwe * 9 / 10) / per_video.max(1)) as usize).max(MIN_VIDEOS);
+    let next = if fits < videos.min(cap) {
+        fits
+    } else if fits > cap {
+        fits.min(cap.saturating_add((cap / 4).max(2)))
+    } else {
+        cap
+    };
+    if next >= last_n { usize::MAX } else { next }
 }
 
 /// Height of a VP8 key frame (RFC 6386 9.1: 3-byte tag, start code, 14-bit width/height).
@@ -322,6 +350,7 @@ impl Peer {
             simulcast: HashMap::new(),
             bwe_bps: None,
             max_height: u16::MAX,
+            video_cap: usize::MAX,
             videos: 0,
             offered_at: None,
             outs_changed: false,
@@ -540,10 +569,17 @@ impl Sfu {
         self.phone_audio.pop_front()
     }
 
-    /// Once a second: layer bitrates (and which rid is the low one), videos per
-    /// subscriber, and the layers nobody watches, which the publisher is told to pause.
+    /// Once a second: layer bitrates (and which rid is the low one), how many videos each
+    /// subscriber's bandwidth carries, and the layers nobody watches, which the publisher
+    /// is told to pause.
     fn layer_pass(&mut self) {
         let mut reranked: Vec<(ParticipantId, Mid)> = vec![];
+        for p in self.peers.values_mut() {
+            for t in p.incoming.iter_mut() {
+                t.bps = t.bytes * 8;
+                t.bytes = 0;
+            }
+        }
         for (id, p) in self.peers.iter_mut() {
             for (mid, sl) in p.simulcast.iter_mut() {
                 for st in sl.stats.values_mut() {
@@ -570,6 +606,7 @@ impl Sfu {
                 slot.sel.restart();
             }
         }
+        self.allocate_bandwidth();
         // (publisher, its mid) -> the layer each subscriber targets; the layer being sent
         // stays on until the switch to the target is done.
         let mut targets: HashMap<(ParticipantId, Mid), Vec<Option<u8>>> = HashMap::new();
@@ -594,6 +631,49 @@ impl Sfu {
                     self.signals.push_back((*id, Signal::Layers { mid: mid.to_string(), active }));
                 }
                 sl.active = want;
+            }
+        }
+    }
+
+    /// Bandwidth allocation: a subscriber whose estimate (str0m TWCC/GCC) cannot carry its
+    /// last-N at the lowest layer gets fewer videos (the least recent speakers' slots are
+    /// freed, down to `MIN_VIDEOS`) instead of a send queue that grows into freezes for all
+    /// of them; as the estimate grows, videos come back, a quarter more (at least 2) per
+    /// second.
+    fn allocate_bandwidth(&mut self) {
+        // Per room: the mean cost of one video at its lowest layer (bit/s).
+        let mut cost: HashMap<String, (u64, u64)> = HashMap::new();
+        for p in self.peers.values() {
+            for t in p.incoming.iter().filter(|t| t.kind == MediaKind::Video) {
+                let bps = match p.simulcast.get(&t.mid) {
+                    Some(sl) => sl.cached.first().map_or(150_000, |l| l.bitrate as u64),
+                    None if t.bps > 0 => t.bps,
+                    None => 150_000,
+                };
+                let e = match cost.get_mut(&p.room) {
+                    Some(e) => e,
+                    None => cost.entry(p.room.clone()).or_default(),
+                };
+                e.0 += bps;
+                e.1 += 1;
+            }
+        }
+        let mut changed: Vec<String> = vec![];
+        for p in self.peers.values_mut().filter(|p| p.kind == PeerKind::Member) {
+            let (Some(bwe), Some((sum, n))) = (p.bwe_bps, cost.get(&p.room)) else { continue };
+            let per_video = (sum / (*n).max(1)).max(30_000);
+            let cap = video_cap(bwe, per_video, p.videos, p.video_cap, self.cfg.last_n);
+            if cap != p.video_cap {
+                tracing::debug!(room = p.room, bwe, per_video, videos = cap, "bandwidth allocation");
+                p.video_cap = cap;
+                if !changed.contains(&p.room) {
+                    changed.push(p.room.clone());
+                }
+            }
+        }
+        for r in changed {
+            if !self.reassign.contains(&r) {
+                self.reassign.push(r);
             }
         }
     }
@@ -1029,18 +1109,18 @@ impl Sfu {
                             break;
                         }
                         Ok(Output::Transmit(t)) => {
-                            self.out.push_back(Transmit { source: t.source, destination: t.destination, data: t.contents.to_vec() })
+                            self.out.push_back(Transmit { source: t.source, destination: t.destination, data: t.contents.into() })
                         }
                         Ok(Output::Event(e)) => match e {
                             Event::Connected => p.connected = true,
                             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => p.rtc.disconnect(),
                             Event::MediaAdded(m) => {
-                                let t = Track { mid: m.mid, kind: m.kind, frames: 0 };
+                                let t = Track { mid: m.mid, kind: m.kind, frames: 0, bytes: 0, bps: 0 };
                                 match m.direction {
                                     Direction::RecvOnly => p.incoming.push(t),
                                     Direction::SendOnly => p.outgoing.push(t),
                                     Direction::SendRecv => {
-                                        p.incoming.push(Track { mid: m.mid, kind: m.kind, frames: 0 });
+                                        p.incoming.push(Track { mid: m.mid, kind: m.kind, frames: 0, bytes: 0, bps: 0 });
                                         p.outgoing.push(t)
                                     }
                                     Direction::Inactive => {}
@@ -1078,7 +1158,7 @@ impl Sfu {
                                 if sending != had && p.kind != PeerKind::Viewer {
                                     if sending {
                                         let kind = p.rtc.media(m.mid).map_or(MediaKind::Audio, |x| x.kind());
-                                        p.incoming.push(Track { mid: m.mid, kind, frames: 0 });
+                                        p.incoming.push(Track { mid: m.mid, kind, frames: 0, bytes: 0, bps: 0 });
                                     } else {
                                         p.incoming.retain(|t| t.mid != m.mid);
                                     }
@@ -1200,6 +1280,15 @@ impl Sfu {
                     .map(|(_, from, mid, kind)| (*from, *mid, *kind))
                     .collect()
             };
+            // Its bandwidth carries only `video_cap` videos: the most recent speakers'.
+            let mut videos = 0;
+            let wanted: Vec<(ParticipantId, Mid, MediaKind)> = wanted
+                .into_iter()
+                .filter(|w| {
+                    videos += (w.2 == MediaKind::Video) as usize;
+                    w.2 == MediaKind::Audio || videos <= p.video_cap
+                })
+                .collect();
             for slot in p.outs.iter_mut() {
                 if slot.source.is_some_and(|s| !wanted.iter().any(|w| (w.0, w.1) == s)) {
                     slot.set_source(None);
@@ -1329,6 +1418,7 @@ impl Sfu {
             None => {
                 let Some(t) = self.peers.get_mut(&from).and_then(|p| p.incoming.iter_mut().find(|t| t.mid == d.mid)) else { return };
                 t.frames = t.frames.wrapping_add(1);
+                t.bytes += d.data.len() as u64;
                 (0, t.frames, None)
             }
         };
@@ -1487,4 +1577,28 @@ fn update_quality(
     };
     p.quality.insert((mid, out), QualityState { q, bytes, at });
     Some(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_gets_as_many_videos_as_its_estimate_carries() {
+        const K: u64 = 1000;
+        // Unlimited, 25 videos at 150 kbit/s fit in 4 Mbit/s (with 10 % headroom): no cap.
+        assert_eq!(video_cap(4_200 * K, 150 * K, 25, usize::MAX, 25), usize::MAX);
+        // 1 Mbit/s carries 6: cut at once.
+        assert_eq!(video_cap(1_000 * K, 150 * K, 25, usize::MAX, 25), 6);
+        // Never below 4, even on a poor link.
+        assert_eq!(video_cap(100 * K, 150 * K, 25, 6, 25), MIN_VIDEOS);
+        // The estimate grows: back up by a quarter (at least 2) per second, then uncapped.
+        assert_eq!(video_cap(4_000 * K, 150 * K, 6, 6, 25), 8);
+        assert_eq!(video_cap(4_000 * K, 150 * K, 8, 8, 25), 10);
+        assert_eq!(video_cap(4_000 * K, 150 * K, 20, 20, 25), 24);
+        assert_eq!(video_cap(4_200 * K, 150 * K, 24, 24, 25), usize::MAX);
+        // A small meeting under its cap keeps it (fewer videos than it could carry).
+        assert_eq!(video_cap(1_000 * K, 800 * K, 2, usize::MAX, 25), usize::MAX);
+        assert_eq!(video_cap(1_600 * K, 150 * K, 3, 10, 25), 10);
+    }
 }
