@@ -47,23 +47,25 @@ d0=$(drops)
 warm=$(( P / RATE + 5 ))
 win=$(( D / 2 ))
 sleep "$warm"
-c0=$(cpu); t0=$(date +%s.%N)
+lgcpu() { awk '{print $14 + $15}' "/proc/$lg/stat" 2>/dev/null || echo 0; }
+c0=$(cpu); l0=$(lgcpu); t0=$(date +%s.%N)
 sleep "$win"
-c1=$(cpu); t1=$(date +%s.%N)
+c1=$(cpu); l1=$(lgcpu); t1=$(date +%s.%N)
 wait $lg || true
 d1=$(drops)
 cat "$dir/loadgen.out"
 echo "UDP receive-buffer drops during the run: $(( d1 - d0 ))"
-python3 - "$dir/report.json" "$c0" "$c1" "$t0" "$t1" "$ticks" "$cores" <<'PY'
+python3 - "$dir/report.json" "$c0" "$c1" "$t0" "$t1" "$ticks" "$cores" "$l0" "$l1" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 c0, c1, t0, t1, ticks, cores = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
 cpu = (c1 - c0) / ticks / (t1 - t0)
+lgc = (float(sys.argv[9]) - float(sys.argv[8])) / ticks / (t1 - t0)
 pp = r["per_participant"]
 loss = sorted(p["loss_pct"] for p in pp)
 frz = sorted(p["freezes"] for p in pp)
 vids = sorted(p["video_tracks"] for p in pp)
-print(f"SFU CPU: {cpu*100:.0f}% of one core = {cpu/cores*100:.0f}% of {cores} cores (steady window {t1-t0:.0f} s)")
+print(f"SFU CPU: {cpu*100:.0f}% of one core = {cpu/cores*100:.0f}% of {cores} cores (steady window {t1-t0:.0f} s); loadgen on the same machine: {lgc*100:.0f}% of one core")
 print(f"packets/s received by participants: {r['packets_in_per_s']:.0f} (= {r['packets_in_per_s']/max(cpu,1e-9):.0f} per SFU core-second)")
 print(f"joined {r['joined']}/{r['participants']}; join ms p50 {r['join_ms_p50']:.0f} p90 {r['join_ms_p90']:.0f} max {r['join_ms_max']:.0f}")
 print(f"per-subscriber loss %: median {loss[len(loss)//2]:.2f} max {loss[-1]:.2f}; freezes: median {frz[len(frz)//2]} max {frz[-1]} total {sum(frz)}")

@@ -279,6 +279,26 @@ fn a_screen_share_is_an_extra_track_offered_to_the_others() {
     assert_eq!(from_a.len(), 3, "b was offered a's screen as a third track: {:?}", ms[1].remote);
     let screen_frames = from_a.iter().map(|mid| ms[1].by_mid.get(*mid).copied().unwrap_or(0)).max().unwrap_or(0);
     assert!(screen_frames > 50, "b receives the screen frames: {:?}", ms[1].by_mid);
+    // a stops sharing (its screen transceiver goes inactive): b's slot for it is freed,
+    // without an offer.
+    let offers = ms[1].offers;
+    let mut api = ms[0].rtc.sdp_api();
+    api.set_direction(screen, Direction::Inactive);
+    let (offer, pending) = api.apply().unwrap();
+    let answer = s.handle_offer(now, ms[0].id, &offer.to_sdp_string()).unwrap();
+    ms[0].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+    for _ in 0..200 {
+        now += Duration::from_millis(1);
+        for m in ms.iter_mut() {
+            m.rtc.handle_input(Input::Timeout(now)).unwrap();
+        }
+        s.handle_timeout(now);
+        pump(now, &mut s, &mut ms);
+    }
+    let carrying_a = ms[1].remote.values().filter(|src| **src == Some(a)).count();
+    assert_eq!(carrying_a, 2, "b's slots carry a's camera and microphone only: {:?}", ms[1].remote);
+    assert_eq!(ms[1].remote.values().filter(|src| src.is_none()).count(), 1, "the screen's slot is free: {:?}", ms[1].remote);
+    assert_eq!(ms[1].offers, offers, "no offer to b for that");
 }
 
 #[test]
