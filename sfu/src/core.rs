@@ -469,6 +469,11 @@ pub struct Sfu {
     by_source: HashMap<SocketAddr, ParticipantId>,
     /// The time of the latest input (for the deferred polls of `poll_transmit`).
     last_now: Option<Instant>,
+    /// `dirty` set aside while `handle_receive` polls the sender (a second buffer, so no
+    /// allocation per datagram).
+    parked: Vec<ParticipantId>,
+    /// `drive`'s second buffer for `dirty`.
+    spare: Vec<ParticipantId>,
 }
 
 impl Sfu {
@@ -496,6 +501,8 @@ impl Sfu {
             layer_pass_at: None,
             by_source: HashMap::new(),
             last_now: None,
+            parked: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -995,10 +1002,13 @@ impl Sfu {
         // The sender is polled now (its frames are forwarded: written into the subscribers'
         // sessions); the subscribers are polled once for a whole batch of datagrams, in
         // `poll_transmit`, not once per frame each.
-        let waiting = std::mem::take(&mut self.dirty);
+        std::mem::swap(&mut self.dirty, &mut self.parked);
         self.dirty.push(id);
         self.drive_rounds(now, 1);
-        self.dirty.extend(waiting);
+        let parked = std::mem::take(&mut self.parked);
+        self.dirty.extend_from_slice(&parked);
+        self.parked = parked;
+        self.parked.clear();
         self.last_now = Some(now);
     }
 
@@ -1120,8 +1130,12 @@ impl Sfu {
         // Rooms with a published track added or removed.
         let mut new_tracks: Vec<String> = vec![];
         let mut dead = vec![];
+        // This round's peers; `dirty` collects the next round's (the two buffers are
+        // swapped, not reallocated, per round).
+        let mut ids = std::mem::take(&mut self.spare);
         for _round in 0..rounds {
-            let mut ids = std::mem::take(&mut self.dirty);
+            ids.clear();
+            std::mem::swap(&mut ids, &mut self.dirty);
             ids.sort_unstable();
             ids.dedup();
             if ids.is_empty() {
@@ -1251,6 +1265,8 @@ impl Sfu {
                 self.ask_keyframe(now, viewer, mid);
             }
         }
+        ids.clear();
+        self.spare = ids;
         // Offers for tracks added or stopped outside a poll (a member left, a removal).
         self.negotiate(now);
         dead.sort();
@@ -1291,7 +1307,7 @@ impl Sfu {
                     .map(|(id, _)| (rank(id), *id, Mid::from(PHONE_MID), MediaKind::Audio)),
             )
             .collect();
-        sources.sort_unstable_by_key(|a| (a.0, a.1, a.2.to_string()));
+        sources.sort_unstable_by_key(|a| (a.0, a.1, a.2));
         let all_audio = size <= self.cfg.all_audio_up_to;
         let (last_n, audio_n) = (self.cfg.last_n, self.cfg.audio_n);
         let mut routes = Routes::new();
@@ -1497,22 +1513,7 @@ impl Sfu {
         layer_asks.sort_unstable();
         layer_asks.dedup();
         for l in layer_asks {
-            let rid = match &layers {
-                Some(_) => {
-                    match self.peers.get(&from).and_then(|p| p.simulcast.get(&d.mid)).and_then(|sl| sl.rids.get(l as usize).copied()) {
-                        Some(rid) => Some(rid),
-                        None => continue,
-                    }
-                }
-                None => None,
-            };
-            if !self.keyframes.request(now, (from, d.mid), l) {
-                continue;
-            }
-            if let Some(mut w) = self.peers.get_mut(&from).and_then(|p| p.rtc.writer(d.mid)) {
-                let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
-            }
-            self.dirty.push(from);
+            self.request_keyframe(now, from, d.mid, l);
         }
         if self.source_of(&room) != Some(from) {
             return;
@@ -1549,8 +1550,13 @@ impl Sfu {
                 (src, m, 0)
             }
         };
+        self.request_keyframe(now, src, src_mid, layer);
+    }
+
+    /// Asks publisher `src` for a key frame of its track `src_mid` (of simulcast layer
+    /// `layer`; else of the whole track) with a PLI, at most once a second per layer.
+    fn request_keyframe(&mut self, now: Instant, src: ParticipantId, src_mid: Mid, layer: u8) {
         let Some(p) = self.peers.get_mut(&src) else { return };
-        // A simulcast track: the layer's rid (else the whole track).
         let rid = p.simulcast.get(&src_mid).and_then(|sl| sl.rids.get(layer as usize).copied());
         if !self.keyframes.request(now, (src, src_mid), if rid.is_some() { layer } else { 0 }) {
             return;

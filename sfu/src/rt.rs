@@ -201,7 +201,7 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
     loop {
         // str0m asks for its timeout again at once while frames wait to be packetized or
         // the pacer has packets: taken at most once per `TICK`, so one pass packetizes and
-        // sends what many frames left (measured: calling it at once costs 2-3x the CPU).
+        // sends what many frames left (in `benches/sfu_forward.rs`, taking them at once cost 1.3-5x the CPU).
         let deadline = sfu.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1)).max(last_timeout + TICK);
         tokio::select! {
             cmd = rx.recv() => {

@@ -121,6 +121,16 @@ fn pump(now: Instant, s: &mut Sfu, ms: &mut [Member]) {
     }
 }
 
+/// One millisecond of virtual time for everyone.
+fn step(now: &mut Instant, s: &mut Sfu, ms: &mut [Member]) {
+    *now += Duration::from_millis(1);
+    for m in ms.iter_mut() {
+        m.rtc.handle_input(Input::Timeout(*now)).unwrap();
+    }
+    s.handle_timeout(*now);
+    pump(*now, s, ms);
+}
+
 #[test]
 fn members_get_each_other_and_last_n_follows_the_speaker() {
     let t0 = Instant::now();
@@ -135,12 +145,7 @@ fn members_get_each_other_and_last_n_follows_the_speaker() {
         join(&mut s, now, 51003, "v", false),
     ];
     for _ in 0..3000 {
-        now += Duration::from_millis(1);
-        for m in ms.iter_mut() {
-            m.rtc.handle_input(Input::Timeout(now)).unwrap();
-        }
-        s.handle_timeout(now);
-        pump(now, &mut s, &mut ms);
+        step(&mut now, &mut s, &mut ms);
         if ms.iter().all(|m| m.rtc.is_connected()) && ms[3].remote.len() == 4 {
             break;
         }
@@ -223,12 +228,7 @@ fn members_get_each_other_and_last_n_follows_the_speaker() {
     // A newcomer takes the free audio slot: still no offer to v.
     ms.push(join(&mut s, now, 51004, "d", true));
     for _ in 0..2000 {
-        now += Duration::from_millis(1);
-        for m in ms.iter_mut() {
-            m.rtc.handle_input(Input::Timeout(now)).unwrap();
-        }
-        s.handle_timeout(now);
-        pump(now, &mut s, &mut ms);
+        step(&mut now, &mut s, &mut ms);
     }
     let d = ms[4].id.0;
     assert!(carried(&ms[3]).contains(&d), "v hears d in c's old slot: {:?}", ms[3].remote);
@@ -242,12 +242,7 @@ fn a_screen_share_is_an_extra_track_offered_to_the_others() {
     let mut s = Sfu::new(SfuConfig::new(SFU.parse().unwrap(), RoomConfig::default()));
     let mut ms = vec![join(&mut s, now, 52000, "a", true), join(&mut s, now, 52001, "b", true)];
     for _ in 0..3000 {
-        now += Duration::from_millis(1);
-        for m in ms.iter_mut() {
-            m.rtc.handle_input(Input::Timeout(now)).unwrap();
-        }
-        s.handle_timeout(now);
-        pump(now, &mut s, &mut ms);
+        step(&mut now, &mut s, &mut ms);
         if ms.iter().all(|m| m.rtc.is_connected()) && ms[1].remote.len() == 2 {
             break;
         }
@@ -288,12 +283,7 @@ fn a_screen_share_is_an_extra_track_offered_to_the_others() {
     let answer = s.handle_offer(now, ms[0].id, &offer.to_sdp_string()).unwrap();
     ms[0].rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
     for _ in 0..200 {
-        now += Duration::from_millis(1);
-        for m in ms.iter_mut() {
-            m.rtc.handle_input(Input::Timeout(now)).unwrap();
-        }
-        s.handle_timeout(now);
-        pump(now, &mut s, &mut ms);
+        step(&mut now, &mut s, &mut ms);
     }
     let carrying_a = ms[1].remote.values().filter(|src| **src == Some(a)).count();
     assert_eq!(carrying_a, 2, "b's slots carry a's camera and microphone only: {:?}", ms[1].remote);
@@ -311,12 +301,7 @@ fn in_a_large_room_a_member_gets_slots_for_its_last_n_and_the_speakers_only() {
     let mut s = Sfu::new(cfg);
     let mut ms: Vec<Member> = (0..9).map(|i| join(&mut s, now, 53000 + i as u16, &format!("m{i}"), true)).collect();
     for _ in 0..4000 {
-        now += Duration::from_millis(1);
-        for m in ms.iter_mut() {
-            m.rtc.handle_input(Input::Timeout(now)).unwrap();
-        }
-        s.handle_timeout(now);
-        pump(now, &mut s, &mut ms);
+        step(&mut now, &mut s, &mut ms);
     }
     assert!(ms.iter().all(|m| m.rtc.is_connected()));
     for m in &ms {
