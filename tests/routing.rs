@@ -262,6 +262,23 @@ fn a_dead_primary_is_skipped_and_comes_back_after_good_probes() {
 }
 
 #[test]
+fn an_icmp_port_unreachable_from_the_primary_fails_over_without_waiting_for_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on the primary's port: the kernel answers with ICMP port unreachable.
+    let (p1, p2) = (free_port(), free_port());
+    let dns = Dns::start(&[(p1, 10, 100), (p2, 20, 100)], 300);
+    let mut g2 = Gateway::start(p2, dir.path(), &[]);
+    // An INVITE timeout far beyond the callers' 5 s: only the ICMP error can move these calls.
+    let edge = edge_for(&dns, "invite_timeout_ms = 30000\nfailover_block_secs = 60\n");
+    assert!(wait_until(Duration::from_secs(5), || edge.log().contains("trunk host resolved")), "{}", edge.log());
+    let r = calls(&edge, 10, 10, dir.path());
+    assert_eq!(r["calls_succeeded"].as_u64(), Some(10), "{r}\n{}", edge.log());
+    assert_eq!(usable(&edge, p1), Some(false), "the unreachable primary is skipped");
+    assert_eq!(usable(&edge, p2), Some(true));
+    assert_eq!(g2.stop(), 10);
+}
+
+#[test]
 fn a_503_with_retry_after_skips_the_primary_for_that_time() {
     let dir = tempfile::tempdir().unwrap();
     let (p1, p2) = (free_port(), free_port());

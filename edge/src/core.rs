@@ -34,6 +34,9 @@ pub enum Input {
     /// The runtime could not send a transmit that carried `tsx` (connect refused, flow gone,
     /// ICMP error): the client transaction fails over / times out (RFC 3261 17.1.4).
     SendFailed { tsx: u64 },
+    /// An ICMP "unreachable" came back for a datagram sent over UDP to this address: client
+    /// transactions towards it that have no response yet fail over (RFC 3261 18.4, 17.1.4).
+    Unreachable { to: std::net::SocketAddr },
 }
 
 /// Bytes to send.

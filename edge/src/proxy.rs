@@ -413,6 +413,7 @@ impl Core {
                 }
             }
             Input::SendFailed { tsx } => self.client_transport_error(now, tsx),
+            Input::Unreachable { to } => self.udp_unreachable(now, to),
         }
     }
 
@@ -1670,6 +1671,30 @@ impl Core {
         let to = ct.to;
         let branch = sent.top_via().and_then(|v| v.branch()).unwrap_or("").to_string();
         self.start_client(now, format!("{branch}|CANCEL"), false, to, data, None, None, None);
+    }
+
+    /// An ICMP error for a datagram sent to `to` over UDP: every client transaction towards it
+    /// that has had no response yet sees a transport error. One that has a response (a 1xx)
+    /// is left alone: the next hop is alive, the error was for something else.
+    fn udp_unreachable(&mut self, now: Instant, to: SocketAddr) {
+        let hit: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                !c.done
+                    && c.to.transport == Transport::Udp
+                    && c.to.addr == to
+                    && match &c.kind {
+                        CKind::Inv(t) => t.state() == client_inv::State::Calling,
+                        CKind::Non(t) => t.state() == client::State::Trying,
+                    }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for cid in hit {
+            tracing::debug!(%to, "next hop unreachable (ICMP)");
+            self.client_transport_error(now, cid);
+        }
     }
 
     fn client_transport_error(&mut self, now: Instant, cid: u64) {

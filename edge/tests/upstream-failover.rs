@@ -1,7 +1,8 @@
 //! Fail-over between the targets of an upstream on a virtual clock: a target that gives no
 //! provisional response within the INVITE timeout, or answers 503, is skipped for the
 //! call and for a while (its Retry-After when given); never after a provisional response;
-//! only that target is marked down.
+//! only that target is marked down. An ICMP "unreachable" for a target is a transport
+//! error: the call moves on at once.
 
 mod common;
 use common::*;
@@ -81,4 +82,35 @@ fn a_503_fails_over_at_once_and_honours_retry_after_but_never_after_a_1xx() {
     let out = drain(&mut c);
     assert!(invites(&out).is_empty());
     assert!(out.iter().any(|(_, m)| m.status() == Some(503)));
+}
+
+#[test]
+fn an_icmp_unreachable_fails_over_at_once_but_not_after_a_1xx() {
+    use edge::core::Input;
+    let (mut c, t0) = core_with(UP);
+    let now = t0;
+    feed_raw(&mut c, now, udp(CALLER), &inv("u1"));
+    assert_eq!(invites(&drain(&mut c)).iter().map(|(p, _)| *p).collect::<Vec<_>>(), [5091]);
+    // An ICMP error for another address changes nothing.
+    c.handle_input(now, Input::Unreachable { to: "127.0.0.1:5093".parse().unwrap() });
+    assert!(drain(&mut c).is_empty());
+    // Port unreachable from 5091: the INVITE goes to 5092 without waiting for the timeout.
+    c.handle_input(now, Input::Unreachable { to: "127.0.0.1:5091".parse().unwrap() });
+    let out = drain(&mut c);
+    let second: Vec<_> = invites(&out).into_iter().filter(|(p, _)| *p == 5092).collect();
+    assert_eq!(second.len(), 1, "retried on the next target at once: {out:?}");
+    assert!(
+        out.iter().all(|(t, m)| !(m.status().is_some_and(|s| s >= 300) && t.to.addr.to_string() == CALLER)),
+        "the caller sees no failure"
+    );
+    // 5092 sent a 180: a later ICMP error for it does not end the committed branch.
+    feed_raw(&mut c, now, udp("127.0.0.1:5092"), &answer(&second[0].1, 180, "b", ""));
+    drain(&mut c);
+    c.handle_input(now, Input::Unreachable { to: "127.0.0.1:5092".parse().unwrap() });
+    let out = drain(&mut c);
+    assert!(out.iter().all(|(_, m)| m.status().is_none_or(|s| s < 300)), "no final response after a 1xx: {out:?}");
+    assert!(invites(&out).is_empty());
+    // 5091 is now skipped for its block time: the next call goes straight to 5092.
+    feed_raw(&mut c, now, udp(CALLER), &inv("u2"));
+    assert_eq!(invites(&drain(&mut c)).iter().map(|(p, _)| *p).collect::<Vec<_>>(), [5092]);
 }

@@ -16,6 +16,7 @@ pub mod capture;
 pub mod conference;
 pub mod dns;
 pub mod flows;
+pub mod icmp;
 pub mod media;
 pub mod room_ws;
 pub mod stream;
@@ -637,6 +638,7 @@ fn worker_main(
             m: WorkerMetrics::new(idx),
         });
         for (sock, state) in udp.into_iter().zip(states) {
+            tokio::task::spawn_local(udp::error_loop(w.clone(), sock.clone()));
             tokio::task::spawn_local(udp::recv_loop(w.clone(), sock, state));
         }
         let mp = &rt.core.media;

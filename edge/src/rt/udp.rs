@@ -42,6 +42,8 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> 
     let _ = s.set_send_buffer_size(8 << 20);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
+    // ICMP errors are read by `error_loop` (a dead next hop fails over at once).
+    super::icmp::enable(&s, addr.is_ipv6())?;
     Ok(s.into())
 }
 
@@ -66,6 +68,7 @@ pub(super) async fn recv_loop(w: Rc<Worker>, sock: Rc<tokio::net::UdpSocket>, st
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
+                    // The socket's pending ICMP error; the queue itself is read by `error_loop`.
                     tracing::debug!(error = %e, "udp receive error");
                     continue;
                 }
@@ -78,6 +81,51 @@ pub(super) async fn recv_loop(w: Rc<Worker>, sock: Rc<tokio::net::UdpSocket>, st
             for dgram in buf.chunks(stride) {
                 on_datagram(&w, &sock, now, dgram, m.addr);
             }
+        }
+        w.flush();
+    }
+}
+
+/// Reads the socket's ICMP error queue whenever the kernel reports an error on it (see
+/// [`super::icmp`]) and tells the core which UDP destinations are unreachable, once per
+/// destination per wake-up, at most `MAX_UNREACHABLE` destinations per wake-up.
+pub(super) async fn error_loop(w: Rc<Worker>, sock: Rc<tokio::net::UdpSocket>) {
+    /// Bounds the core's work when something provokes a flood of ICMP errors.
+    const MAX_UNREACHABLE: usize = 64;
+    let mut hit: Vec<SocketAddr> = Vec::new();
+    loop {
+        if sock.ready(Interest::ERROR).await.is_err() {
+            return;
+        }
+        let r: std::io::Result<()> = sock.try_io(Interest::ERROR, || {
+            super::icmp::drain(&*sock, |to| {
+                if hit.len() < MAX_UNREACHABLE && !hit.contains(&to) {
+                    hit.push(to);
+                }
+            })?;
+            // Empty: clear the readiness until the kernel reports the next error.
+            Err(std::io::ErrorKind::WouldBlock.into())
+        });
+        if let Err(e) = r
+            && e.kind() != std::io::ErrorKind::WouldBlock
+        {
+            tracing::warn!(error = %e, "udp error queue");
+            return;
+        }
+        if hit.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        // SO_REUSEPORT: the kernel hands the ICMP error to the socket its hash picks for the
+        // reverse flow, not necessarily the one that sent; every worker looks for its branches.
+        for to in hit.drain(..) {
+            tracing::debug!(%to, "ICMP unreachable");
+            for (i, other) in w.rt.workers.iter().enumerate() {
+                if i != w.idx {
+                    let _ = other.send(Input::Unreachable { to });
+                }
+            }
+            w.core.borrow_mut().handle_input(now, Input::Unreachable { to });
         }
         w.flush();
     }
