@@ -35,3 +35,5 @@ if [ ${#need[@]} -gt 0 ] || [ ${#need_norec[@]} -gt 0 ]; then
 fi
 # schemathesis (PyPI): fuzzes the admin API from its OpenAPI document.
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check schemathesis >/dev/null
+# aiortc (PyPI): an independent WebRTC stack for the WHIP/WHEP interop test.
+python3 -c "import aiortc" >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check aiortc >/dev/null

@@ -211,6 +211,72 @@ fn chromium_publishes_with_whip_and_another_chromium_watches_with_whep() {
     assert_eq!(call("GET", "/api/v1/rooms/none").0, 404);
 }
 
+/// Runs `tests/whip_aiortc.py MODE URL SECONDS`; its stdout lines go to the returned file.
+fn aiortc(mode: &str, url: &str, secs: u32, dir: &std::path::Path) -> (Child, std::path::PathBuf) {
+    let out = dir.join(format!("{mode}.out"));
+    let child = Command::new("python3")
+        .arg(root().join("tests/whip_aiortc.py"))
+        .args([mode, url, &secs.to_string()])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{mode}.err"))).unwrap())
+        .spawn()
+        .expect("python3 with aiortc (scripts/setup.sh installs it)");
+    (child, out)
+}
+
+/// The last JSON line `aiortc` printed, once the process has ended (killed after `limit`).
+fn aiortc_report(mut child: Child, out: &std::path::Path, limit: Duration) -> serde_json::Value {
+    let ended = wait_until(limit, || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let err = std::fs::read_to_string(out.with_extension("err")).unwrap_or_default();
+    assert!(ended, "aiortc did not finish: {text}\n{err}");
+    let last = text.lines().last().unwrap_or("null");
+    serde_json::from_str(last).unwrap_or_else(|_| panic!("no report: {text}\n{err}"))
+}
+
+/// WHIP/WHEP interop with a WebRTC stack that shares nothing with str0m or Chromium
+/// (aiortc: aioice, DTLS on OpenSSL, libsrtp, libvpx and libopus through PyAV).
+#[test]
+fn aiortc_publishes_with_whip_and_another_aiortc_watches_with_whep() {
+    let _one = exclusive();
+    let edge = Edge::start("", &[]);
+    let admin = edge.admin.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (publisher, pub_out) = aiortc("publish", &format!("http://{admin}/whip/interop"), 16, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(20), || std::fs::read_to_string(&pub_out).is_ok_and(|t| t.contains("answered"))),
+        "publisher got no answer: {}\n{}",
+        std::fs::read_to_string(&pub_out).unwrap_or_default(),
+        edge.log()
+    );
+    let (viewer, view_out) = aiortc("watch", &format!("http://{admin}/whep/interop"), 8, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(&http_get(admin, "/metrics"), "edge_sfu_participants") == 2.0),
+        "publisher and viewer in the room"
+    );
+    let v = aiortc_report(viewer, &view_out, Duration::from_secs(30));
+    assert_eq!(v["status"], 201, "{v}");
+    assert!(v["location"].as_str().is_some_and(|l| l.starts_with("/whep/interop/")), "{v}");
+    assert_eq!(v["connected"], true, "{v}");
+    // 8 s of 30 fps video and 20 ms audio frames, decoded by libvpx and libopus.
+    assert!(v["video_frames"].as_u64().unwrap_or(0) >= 60, "{v}");
+    assert!(v["audio_frames"].as_u64().unwrap_or(0) >= 100, "{v}");
+    assert_eq!(v["video_size"], serde_json::json!([640, 480]), "{v}");
+    assert_eq!(v["deleted"], true, "DELETE of the Location ends the session: {v}");
+    let p = aiortc_report(publisher, &pub_out, Duration::from_secs(30));
+    assert_eq!(p["status"], 201, "{p}");
+    assert_eq!(p["connected"], true, "{p}");
+    assert_eq!(p["deleted"], true, "{p}");
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&http_get(admin, "/metrics"), "edge_sfu_participants") == 0.0),
+        "both sessions left the room"
+    );
+}
+
 #[test]
 fn whip_refuses_what_it_cannot_take_with_a_reason() {
     use std::net::TcpStream;
