@@ -296,6 +296,11 @@ struct VideoCap {
 /// each change of video costs a key frame).
 const SHORT_FOR: u8 = 3;
 
+/// Busy share of the SFU's thread above which last-N is cut (`Sfu::handle_load`), and below
+/// which it grows back.
+const OVERLOAD: f32 = 0.9;
+const RECOVER: f32 = 0.75;
+
 /// Fraction lost (receiver reports) on a subscriber's videos that counts as congestion.
 const CONGESTED_LOSS: f32 = 0.02;
 
@@ -464,6 +469,8 @@ pub struct Sfu {
     routes: HashMap<String, Routes>,
     /// Rooms whose slots are to be assigned again (join, leave, new track, speaking order).
     reassign: Vec<String>,
+    /// Videos per subscriber the SFU's CPU carries (see `handle_load`); `usize::MAX`: last-N.
+    load_cap: usize,
     phones: HashMap<ParticipantId, Phone>,
     /// Rooms with at least one phone.
     mixes: HashMap<String, RoomMix>,
@@ -501,6 +508,7 @@ impl Sfu {
             dirty: Vec::new(),
             routes: HashMap::new(),
             reassign: Vec::new(),
+            load_cap: usize::MAX,
             phones: HashMap::new(),
             mixes: HashMap::new(),
             phone_audio: VecDeque::new(),
@@ -679,6 +687,34 @@ impl Sfu {
                 sl.active = want;
             }
         }
+    }
+
+    /// The runtime's busy share of the last second (0..1: time spent handling input, timers
+    /// and sends, not waiting). While the SFU's thread is saturated (`OVERLOAD`), every
+    /// subscriber's videos are cut by a quarter a second (down to `MIN_VIDEOS`): fewer
+    /// streams to forward instead of a receive queue that overflows into freezes for
+    /// everyone. Below `RECOVER` they come back, a quarter (at least 2) a second, up to
+    /// last-N. (Jitsi Videobridge's last-N reducer does the same.) Returns the cap.
+    pub fn handle_load(&mut self, busy: f32) -> Option<usize> {
+        let before = self.load_cap;
+        let most = self.peers.values().filter(|p| p.kind == PeerKind::Member).map(|p| p.videos).max().unwrap_or(0);
+        if busy >= OVERLOAD && most > MIN_VIDEOS {
+            self.load_cap = (self.load_cap.min(most) * 3 / 4).max(MIN_VIDEOS);
+        } else if busy < RECOVER && self.load_cap != usize::MAX {
+            self.load_cap += (self.load_cap / 4).max(2);
+            if self.load_cap >= self.cfg.last_n {
+                self.load_cap = usize::MAX;
+            }
+        }
+        if self.load_cap != before {
+            tracing::info!(busy, videos = self.load_cap, "SFU load: videos per subscriber");
+            for r in self.rooms.keys() {
+                if !self.reassign.contains(r) {
+                    self.reassign.push(r.clone());
+                }
+            }
+        }
+        (self.load_cap != usize::MAX).then_some(self.load_cap)
     }
 
     /// Bandwidth allocation: a subscriber whose estimate (str0m TWCC/GCC) cannot carry its
@@ -1323,6 +1359,7 @@ impl Sfu {
         let all_audio = size <= self.cfg.all_audio_up_to;
         let (last_n, audio_n) = (self.cfg.last_n, self.cfg.audio_n);
         let mut routes = Routes::new();
+        let load_cap = self.load_cap;
         for (id, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.negotiated) {
             let wanted: Vec<(ParticipantId, Mid, MediaKind)> = if lobby.contains(id) {
                 vec![]
@@ -1339,13 +1376,14 @@ impl Sfu {
                     .map(|(_, from, mid, kind)| (*from, *mid, *kind))
                     .collect()
             };
-            // Its bandwidth carries only `video_cap` videos: the most recent speakers'.
+            // Its bandwidth carries only `video_cap` videos, the SFU's CPU only `load_cap`:
+            // the most recent speakers'.
             let mut videos = 0;
             let wanted: Vec<(ParticipantId, Mid, MediaKind)> = wanted
                 .into_iter()
                 .filter(|w| {
                     videos += (w.2 == MediaKind::Video) as usize;
-                    w.2 == MediaKind::Audio || videos <= p.video_cap.cap
+                    w.2 == MediaKind::Audio || videos <= p.video_cap.cap.min(load_cap)
                 })
                 .collect();
             for slot in p.outs.iter_mut() {

@@ -198,15 +198,27 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
     let mut subs: HashMap<ParticipantId, mpsc::UnboundedSender<Signal>> = HashMap::new();
     let mut phones: HashMap<ParticipantId, mpsc::UnboundedSender<PhoneEvent>> = HashMap::new();
     let mut last_timeout = Instant::now();
+    // The thread's busy share, measured over a second and given to the core (`handle_load`).
+    let (mut window, mut idle) = (Instant::now(), std::time::Duration::ZERO);
+    let busy_gauge = metrics::gauge!("edge_sfu_busy_ratio");
+    let cap_gauge = metrics::gauge!("edge_sfu_load_video_cap");
     loop {
         // str0m asks for its timeout again at once while frames wait to be packetized or
         // the pacer has packets: taken at most once per `TICK`, so one pass packetizes and
         // sends what many frames left (in `benches/sfu_forward.rs`, taking them at once cost 1.3-5x the CPU).
         let deadline = sfu.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1)).max(last_timeout + TICK);
+        let waiting = Instant::now();
+        if waiting >= window + std::time::Duration::from_secs(1) {
+            let busy = 1.0 - (idle.as_secs_f32() / (waiting - window).as_secs_f32()).min(1.0);
+            busy_gauge.set(busy as f64);
+            cap_gauge.set(sfu.handle_load(busy).map_or(-1.0, |c| c as f64));
+            (window, idle) = (waiting, std::time::Duration::ZERO);
+        }
         tokio::select! {
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
                 let now = Instant::now();
+                idle += now - waiting;
                 match cmd {
                     Cmd::Whip { room, offer, reply } => { let _ = reply.send(sfu.handle_whip(now, &room, &offer)); }
                     Cmd::Whep { room, offer, reply } => { let _ = reply.send(sfu.handle_whep(now, &room, &offer)); }
@@ -246,8 +258,9 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                 }
             }
             r = sock.recv_from(&mut buf) => {
+                let now = Instant::now();
+                idle += now - waiting;
                 if let Ok((n, src)) = r {
-                    let now = Instant::now();
                     sfu.handle_receive(now, src, local, &buf[..n]);
                     // What else is queued, up to a batch: the subscribers it is forwarded
                     // to are polled once for the batch (in `poll_transmit`).
@@ -259,6 +272,7 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 last_timeout = Instant::now();
+                idle += last_timeout - waiting;
                 sfu.handle_timeout(last_timeout);
             }
         }

@@ -328,3 +328,45 @@ fn in_a_large_room_a_member_gets_slots_for_its_last_n_and_the_speakers_only() {
         assert!(m.remote.values().flatten().all(|p| *p != m.id.0), "nobody gets its own tracks");
     }
 }
+
+/// Videos each member gets now: video slots that carry a source.
+fn videos_shown(m: &Member) -> usize {
+    m.remote
+        .iter()
+        .filter(|(mid, src)| src.is_some() && m.rtc.media(Mid::from(mid.as_str())).is_some_and(|x| x.kind() == MediaKind::Video))
+        .count()
+}
+
+#[test]
+fn an_overloaded_sfu_sends_fewer_videos_and_gives_them_back_when_the_load_falls() {
+    let mut now = Instant::now();
+    let mut cfg = SfuConfig::new(SFU.parse().unwrap(), RoomConfig::default());
+    cfg.last_n = 8;
+    let mut s = Sfu::new(cfg);
+    let mut ms: Vec<Member> = (0..9).map(|i| join(&mut s, now, 53100 + i as u16, &format!("m{i}"), true)).collect();
+    for _ in 0..4000 {
+        step(&mut now, &mut s, &mut ms);
+    }
+    assert!(ms.iter().all(|m| videos_shown(m) == 8), "everyone sees the 8 others");
+    let settle = |now: &mut Instant, s: &mut Sfu, ms: &mut [Member]| {
+        for _ in 0..50 {
+            step(now, s, ms);
+        }
+    };
+    // A busy second below the threshold changes nothing.
+    assert_eq!(s.handle_load(0.85), None);
+    // Saturated: a quarter fewer per second, not below 4.
+    assert_eq!(s.handle_load(0.97), Some(6));
+    settle(&mut now, &mut s, &mut ms);
+    assert!(ms.iter().all(|m| videos_shown(m) == 6), "{:?}", ms.iter().map(videos_shown).collect::<Vec<_>>());
+    assert_eq!(s.handle_load(0.97), Some(4));
+    assert_eq!(s.handle_load(0.99), Some(4));
+    settle(&mut now, &mut s, &mut ms);
+    assert!(ms.iter().all(|m| videos_shown(m) == 4));
+    // Between the thresholds: held; below the recovery threshold: back, then all of last-N.
+    assert_eq!(s.handle_load(0.8), Some(4));
+    assert_eq!(s.handle_load(0.5), Some(6));
+    assert_eq!(s.handle_load(0.5), None);
+    settle(&mut now, &mut s, &mut ms);
+    assert!(ms.iter().all(|m| videos_shown(m) == 8));
+}

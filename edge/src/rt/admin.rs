@@ -65,6 +65,8 @@ fn describe() {
     describe_gauge!("edge_upstream_calls", "Calls in progress through an upstream (trunk)");
     describe_gauge!("edge_sfu_rooms", "SFU meeting rooms in progress");
     describe_gauge!("edge_sfu_participants", "SFU participants (publishers and viewers) in all rooms");
+    describe_gauge!("edge_sfu_busy_ratio", "Share of the last second the SFU thread spent working (not waiting)");
+    describe_gauge!("edge_sfu_load_video_cap", "Videos per subscriber the SFU carries under load (-1: last-N, no load cut)");
     describe_counter!("edge_sfu_frames_received_total", "Audio/video frames the SFU received from publishers");
     describe_counter!("edge_sfu_frames_forwarded_total", "Audio/video frames the SFU sent to subscribers");
     describe_histogram!("edge_sfu_loss_ratio", "SFU track packet loss from RTCP (in: publisher to SFU, out: SFU to subscriber)");
