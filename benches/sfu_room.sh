@@ -55,6 +55,9 @@ wait $lg || true
 d1=$(drops)
 cat "$dir/loadgen.out"
 echo "UDP receive-buffer drops during the run: $(( d1 - d0 ))"
+# Load-based last-N cuts (`Sfu::handle_load`): the caps in order, "-" when none.
+cuts=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/edge.log" | grep "SFU load: videos per subscriber" | grep -o 'videos=[0-9]*' | cut -d= -f2 | tr '\n' ' ' || true)
+echo "SFU load cuts (videos per subscriber, in order): ${cuts:--}"
 python3 - "$dir/report.json" "$c0" "$c1" "$t0" "$t1" "$ticks" "$cores" "$l0" "$l1" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
