@@ -3,7 +3,8 @@
 //! (room-protocol members, last-N covering everyone), measured on the sans-IO core with
 //! str0m peers in the same process. Only the SFU's calls are timed (receiving, SRTP,
 //! depacketizing, packetizing, SRTP for each subscriber); the peers' work is not counted.
-//! Run: `cargo bench -p benches --bench sfu_forward` (goal: 170k packets/s per core).
+//! Run: `cargo bench -p benches --bench sfu_forward` (goal: 170k packets/s per core);
+//! `BENCH_ALL_AUDIO=1` for every subscriber hearing every participant.
 
 #![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
@@ -101,7 +102,13 @@ fn run(subscribers: u16) {
     let t0 = Instant::now();
     let mut now = t0;
     let mut cfg = SfuConfig::new("127.0.0.1:40500".parse().unwrap(), RoomConfig { max_participants: 1000, ..RoomConfig::default() });
-    cfg.all_audio_up_to = 10_000;
+    // The room's rules as configured by default: in a room of more than 10 only the 3 most
+    // recent speakers are heard, so a subscriber has a few audio slots. BENCH_ALL_AUDIO=1:
+    // every subscriber hears everyone (one audio slot per participant: O(N) streams in each
+    // subscriber's str0m session, O(N^2) in all).
+    if std::env::var_os("BENCH_ALL_AUDIO").is_some() {
+        cfg.all_audio_up_to = 10_000;
+    }
     let mut s = Sfu::new(cfg);
     let mut peers = vec![member(&mut s, now, 52000, true)];
     for i in 0..subscribers {
@@ -161,12 +168,14 @@ fn run(subscribers: u16) {
         }
     }
     let secs = spent.as_secs_f64();
+    let timeouts = s.take_stats().rtc_timeouts;
     println!(
-        "subscribers {subscribers:4}: {sent:8} packets sent in {:.3} s of SFU CPU => {:.0} packets/s per core ({:.2} us/packet; {:.0} % in the 1 ms timer pass)",
+        "subscribers {subscribers:4}: {sent:8} packets sent in {:.3} s of SFU CPU => {:.0} packets/s per core ({:.2} us/packet; {:.0} % in the 1 ms timer pass; {} str0m timeouts per session-second)",
         secs,
         sent as f64 / secs,
         secs * 1e6 / sent.max(1) as f64,
-        tmo.as_secs_f64() * 100.0 / secs.max(1e-9)
+        tmo.as_secs_f64() * 100.0 / secs.max(1e-9),
+        timeouts / (subscribers as u64 + 1) / (total_ms / 1000)
     );
 }
 

@@ -443,6 +443,8 @@ pub struct Transmit {
 pub struct SfuStats {
     pub frames_in: u64,
     pub frames_forwarded: u64,
+    /// str0m `handle_timeout` calls (one per participant whose timer was due).
+    pub rtc_timeouts: u64,
 }
 
 /// A room's routes: each source track (publisher, its mid) -> (member, slot index) pairs.
@@ -1063,6 +1065,7 @@ impl Sfu {
             if p.next.is_none_or(|t| t <= now) || !p.rtc.is_alive() {
                 if p.rtc.is_alive() {
                     let _ = p.rtc.handle_input(Input::Timeout(now));
+                    self.stats.rtc_timeouts += 1;
                 }
                 self.dirty.push(*id);
             }
