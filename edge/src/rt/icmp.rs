@@ -11,19 +11,15 @@
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 /// SO_EE_ORIGIN_ICMP / SO_EE_ORIGIN_ICMP6 (linux/errqueue.h).
 const ORIGIN_ICMP: u8 = 2;
 const ORIGIN_ICMP6: u8 = 3;
 
-/// The destination of a datagram that came back as "unreachable" (port, host, network or
-/// administratively prohibited), with IPv4-mapped IPv6 addresses shown as IPv4.
-pub type Unreachable = SocketAddr;
-
 /// Turns the error queue on for `sock` (IPv4, and IPv6 for an IPv6 socket; an IPv6 socket
 /// that also carries IPv4 needs both).
-pub fn enable(sock: &(impl AsRawFd + std::os::fd::AsFd), ipv6: bool) -> std::io::Result<()> {
+pub fn enable(sock: &impl AsFd, ipv6: bool) -> std::io::Result<()> {
     if ipv6 {
         setsockopt(sock, sockopt::Ipv6RecvErr, &true)?;
         // Dual-stack sockets get IPv4 ICMP errors only with the IPv4 option; v6-only refuses it.
@@ -34,10 +30,11 @@ pub fn enable(sock: &(impl AsRawFd + std::os::fd::AsFd), ipv6: bool) -> std::io:
     Ok(())
 }
 
-/// Reads every queued error off `sock` (non-blocking) and hands the destination of each
-/// ICMP "unreachable" to `f`. Returns the number of queue entries read when the queue is
-/// empty; other errors (a closed socket) are returned as they are.
-pub fn drain(sock: &impl AsRawFd, mut f: impl FnMut(Unreachable)) -> std::io::Result<usize> {
+/// Reads every queued error off `sock` (non-blocking) and hands `f` the destination of
+/// each datagram that came back as ICMP "unreachable" (port, host, network, prohibited;
+/// IPv4-mapped IPv6 addresses as IPv4). Returns the number of queue entries read once the
+/// queue is empty; other errors (a closed socket) are returned as they are.
+pub fn drain(sock: &impl AsRawFd, mut f: impl FnMut(SocketAddr)) -> std::io::Result<usize> {
     let fd = sock.as_raw_fd();
     let mut data = [0u8; 1];
     // Room for the error and the offender, plus what else the socket asks for on every
@@ -90,8 +87,7 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
-    /// A datagram to a closed loopback port comes back as an error queue entry naming it;
-    /// draining the queue gives the socket its receive buffer back.
+    /// A datagram to a closed loopback port comes back as an error queue entry naming it.
     #[test]
     fn port_unreachable_is_read_from_the_error_queue() {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
