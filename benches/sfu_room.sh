@@ -48,13 +48,15 @@ warm=$(( P / RATE + 5 ))
 win=$(( D / 2 ))
 sleep "$warm"
 lgcpu() { awk '{print $14 + $15}' "/proc/$lg/stat" 2>/dev/null || echo 0; }
-c0=$(cpu); l0=$(lgcpu); t0=$(date +%s.%N)
+tmo() { curl -s "http://$http/metrics" | awk '/^edge_sfu_session_timeouts_total/ {print $2}'; }
+c0=$(cpu); l0=$(lgcpu); t0=$(date +%s.%N); m0=$(tmo)
 sleep "$win"
-c1=$(cpu); l1=$(lgcpu); t1=$(date +%s.%N)
+c1=$(cpu); l1=$(lgcpu); t1=$(date +%s.%N); m1=$(tmo)
 wait $lg || true
 d1=$(drops)
 cat "$dir/loadgen.out"
 echo "UDP receive-buffer drops during the run: $(( d1 - d0 ))"
+python3 -c "import sys; print(f'str0m session timeouts: {(float(sys.argv[2] or 0) - float(sys.argv[1] or 0)) / (float(sys.argv[4]) - float(sys.argv[3])) / float(sys.argv[5]):.0f} per participant-second')" "$m0" "$m1" "$t0" "$t1" "$P"
 # Load-based last-N cuts (`Sfu::handle_load`): the caps in order, "-" when none.
 cuts=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/edge.log" | grep "SFU load: videos per subscriber" | grep -o 'videos=[0-9]*' | cut -d= -f2 | tr '\n' ' ' || true)
 echo "SFU load cuts (videos per subscriber, in order): ${cuts:--}"

@@ -323,6 +323,9 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
         if st.frames_in > 0 {
             metrics::counter!("edge_sfu_frames_received_total").increment(st.frames_in);
         }
+        if st.rtc_timeouts > 0 {
+            metrics::counter!("edge_sfu_session_timeouts_total").increment(st.rtc_timeouts);
+        }
         metrics::gauge!("edge_sfu_participants").set(sfu.participant_count() as f64);
         metrics::gauge!("edge_sfu_rooms").set(sfu.rooms().count() as f64);
     }

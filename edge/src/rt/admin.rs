@@ -69,6 +69,7 @@ fn describe() {
     describe_gauge!("edge_sfu_load_video_cap", "Videos per subscriber the SFU carries under load (-1: last-N, no load cut)");
     describe_counter!("edge_sfu_frames_received_total", "Audio/video frames the SFU received from publishers");
     describe_counter!("edge_sfu_frames_forwarded_total", "Audio/video frames the SFU sent to subscribers");
+    describe_counter!("edge_sfu_session_timeouts_total", "Timer calls into participants' WebRTC sessions (str0m handle_timeout)");
     describe_histogram!("edge_sfu_loss_ratio", "SFU track packet loss from RTCP (in: publisher to SFU, out: SFU to subscriber)");
     describe_histogram!("edge_sfu_jitter_seconds", "SFU track interarrival jitter from RTCP");
     describe_histogram!("edge_sfu_rtt_seconds", "SFU track round-trip time from RTCP");
