@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -133,14 +133,14 @@ struct Slot {
     /// Layer choice and timestamp rewriting: a change of layer or of source continues the
     /// stream's timeline (advanced by the wall-clock gap) at a key frame.
     sel: Selector,
-    /// Output timestamp: last 32-bit value and its 64-bit extension for str0m.
-    ext: Option<(u32, u64)>,
+    /// RTP mode: the last output sequence number, extended (str0m takes 64-bit ones).
+    seq_ext: Option<u64>,
 }
 
 impl Slot {
     fn new(kind: MediaKind, source: (ParticipantId, Mid)) -> Slot {
         let clock = if kind == MediaKind::Audio { 48_000 } else { 90_000 };
-        Slot { kind, state: SlotState::ToOpen, source: Some(source), sel: Selector::new(clock), ext: None }
+        Slot { kind, state: SlotState::ToOpen, source: Some(source), sel: Selector::new(clock), seq_ext: None }
     }
 
     fn mid(&self) -> Option<Mid> {
@@ -158,19 +158,16 @@ impl Slot {
 
     /// The output time of one frame of its source; `Err(Some(layer))`: not sent, the layer's
     /// key frame is needed; `Err(None)`: not for this subscriber.
-    fn time_of(&mut self, now: Instant, pkt: Packet, frequency: str0m::media::Frequency) -> Result<MediaTime, Option<u8>> {
-        match self.sel.handle_packet(now, pkt) {
-            Verdict::Forward { ts, .. } => {
-                let out = match self.ext {
-                    Some((last, e)) => e.wrapping_add_signed(ts.wrapping_sub(last) as i32 as i64),
-                    None => ts as u64,
-                };
-                self.ext = Some((ts, out));
-                Ok(MediaTime::new(out, frequency))
-            }
-            Verdict::NeedKeyframe(l) => Err(Some(l)),
-            Verdict::Drop => Err(None),
+    /// The 64-bit form of an output sequence number (continuing across 16-bit wraps).
+    fn extend_seq(&mut self, seq: u16) -> u64 {
+        let out = match self.seq_ext {
+            Some(last) => last.wrapping_add_signed(seq.wrapping_sub(last as u16) as i16 as i64),
+            None => seq as u64,
+        };
+        if self.seq_ext.is_none_or(|l| out > l) {
+            self.seq_ext = Some(out);
         }
+        out
     }
 }
 
@@ -178,8 +175,6 @@ impl Slot {
 struct Track {
     mid: Mid,
     kind: MediaKind,
-    /// Frames received (a per-track counter for the slots' selectors).
-    frames: u16,
     /// Bytes this second and bit/s last second (video without simulcast: its cost for a
     /// subscriber's bandwidth).
     bytes: u64,
@@ -245,7 +240,7 @@ fn renegotiate_every(room_size: usize) -> Duration {
 #[derive(Debug, Default)]
 struct SimLayers {
     rids: Vec<Rid>,
-    /// Per rid: bytes this second, bit/s last second, frames seen (a per-layer counter),
+    /// Per rid: bytes this second, bit/s last second, frames seen (marker bits),
     /// height from the latest VP8 key frame.
     stats: HashMap<Rid, (u64, u64, u16, u16)>,
     /// Layers somebody watches, as last told to the publisher.
@@ -595,15 +590,21 @@ impl Sfu {
             let Some(slot) = p.outs.get_mut(*idx) else { continue };
             let SlotState::Open(out) = slot.state else { continue };
             slot.sel.set_target(Some(0));
-            let Ok(t) = slot.time_of(now, pkt, time.frequency()) else { continue };
-            let Some(writer) = p.rtc.writer(out) else { continue };
-            let Some(pt) = writer.payload_params().find(|pp| pp.spec().codec == str0m::format::Codec::Opus).map(|pp| pp.pt()) else {
+            let Verdict::Forward { seq, ts, .. } = slot.sel.handle_packet(now, pkt) else { continue };
+            let seq = slot.extend_seq(seq);
+            let Some(pt) = p.rtc.codec_config().find(|pp| pp.spec().codec == str0m::format::Codec::Opus).map(|pp| pp.pt()) else {
                 continue;
             };
-            if writer.audio_level(-(level.min(127) as i8), level < 127).write(pt, now, t, opus.clone()).is_ok() {
-                self.stats.frames_forwarded += 1;
-                self.dirty.push(*pid);
-            }
+            let ext = str0m::rtp::ExtensionValues {
+                audio_level: Some(-(level.min(127) as i8)),
+                voice_activity: Some(level < 127),
+                ..Default::default()
+            };
+            let mut api = p.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out, None) else { continue };
+            tx.write_rtp(str0m::rtp::RtpWrite::new(pt, seq.into(), ts, now, opus.clone()).marker(true).ext_vals(ext));
+            self.stats.frames_forwarded += 1;
+            self.dirty.push(*pid);
         }
         self.drive(now);
     }
@@ -874,6 +875,7 @@ impl Sfu {
             .set_ice_lite(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .enable_bwe(Some(str0m::bwe::Bitrate::kbps(1_000)))
+            .set_rtp_mode(true)
             .build(now);
         rtc.bwe().set_bitrate(str0m::bwe::Bitrate::kbps(100), str0m::bwe::Bitrate::mbps(20));
         let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
@@ -1173,7 +1175,7 @@ impl Sfu {
     /// `drive` for at most `rounds` rounds (a round polls the dirty peers and forwards what
     /// they received, which makes their subscribers dirty).
     fn drive_rounds(&mut self, now: Instant, rounds: usize) {
-        let mut media: Vec<(ParticipantId, MediaData)> = vec![];
+        let mut rtp: Vec<(ParticipantId, Mid, Option<Rid>, str0m::rtp::RtpPacket)> = vec![];
         let mut kf_asks: Vec<(ParticipantId, Mid)> = vec![];
         // Rooms with a published track added or removed.
         let mut new_tracks: Vec<String> = vec![];
@@ -1208,12 +1210,12 @@ impl Sfu {
                             Event::Connected => p.connected = true,
                             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => p.rtc.disconnect(),
                             Event::MediaAdded(m) => {
-                                let t = Track { mid: m.mid, kind: m.kind, frames: 0, bytes: 0, bps: 0 };
+                                let t = Track { mid: m.mid, kind: m.kind, bytes: 0, bps: 0 };
                                 match m.direction {
                                     Direction::RecvOnly => p.incoming.push(t),
                                     Direction::SendOnly => p.outgoing.push(t),
                                     Direction::SendRecv => {
-                                        p.incoming.push(Track { mid: m.mid, kind: m.kind, frames: 0, bytes: 0, bps: 0 });
+                                        p.incoming.push(Track { mid: m.mid, kind: m.kind, bytes: 0, bps: 0 });
                                         p.outgoing.push(t)
                                     }
                                     Direction::Inactive => {}
@@ -1251,14 +1253,18 @@ impl Sfu {
                                 if sending != had && p.kind != PeerKind::Viewer {
                                     if sending {
                                         let kind = p.rtc.media(m.mid).map_or(MediaKind::Audio, |x| x.kind());
-                                        p.incoming.push(Track { mid: m.mid, kind, frames: 0, bytes: 0, bps: 0 });
+                                        p.incoming.push(Track { mid: m.mid, kind, bytes: 0, bps: 0 });
                                     } else {
                                         p.incoming.retain(|t| t.mid != m.mid);
                                     }
                                     new_tracks.push(p.room.clone());
                                 }
                             }
-                            Event::MediaData(d) => media.push((*id, d)),
+                            Event::RtpPacket(pk) => {
+                                if let Some((mid, rid)) = p.rtc.direct_api().stream_rx(&pk.header.ssrc).map(|s| (s.mid(), s.rid())) {
+                                    rtp.push((*id, mid, rid, pk));
+                                }
+                            }
                             Event::MediaIngressStats(st) => {
                                 let kind = p.incoming.iter().find(|t| t.mid == st.mid).map(|t| t.kind);
                                 if let Some(q) =
@@ -1309,8 +1315,8 @@ impl Sfu {
                 }
             }
             self.negotiate(now);
-            for (from, d) in media.drain(..) {
-                self.forward(from, &d);
+            for (from, mid, rid, pk) in rtp.drain(..) {
+                self.forward_rtp(from, mid, rid, &pk);
             }
             for (viewer, mid) in kf_asks.drain(..) {
                 self.ask_keyframe(now, viewer, mid);
@@ -1466,25 +1472,39 @@ impl Sfu {
     }
 
     /// One frame from publisher `from`: to every viewer of its room (same kind of track).
-    fn forward(&mut self, from: ParticipantId, d: &MediaData) {
-        self.stats.frames_in += 1;
+    /// RTP mode: one packet of a publisher's track to the slots that carry it (members;
+    /// simulcast layer per subscriber, switching at key frames, sequence numbers and
+    /// timestamps rewritten by the slot's `Selector`) and to the room's WHEP viewers. The
+    /// payload is shared (`Arc`), not copied, per subscriber.
+    fn forward_rtp(&mut self, from: ParticipantId, src_mid: Mid, rid: Option<Rid>, pk: &str0m::rtp::RtpPacket) {
         let Some(src) = self.peers.get_mut(&from) else { return };
         let room = src.room.clone();
-        let Some(kind) = src.incoming.iter().find(|t| t.mid == d.mid).map(|t| t.kind) else { return };
-        // A simulcast layer: its rank, its frame counter, the track's layers.
-        let keyframe = kind == MediaKind::Video && d.is_keyframe();
-        let sim: Option<(u8, u16, std::sync::Arc<[Layer]>)> = match (d.rid, src.simulcast.get_mut(&d.mid)) {
+        let Some(kind) = src.incoming.iter().find(|t| t.mid == src_mid).map(|t| t.kind) else { return };
+        let Some(params) = src.rtc.codec_config().find(|p| p.pt() == pk.header.payload_type).copied() else { return };
+        let codec = params.spec().codec;
+        let payload: &[u8] = &pk.payload;
+        let vp8 = (codec == str0m::format::Codec::Vp8).then(|| codec::vp8::Vp8Descriptor::parse(payload)).flatten();
+        let keyframe = match codec {
+            str0m::format::Codec::Vp8 => vp8.is_some_and(|d| d.keyframe),
+            str0m::format::Codec::H264 => codec::h264::is_keyframe(payload),
+            _ => kind == MediaKind::Audio,
+        };
+        if pk.header.marker || kind == MediaKind::Audio {
+            self.stats.frames_in += 1;
+        }
+        let layer: Option<(u8, std::sync::Arc<[Layer]>)> = match (rid, src.simulcast.get_mut(&src_mid)) {
             (Some(rid), Some(sl)) => {
                 if !sl.rids.contains(&rid) {
                     return;
                 }
                 let st = sl.stats.entry(rid).or_default();
-                st.0 += d.data.len() as u64;
-                st.2 = st.2.wrapping_add(1);
-                if keyframe && let Some(h) = vp8_height(&d.data) {
+                st.0 += payload.len() as u64;
+                if pk.header.marker {
+                    st.2 = st.2.wrapping_add(1);
+                }
+                if keyframe && let Some(h) = vp8.and_then(|d| vp8_height(&payload[d.header_len..])) {
                     st.3 = h;
                 }
-                let n = st.2;
                 let new_height = keyframe && st.3 > 0 && sl.cached.iter().all(|l| l.height != st.3);
                 if !sl.ranked && sl.rids.iter().all(|r| sl.stats.get(r).is_some_and(|st| st.3 > 0)) {
                     sl.ranked = true;
@@ -1494,91 +1514,123 @@ impl Sfu {
                     sl.refresh();
                 }
                 let Some(idx) = sl.rids.iter().position(|r| *r == rid) else { return };
-                Some((idx as u8, n, sl.cached.clone()))
+                Some((idx as u8, sl.cached.clone()))
             }
-            _ => None,
+            _ => {
+                if let Some(t) = src.incoming.iter_mut().find(|t| t.mid == src_mid) {
+                    t.bytes += payload.len() as u64;
+                }
+                None
+            }
         };
-        let lobby = self.lobby_of(&room);
-        if lobby.contains(&from) {
-            // Guests in the lobby are not seen or heard until admitted.
+        if self.lobby_of(&room).contains(&from) {
             return;
         }
-        if let (MediaKind::Audio, Some(level)) = (kind, d.ext_vals.audio_level) {
-            self.speaker_level(d.network_time, &room, from, level.unsigned_abs());
+        if let (MediaKind::Audio, Some(level)) = (kind, pk.header.ext_vals.audio_level) {
+            self.speaker_level(pk.timestamp, &room, from, level.unsigned_abs());
         }
-        if kind == MediaKind::Audio && self.mixes.contains_key(&room) && self.heard(&room, from) {
-            // Phones in the room hear it in their mix.
-            if let Some(m) = self.mixes.get_mut(&room) {
-                m.mix.push(from, PhoneCodec::Opus, &d.data);
-            }
+        // Phones in the room hear it in their mix.
+        if kind == MediaKind::Audio
+            && self.mixes.contains_key(&room)
+            && self.heard(&room, from)
+            && let Some(m) = self.mixes.get_mut(&room)
+        {
+            m.mix.push(from, PhoneCodec::Opus, payload);
         }
-        // This track's frame counter (simulcast: the layer's).
-        let (layer, n, layers) = match sim {
-            Some((idx, n, layers)) => (idx, n, Some(layers)),
-            None => {
-                let Some(t) = self.peers.get_mut(&from).and_then(|p| p.incoming.iter_mut().find(|t| t.mid == d.mid)) else { return };
-                t.frames = t.frames.wrapping_add(1);
-                t.bytes += d.data.len() as u64;
-                (0, t.frames, None)
-            }
+        let (layer, layers) = match layer {
+            Some((l, ls)) => (l, Some(ls)),
+            None => (0, None),
         };
         let pkt = Packet {
             layer,
-            seq: n,
-            ts: d.time.numer() as u32,
-            keyframe: kind == MediaKind::Audio || keyframe,
-            picture_id: None,
-            tl0: None,
+            seq: pk.header.sequence_number,
+            ts: pk.header.timestamp,
+            keyframe,
+            picture_id: vp8.and_then(|d| d.picture_id.map(|p| p.0)),
+            tl0: vp8.and_then(|d| d.tl0_pic_idx),
         };
+        // VP8: picture ID and TL0PICIDX continue across layer and source switches (a
+        // decoder drops frames whose picture ID is older than one it decoded), patched in
+        // as str0m writes the packet; the shared payload is not copied.
+        let vp8_desc = vp8.and_then(|_| str0m::rtp::Vp8Descriptor::parse(payload).ok());
+        let ext = str0m::rtp::ExtensionValues {
+            audio_level: pk.header.ext_vals.audio_level,
+            voice_activity: pk.header.ext_vals.voice_activity,
+            ..Default::default()
+        };
+        let now = pk.timestamp;
         let mut layer_asks: Vec<u8> = vec![];
-        // To the members whose slots carry this track (see `assign`).
-        let subs = self.routes.get(&room).and_then(|r| r.get(&(from, d.mid)));
+        let subs = self.routes.get(&room).and_then(|r| r.get(&(from, src_mid)));
         for (pid, idx) in subs.into_iter().flatten() {
             let Some(p) = self.peers.get_mut(pid).filter(|p| p.connected) else { continue };
             let (bwe, videos, max_height) = (p.bwe_bps, p.videos, p.max_height);
             let Some(slot) = p.outs.get_mut(*idx) else { continue };
             let SlotState::Open(mid) = slot.state else { continue };
-            // Simulcast: this subscriber's layer, from its bandwidth per video and tile size.
             let target = match (&layers, kind) {
                 (Some(layers), _) => choose_layer(layers, bwe.map_or(u64::MAX, |b| b / videos.max(1) as u64), max_height),
                 (None, MediaKind::Video) if max_height == 0 => None,
                 _ => Some(0),
             };
             slot.sel.set_target(target);
-            let time = match slot.time_of(d.network_time, pkt, d.time.frequency()) {
-                Ok(t) => t,
-                Err(Some(l)) => {
+            let (seq, ts, picture_id, tl0) = match slot.sel.handle_packet(now, pkt) {
+                Verdict::Forward { seq, ts, picture_id, tl0 } => (seq, ts, picture_id, tl0),
+                Verdict::NeedKeyframe(l) => {
                     layer_asks.push(l);
                     continue;
                 }
-                Err(None) => continue,
+                Verdict::Drop => continue,
             };
-            let Some(writer) = p.rtc.writer(mid) else { continue };
-            let Some(pt) = writer.match_params(d.params) else { continue };
-            if writer.write(pt, d.network_time, time, d.data.clone()).is_ok() {
-                self.stats.frames_forwarded += 1;
-                self.dirty.push(*pid);
+            let seq = slot.extend_seq(seq);
+            let Some(pt) = p.rtc.codec_config().match_params(params).map(|x| x.pt()) else { continue };
+            let mut api = p.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            let mut w = str0m::rtp::RtpWrite::new(pt, seq.into(), ts, now, pk.payload.clone())
+                .marker(pk.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(kind == MediaKind::Video);
+            if let (Some(d), Some(v)) = (&vp8_desc, &vp8) {
+                let mut b = d.patch();
+                if let Some((_, long)) = v.picture_id {
+                    b = b.picture_id(if long { picture_id & 0x7fff } else { picture_id & 0x7f });
+                }
+                if v.tl0_pic_idx.is_some() {
+                    b = b.tl0_pic_idx(tl0);
+                }
+                if let Ok(patch) = b.build() {
+                    w = w.vp8_patch(patch);
+                }
             }
+            tx.write_rtp(w);
+            if pk.header.marker || kind == MediaKind::Audio {
+                self.stats.frames_forwarded += 1;
+            }
+            self.dirty.push(*pid);
         }
-        let now = d.network_time;
-        // Key frames the subscribers wait for (a new source or layer): at most one request
-        // per second per publisher layer.
         layer_asks.sort_unstable();
         layer_asks.dedup();
         for l in layer_asks {
-            self.request_keyframe(now, from, d.mid, l);
+            self.request_keyframe(now, from, src_mid, l);
         }
         if self.source_of(&room) != Some(from) {
             return;
         }
+        // WHEP viewers get the room's first publisher as it sends (one source: its own
+        // sequence numbers and timestamps).
         for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Viewer && p.connected) {
             let Some(mid) = p.outgoing.iter().find(|t| t.kind == kind).map(|t| t.mid) else { continue };
-            let Some(writer) = p.rtc.writer(mid) else { continue };
-            let Some(pt) = writer.match_params(d.params) else { continue };
-            if writer.write(pt, d.network_time, d.time, d.data.clone()).is_ok() {
+            let Some(pt) = p.rtc.codec_config().match_params(params).map(|x| x.pt()) else { continue };
+            let mut api = p.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            tx.write_rtp(
+                str0m::rtp::RtpWrite::new(pt, pk.seq_no, pk.header.timestamp, now, pk.payload.clone())
+                    .marker(pk.header.marker)
+                    .ext_vals(ext.clone())
+                    .nackable(kind == MediaKind::Video),
+            );
+            if pk.header.marker || kind == MediaKind::Audio {
                 self.stats.frames_forwarded += 1;
-                self.dirty.push(*pid);
             }
+            self.dirty.push(*pid);
         }
     }
 
@@ -1614,8 +1666,8 @@ impl Sfu {
         if !self.keyframes.request(now, (src, src_mid), if rid.is_some() { layer } else { 0 }) {
             return;
         }
-        if let Some(mut w) = p.rtc.writer(src_mid) {
-            let _ = w.request_keyframe(rid, KeyframeRequestKind::Pli);
+        if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(src_mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
         }
         self.dirty.push(src);
     }
