@@ -156,8 +156,6 @@ impl Slot {
         self.sel.restart();
     }
 
-    /// The output time of one frame of its source; `Err(Some(layer))`: not sent, the layer's
-    /// key frame is needed; `Err(None)`: not for this subscriber.
     /// The 64-bit form of an output sequence number (continuing across 16-bit wraps).
     fn extend_seq(&mut self, seq: u16) -> u64 {
         let out = match self.seq_ext {
@@ -183,7 +181,8 @@ struct Track {
 
 struct Peer {
     rtc: Rtc,
-    room: String,
+    /// Shared, so the per-packet path takes it without allocating.
+    room: std::sync::Arc<str>,
     kind: PeerKind,
     /// Tracks it sends to us.
     incoming: Vec<Track>,
@@ -240,9 +239,8 @@ fn renegotiate_every(room_size: usize) -> Duration {
 #[derive(Debug, Default)]
 struct SimLayers {
     rids: Vec<Rid>,
-    /// Per rid: bytes this second, bit/s last second, frames seen (marker bits),
-    /// height from the latest VP8 key frame.
-    stats: HashMap<Rid, (u64, u64, u16, u16)>,
+    /// Per rid: bytes this second, bit/s last second, height from the latest VP8 key frame.
+    stats: HashMap<Rid, (u64, u64, u16)>,
     /// Layers somebody watches, as last told to the publisher.
     active: Vec<bool>,
     /// `rids` is in quality order: by the heights of their VP8 key frames as soon as all
@@ -266,7 +264,7 @@ impl SimLayers {
             .map(|(i, r)| {
                 let st = self.stats.get(r).copied().unwrap_or_default();
                 // Unknown height: 720 for the top layer, halved per layer below.
-                let h = if st.3 > 0 { st.3 } else { 720 >> (n - 1 - i).min(4) };
+                let h = if st.2 > 0 { st.2 } else { 720 >> (n - 1 - i).min(4) };
                 // Unknown bitrate: nominal 150 k / 500 k / 1.5 M style ladder.
                 let b = if st.1 > 0 { st.1 as u32 } else { [150_000, 500_000, 1_500_000, 3_000_000][i.min(3)] };
                 Layer { height: h, bitrate: b }
@@ -374,7 +372,7 @@ impl Peer {
     fn new(rtc: Rtc, room: &str, kind: PeerKind) -> Peer {
         Peer {
             rtc,
-            room: room.to_string(),
+            room: room.into(),
             kind,
             incoming: vec![],
             outgoing: vec![],
@@ -737,9 +735,9 @@ impl Sfu {
                     None if t.bps > 0 => t.bps,
                     None => 150_000,
                 };
-                let e = match cost.get_mut(&p.room) {
+                let e = match cost.get_mut(&*p.room) {
                     Some(e) => e,
-                    None => cost.entry(p.room.clone()).or_default(),
+                    None => cost.entry(p.room.to_string()).or_default(),
                 };
                 e.0 += bps;
                 e.1 += 1;
@@ -747,13 +745,13 @@ impl Sfu {
         }
         let mut changed: Vec<String> = vec![];
         for p in self.peers.values_mut().filter(|p| p.kind == PeerKind::Member) {
-            let (Some(bwe), Some((sum, n))) = (p.bwe_bps, cost.get(&p.room)) else { continue };
+            let (Some(bwe), Some((sum, n))) = (p.bwe_bps, cost.get(&*p.room)) else { continue };
             let per_video = (sum / (*n).max(1)).max(30_000);
             let congested = std::mem::take(&mut p.video_loss) >= CONGESTED_LOSS;
             if p.video_cap.update(bwe, per_video, p.videos, self.cfg.last_n, congested) {
-                tracing::debug!(room = p.room, bwe, per_video, videos = p.video_cap.cap, "bandwidth allocation");
-                if !changed.contains(&p.room) {
-                    changed.push(p.room.clone());
+                tracing::debug!(room = &*p.room, bwe, per_video, videos = p.video_cap.cap, "bandwidth allocation");
+                if !changed.iter().any(|r| **r == *p.room) {
+                    changed.push(p.room.to_string());
                 }
             }
         }
@@ -810,7 +808,7 @@ impl Sfu {
         if let Some(id) = sp.poll_change() {
             let e = RoomEvent::ActiveSpeaker { id };
             for (pid, p) in &self.peers {
-                if p.room == room && p.kind == PeerKind::Member {
+                if *p.room == *room && p.kind == PeerKind::Member {
                     self.signals.push_back((*pid, Signal::Event { event: e.clone() }));
                 }
             }
@@ -917,7 +915,7 @@ impl Sfu {
         p.negotiated = true;
         if first {
             // The newcomer gets slots for what it is to see and hear in the room.
-            let room = p.room.clone();
+            let room = p.room.to_string();
             self.reassign.push(room);
         }
         self.dirty.push(id);
@@ -952,7 +950,7 @@ impl Sfu {
             }
             return Ok(());
         }
-        let r = self.rooms.get_mut(&room).ok_or(SfuError::NoSuchParticipant)?;
+        let r = self.rooms.get_mut(&*room).ok_or(SfuError::NoSuchParticipant)?;
         match a {
             Action::Admit(who) => r.handle_admit(id, who)?,
             Action::Reject(who) => r.handle_reject(id, who)?,
@@ -979,7 +977,7 @@ impl Sfu {
 
     /// The latest quality of every track of every participant of `room`.
     pub fn quality(&self, room: &str) -> HashMap<ParticipantId, Vec<TrackQuality>> {
-        self.peers.iter().filter(|(_, p)| p.room == room).map(|(id, p)| (*id, p.quality.values().map(|s| s.q).collect())).collect()
+        self.peers.iter().filter(|(_, p)| *p.room == *room).map(|(id, p)| (*id, p.quality.values().map(|s| s.q).collect())).collect()
     }
 
     /// The dominant speaker of a room.
@@ -996,7 +994,7 @@ impl Sfu {
     pub fn handle_leave(&mut self, now: Instant, id: ParticipantId) -> Result<(), SfuError> {
         let mut p = self.peers.remove(&id).ok_or(SfuError::NoSuchParticipant)?;
         p.rtc.disconnect();
-        if let Some(r) = self.rooms.get_mut(&p.room) {
+        if let Some(r) = self.rooms.get_mut(&*p.room) {
             let _ = r.handle_leave(id);
         }
         self.keyframes.forget_where(|(pid, _)| *pid == id);
@@ -1044,7 +1042,7 @@ impl Sfu {
                 tracing::debug!(participant = id.0, error = %e, "participant input failed: disconnecting");
                 p.rtc.disconnect();
             }
-            if let Some(r) = self.rooms.get_mut(&p.room) {
+            if let Some(r) = self.rooms.get_mut(&*p.room) {
                 r.handle_activity(now, id);
             }
         }
@@ -1105,7 +1103,7 @@ impl Sfu {
         let mixes = self.mixes.values().map(|m| m.next);
         // A deferred offer (see `negotiate`).
         let offers = self.peers.values().filter(|p| p.outs_changed && p.pending.is_none()).filter_map(|p| {
-            let size = self.rooms.get(&p.room).map_or(0, |r| r.members().len());
+            let size = self.rooms.get(&*p.room).map_or(0, |r| r.members().len());
             p.offered_at.map(|t| t + renegotiate_every(size))
         });
         rooms.chain(mixes).chain(offers).chain(self.peers.values().filter_map(|p| p.next)).min()
@@ -1125,7 +1123,7 @@ impl Sfu {
         let empty = r.is_empty();
         let changed = !evs.is_empty();
         let members: Vec<ParticipantId> =
-            self.peers.iter().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member).map(|(id, _)| *id).collect();
+            self.peers.iter().filter(|(_, p)| *p.room == *room && p.kind == PeerKind::Member).map(|(id, _)| *id).collect();
         for e in evs {
             for m in &members {
                 self.signals.push_back((*m, Signal::Event { event: e.clone() }));
@@ -1242,7 +1240,7 @@ impl Sfu {
                                     kf_asks.push((*id, m.mid));
                                 }
                                 if p.kind != PeerKind::Viewer && matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) {
-                                    new_tracks.push(p.room.clone());
+                                    new_tracks.push(p.room.to_string());
                                 }
                             }
                             Event::MediaChanged(m) => {
@@ -1257,7 +1255,7 @@ impl Sfu {
                                     } else {
                                         p.incoming.retain(|t| t.mid != m.mid);
                                     }
-                                    new_tracks.push(p.room.clone());
+                                    new_tracks.push(p.room.to_string());
                                 }
                             }
                             Event::RtpPacket(pk) => {
@@ -1270,7 +1268,7 @@ impl Sfu {
                                 if let Some(q) =
                                     update_quality(p, st.mid, false, kind, st.bytes, st.packets, st.loss, st.jitter, st.rtt, st.timestamp)
                                 {
-                                    self.quality_samples.push_back(QualitySample { room: p.room.clone(), participant: *id, q });
+                                    self.quality_samples.push_back(QualitySample { room: p.room.to_string(), participant: *id, q });
                                 }
                             }
                             Event::MediaEgressStats(st) => {
@@ -1295,7 +1293,7 @@ impl Sfu {
                                     st.rtt,
                                     st.timestamp,
                                 ) {
-                                    self.quality_samples.push_back(QualitySample { room: p.room.clone(), participant: *id, q });
+                                    self.quality_samples.push_back(QualitySample { room: p.room.to_string(), participant: *id, q });
                                 }
                             }
                             Event::KeyframeRequest(k) => kf_asks.push((*id, k.mid)),
@@ -1330,8 +1328,8 @@ impl Sfu {
         dead.dedup();
         for id in dead {
             if let Some(p) = self.peers.remove(&id) {
-                tracing::info!(participant = id.0, room = p.room, "participant gone");
-                if let Some(r) = self.rooms.get_mut(&p.room) {
+                tracing::info!(participant = id.0, room = &*p.room, "participant gone");
+                if let Some(r) = self.rooms.get_mut(&*p.room) {
                     let _ = r.handle_leave(id);
                 }
                 let room = p.room.clone();
@@ -1355,7 +1353,7 @@ impl Sfu {
         let mut sources: Vec<(usize, ParticipantId, Mid, MediaKind)> = self
             .peers
             .iter()
-            .filter(|(id, p)| p.room == room && p.kind != PeerKind::Viewer && !lobby.contains(id))
+            .filter(|(id, p)| *p.room == *room && p.kind != PeerKind::Viewer && !lobby.contains(id))
             .flat_map(|(id, p)| p.incoming.iter().map(move |t| (rank(id), *id, t.mid, t.kind)))
             .chain(
                 self.phones
@@ -1369,7 +1367,7 @@ impl Sfu {
         let (last_n, audio_n) = (self.cfg.last_n, self.cfg.audio_n);
         let mut routes = Routes::new();
         let load_cap = self.load_cap;
-        for (id, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Member && p.negotiated) {
+        for (id, p) in self.peers.iter_mut().filter(|(_, p)| *p.room == *room && p.kind == PeerKind::Member && p.negotiated) {
             let wanted: Vec<(ParticipantId, Mid, MediaKind)> = if lobby.contains(id) {
                 vec![]
             } else {
@@ -1439,7 +1437,7 @@ impl Sfu {
             let due = p.outs_changed
                 && p.pending.is_none()
                 // Join storms: changes are gathered into one offer per `renegotiate_every`.
-                && p.offered_at.is_none_or(|t| now >= t + renegotiate_every(self.rooms.get(&p.room).map_or(0, |r| r.members().len())));
+                && p.offered_at.is_none_or(|t| now >= t + renegotiate_every(self.rooms.get(&*p.room).map_or(0, |r| r.members().len())));
             if due {
                 p.offered_at = Some(now);
                 p.outs_changed = false;
@@ -1471,7 +1469,6 @@ impl Sfu {
         r.members().iter().map(|m| m.id).find(|id| self.peers.get(id).is_some_and(|p| p.kind == PeerKind::Publisher))
     }
 
-    /// One frame from publisher `from`: to every viewer of its room (same kind of track).
     /// RTP mode: one packet of a publisher's track to the slots that carry it (members;
     /// simulcast layer per subscriber, switching at key frames, sequence numbers and
     /// timestamps rewritten by the slot's `Selector`) and to the room's WHEP viewers. The
@@ -1480,6 +1477,7 @@ impl Sfu {
         let Some(src) = self.peers.get_mut(&from) else { return };
         let room = src.room.clone();
         let Some(kind) = src.incoming.iter().find(|t| t.mid == src_mid).map(|t| t.kind) else { return };
+        let is_publisher = src.kind == PeerKind::Publisher;
         let Some(params) = src.rtc.codec_config().find(|p| p.pt() == pk.header.payload_type).copied() else { return };
         let codec = params.spec().codec;
         let payload: &[u8] = &pk.payload;
@@ -1499,16 +1497,13 @@ impl Sfu {
                 }
                 let st = sl.stats.entry(rid).or_default();
                 st.0 += payload.len() as u64;
-                if pk.header.marker {
-                    st.2 = st.2.wrapping_add(1);
-                }
                 if keyframe && let Some(h) = vp8.and_then(|d| vp8_height(&payload[d.header_len..])) {
-                    st.3 = h;
+                    st.2 = h;
                 }
-                let new_height = keyframe && st.3 > 0 && sl.cached.iter().all(|l| l.height != st.3);
-                if !sl.ranked && sl.rids.iter().all(|r| sl.stats.get(r).is_some_and(|st| st.3 > 0)) {
+                let new_height = keyframe && st.2 > 0 && sl.cached.iter().all(|l| l.height != st.2);
+                if !sl.ranked && sl.rids.iter().all(|r| sl.stats.get(r).is_some_and(|st| st.2 > 0)) {
                     sl.ranked = true;
-                    sl.rids.sort_by_key(|r| sl.stats.get(r).map_or(0, |st| st.3));
+                    sl.rids.sort_by_key(|r| sl.stats.get(r).map_or(0, |st| st.2));
                 }
                 if new_height || sl.cached.len() != sl.rids.len() {
                     sl.refresh();
@@ -1531,9 +1526,9 @@ impl Sfu {
         }
         // Phones in the room hear it in their mix.
         if kind == MediaKind::Audio
-            && self.mixes.contains_key(&room)
+            && self.mixes.contains_key(&*room)
             && self.heard(&room, from)
-            && let Some(m) = self.mixes.get_mut(&room)
+            && let Some(m) = self.mixes.get_mut(&*room)
         {
             m.mix.push(from, PhoneCodec::Opus, payload);
         }
@@ -1560,7 +1555,7 @@ impl Sfu {
         };
         let now = pk.timestamp;
         let mut layer_asks: Vec<u8> = vec![];
-        let subs = self.routes.get(&room).and_then(|r| r.get(&(from, src_mid)));
+        let subs = self.routes.get(&*room).and_then(|r| r.get(&(from, src_mid)));
         for (pid, idx) in subs.into_iter().flatten() {
             let Some(p) = self.peers.get_mut(pid).filter(|p| p.connected) else { continue };
             let (bwe, videos, max_height) = (p.bwe_bps, p.videos, p.max_height);
@@ -1611,7 +1606,9 @@ impl Sfu {
         for l in layer_asks {
             self.request_keyframe(now, from, src_mid, l);
         }
-        if self.source_of(&room) != Some(from) {
+        // Only a WHIP publisher is watched by WHEP viewers (members never are): no scan of the
+        // room's members per packet for the others.
+        if !is_publisher || self.source_of(&room) != Some(from) {
             return;
         }
         // WHEP viewers get the room's first publisher as it sends (one source: its own
