@@ -186,6 +186,17 @@ pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig, tokens: HashMap<St
     Ok(SfuHandle { tx, media_addr, tokens: std::sync::Arc::new(tokens) })
 }
 
+/// The runtime's metric handles.
+struct SfuMetrics {
+    forwarded: metrics::Counter,
+    received: metrics::Counter,
+    timeouts: metrics::Counter,
+    participants: metrics::Gauge,
+    rooms: metrics::Gauge,
+    busy: metrics::Gauge,
+    load_cap: metrics::Gauge,
+}
+
 /// Shortest time between two timer passes over the participants' sessions.
 const TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -200,18 +211,27 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
     let mut last_timeout = Instant::now();
     // The thread's busy share, measured over a second and given to the core (`handle_load`).
     let (mut window, mut idle) = (Instant::now(), std::time::Duration::ZERO);
-    let busy_gauge = metrics::gauge!("edge_sfu_busy_ratio");
-    let cap_gauge = metrics::gauge!("edge_sfu_load_video_cap");
+    // Metric handles taken once (a registry lookup per wake-up otherwise).
+    let m = SfuMetrics {
+        forwarded: metrics::counter!("edge_sfu_frames_forwarded_total"),
+        received: metrics::counter!("edge_sfu_frames_received_total"),
+        timeouts: metrics::counter!("edge_sfu_session_timeouts_total"),
+        participants: metrics::gauge!("edge_sfu_participants"),
+        rooms: metrics::gauge!("edge_sfu_rooms"),
+        busy: metrics::gauge!("edge_sfu_busy_ratio"),
+        load_cap: metrics::gauge!("edge_sfu_load_video_cap"),
+    };
     loop {
-        // str0m asks for its timeout again at once while frames wait to be packetized or
-        // the pacer has packets: taken at most once per `TICK`, so one pass packetizes and
-        // sends what many frames left (in `benches/sfu_forward.rs`, taking them at once cost 1.3-5x the CPU).
-        let deadline = sfu.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1)).max(last_timeout + TICK);
+        // str0m asks for its timeout again at once while written packets wait for its send
+        // pass (reasons Pacer(Immediate), SendStream): taken at most once per `TICK`, so one
+        // pass sends what many packets left (measured in frame mode in
+        // `benches/sfu_forward.rs`: taking them at once cost 1.3-5x the CPU).
         let waiting = Instant::now();
+        let deadline = sfu.poll_timeout().unwrap_or(waiting + std::time::Duration::from_secs(1)).max(last_timeout + TICK);
         if waiting >= window + std::time::Duration::from_secs(1) {
             let busy = 1.0 - (idle.as_secs_f32() / (waiting - window).as_secs_f32()).min(1.0);
-            busy_gauge.set(busy as f64);
-            cap_gauge.set(sfu.handle_load(busy).map_or(-1.0, |c| c as f64));
+            m.busy.set(busy as f64);
+            m.load_cap.set(sfu.handle_load(busy).map_or(-1.0, |c| c as f64));
             (window, idle) = (waiting, std::time::Duration::ZERO);
         }
         tokio::select! {
@@ -317,16 +337,10 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
             }
         }
         let st = sfu.take_stats();
-        if st.frames_forwarded > 0 {
-            metrics::counter!("edge_sfu_frames_forwarded_total").increment(st.frames_forwarded);
-        }
-        if st.frames_in > 0 {
-            metrics::counter!("edge_sfu_frames_received_total").increment(st.frames_in);
-        }
-        if st.rtc_timeouts > 0 {
-            metrics::counter!("edge_sfu_session_timeouts_total").increment(st.rtc_timeouts);
-        }
-        metrics::gauge!("edge_sfu_participants").set(sfu.participant_count() as f64);
-        metrics::gauge!("edge_sfu_rooms").set(sfu.rooms().count() as f64);
+        m.forwarded.increment(st.frames_forwarded);
+        m.received.increment(st.frames_in);
+        m.timeouts.increment(st.rtc_timeouts);
+        m.participants.set(sfu.participant_count() as f64);
+        m.rooms.set(sfu.rooms().count() as f64);
     }
 }
