@@ -76,11 +76,24 @@ struct Call {
     cseq: u32,
 }
 
+/// A BYE we sent and its non-INVITE client transaction (RFC 3261 17.1.2, over UDP):
+/// Timer E retransmits it (T1 doubling to T2; T2 once a 1xx came), Timer F gives up.
+struct ByeTx {
+    call: String,
+    to: SocketAddr,
+    data: Bytes,
+    next: Instant,
+    every: Duration,
+    until: Instant,
+}
+
 /// The conference UAS.
 pub struct ConferenceUa {
     /// Our SIP address (Contact, Via of our requests).
     local: SocketAddr,
     calls: HashMap<String, Call>,
+    /// Our BYEs waiting for a final response, by Via branch.
+    byes: HashMap<String, ByeTx>,
     out: VecDeque<Output>,
     seq: u64,
 }
@@ -121,7 +134,7 @@ fn rtpmap(c: PhoneCodec) -> &'static str {
 
 impl ConferenceUa {
     pub fn new(local: SocketAddr) -> ConferenceUa {
-        ConferenceUa { local, calls: HashMap::new(), out: VecDeque::new(), seq: 0 }
+        ConferenceUa { local, calls: HashMap::new(), byes: HashMap::new(), out: VecDeque::new(), seq: 0 }
     }
 
     /// Calls in progress.
@@ -176,7 +189,7 @@ impl ConferenceUa {
         match req.method() {
             Method::Invite if !has_tag => self.invite(now, req, source, call_id),
             Method::Invite => self.reinvite(now, req, source, call_id),
-            Method::Ack => self.ack(req, call_id),
+            Method::Ack => self.ack(now, req, call_id),
             Method::Bye => match self.calls.remove(&call_id) {
                 Some(c) => {
                     self.reply(&req, source, 200, "OK", None, "");
@@ -326,7 +339,7 @@ impl ConferenceUa {
         self.out.push_back(Output::Send { to, data });
     }
 
-    fn ack(&mut self, req: Message, call_id: String) {
+    fn ack(&mut self, now: Instant, req: Message, call_id: String) {
         let Some(c) = self.calls.get_mut(&call_id) else { return };
         if c.state != State::Answered {
             return;
@@ -344,7 +357,7 @@ impl ConferenceUa {
                 }
                 Err(why) => {
                     tracing::info!(call = call_id, why, "conference: unusable answer in the ACK: hanging up");
-                    self.send_bye(&call_id);
+                    self.send_bye(now, &call_id);
                     self.calls.remove(&call_id);
                 }
             }
@@ -393,18 +406,18 @@ impl ConferenceUa {
     }
 
     /// The room ended the call (removed, timed out): BYE to the caller.
-    pub fn hangup(&mut self, _now: Instant, call: &str) {
+    pub fn hangup(&mut self, now: Instant, call: &str) {
         if !self.calls.contains_key(call) {
             return;
         }
-        self.send_bye(call);
+        self.send_bye(now, call);
         self.calls.remove(call);
         self.out.push_back(Output::Leave { call: call.to_string() });
     }
 
     /// BYE within the dialog (RFC 3261 12.2.1.1: to the caller's Contact, through the
     /// proxy that sent us the INVITE with the Record-Route set as Route).
-    fn send_bye(&mut self, call: &str) {
+    fn send_bye(&mut self, now: Instant, call: &str) {
         let Some(c) = self.calls.get_mut(call) else { return };
         c.cseq += 1;
         let inv = &c.invite;
@@ -420,15 +433,30 @@ impl ConferenceUa {
             SocketAddr::V4(a) => a.to_string(),
             SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
         };
-        let via = format!("SIP/2.0/UDP {host};branch=z9hG4bKconf{:x}{:x};rport", self.seq, c.cseq);
+        let branch = format!("z9hG4bKconf{:x}{:x}", self.seq, c.cseq);
+        let via = format!("SIP/2.0/UDP {host};branch={branch};rport");
         let routes: Vec<String> = inv.values(HeaderName::RecordRoute).map(str::to_string).collect();
         let ours = format!("{to};tag={}", c.to_tag);
         let data = crate::msg::write::bye(&target, &via, &routes, &ours, from, call, c.cseq, "");
-        self.out.push_back(Output::Send { to: c.source, data });
+        self.out.push_back(Output::Send { to: c.source, data: data.clone() });
+        let tx = ByeTx { call: call.to_string(), to: c.source, data, next: now + T1, every: T1, until: now + 64 * T1 };
+        self.byes.insert(branch, tx);
     }
 
-    /// A response (to our BYE): nothing more to do.
-    pub fn handle_response(&mut self, _now: Instant, _msg: Message) {}
+    /// A response to our BYE (matched by Via branch, 17.1.3): a final one ends its client
+    /// transaction, a provisional one slows retransmission to T2 (17.1.2.2).
+    pub fn handle_response(&mut self, now: Instant, msg: Message) {
+        let Some(branch) = msg.top_via().and_then(|v| v.branch().map(str::to_string)) else { return };
+        let Some(status) = msg.status() else { return };
+        if status >= 200 {
+            if let Some(tx) = self.byes.remove(&branch) {
+                tracing::debug!(call = tx.call, status, "conference: BYE answered");
+            }
+        } else if let Some(tx) = self.byes.get_mut(&branch) {
+            tx.every = T2;
+            tx.next = tx.next.max(now + T2);
+        }
+    }
 
     /// Time passes: 2xx retransmissions; no ACK after 64*T1 ends the call (13.3.1.4).
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -447,10 +475,23 @@ impl ConferenceUa {
             tracing::info!(call = id, "conference: no ACK for the 200 within 64*T1: hanging up");
             self.hangup(now, &id);
         }
+        self.byes.retain(|_, tx| {
+            if now >= tx.until {
+                tracing::info!(call = tx.call, "conference: no final response to our BYE within 64*T1 (Timer F)");
+                return false;
+            }
+            if now >= tx.next {
+                tx.every = (tx.every * 2).min(T2);
+                tx.next = now + tx.every;
+                self.out.push_back(Output::Send { to: tx.to, data: tx.data.clone() });
+            }
+            true
+        });
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.calls.values().filter_map(|c| c.retransmit.as_ref().map(|r| r.1.min(r.3))).min()
+        let answers = self.calls.values().filter_map(|c| c.retransmit.as_ref().map(|r| r.1.min(r.3)));
+        answers.chain(self.byes.values().map(|tx| tx.next.min(tx.until))).min()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -579,7 +620,7 @@ mod tests {
         drain(&mut ua);
         let mut t = t0;
         let mut outs = vec![];
-        while let Some(at) = ua.poll_timeout() {
+        while let Some(at) = ua.poll_timeout().filter(|at| *at <= t0 + T1 * 64) {
             t = at;
             ua.handle_timeout(t);
             outs.extend(drain(&mut ua));
@@ -590,6 +631,65 @@ mod tests {
         assert!(bye.contains("Route: <sip:127.0.0.1:5060;lr>\r\n"), "{bye}");
         assert!(bye.contains("To: \"Alice\" <sip:alice@example.com>;tag=a1\r\n"), "{bye}");
         assert_eq!(outs.last(), Some(&Output::Leave { call: "c5".into() }));
+    }
+
+    /// The response to a BYE of ours, as the caller would send it back.
+    fn bye_response(bye: &str, code: u16) -> Message {
+        let via = bye.lines().find(|l| l.starts_with("Via: ")).unwrap();
+        let m = format!(
+            "SIP/2.0 {code} X\r\n{via}\r\nFrom: x\r\nTo: y\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse(Bytes::from(m)).unwrap()
+    }
+
+    #[test]
+    fn our_bye_is_retransmitted_until_a_final_response_and_given_up_after_timer_f() {
+        let mut ua = ua();
+        let t0 = Instant::now();
+        for call in ["b1", "b2"] {
+            ua.handle_request(t0, invite(call, PCMU_OFFER), PROXY.parse().unwrap());
+            ua.bound(t0, call, Some("127.0.0.1:9004".parse().unwrap()));
+            drain(&mut ua);
+            ua.joined(t0, call, Ok(()));
+            let ok = sent(&drain(&mut ua)).remove(0);
+            let tag = ok.split(";tag=").nth(2).unwrap().split('\r').next().unwrap().to_string();
+            ua.handle_request(t0, in_dialog("ACK", call, &tag, 1, ""), PROXY.parse().unwrap());
+        }
+        assert_eq!(ua.poll_timeout(), None);
+        drain(&mut ua);
+        ua.hangup(t0, "b1");
+        ua.hangup(t0, "b2");
+        let first = sent(&drain(&mut ua));
+        let byes: Vec<&String> = first.iter().filter(|m| m.starts_with("BYE ")).collect();
+        assert_eq!(byes.len(), 2);
+        // Timer E: T1, then doubling (1 s, 2 s, 4 s = T2 ...).
+        let mut at = vec![];
+        let mut t = t0;
+        while let Some(next) = ua.poll_timeout().filter(|n| *n < t0 + Duration::from_secs(8)) {
+            t = next;
+            ua.handle_timeout(t);
+            for m in sent(&drain(&mut ua)) {
+                assert!(m.starts_with("BYE "), "{m}");
+                at.push((t - t0).as_millis());
+            }
+        }
+        assert_eq!(at, [500, 500, 1500, 1500, 3500, 3500, 7500, 7500]);
+        // A 200 ends b1's transaction; b2 gets a 100 (Proceeding: every T2) and no final one.
+        ua.handle_response(t, bye_response(byes[0], 200));
+        ua.handle_response(t, bye_response(byes[1], 100));
+        let mut resent = 0;
+        while let Some(next) = ua.poll_timeout() {
+            assert!(next <= t0 + T1 * 64);
+            t = next;
+            ua.handle_timeout(t);
+            for m in sent(&drain(&mut ua)) {
+                assert!(m.contains("Call-ID: b2\r\n"), "{m}");
+                resent += 1;
+            }
+        }
+        // Timer F: nothing after 64*T1 (32 s); from 7.5 s every 4 s.
+        assert_eq!(t, t0 + T1 * 64);
+        assert_eq!(resent, 6, "11.5, 15.5, ... 31.5 s");
     }
 
     #[test]
