@@ -636,9 +636,7 @@ mod tests {
     /// The response to a BYE of ours, as the caller would send it back.
     fn bye_response(bye: &str, code: u16) -> Message {
         let via = bye.lines().find(|l| l.starts_with("Via: ")).unwrap();
-        let m = format!(
-            "SIP/2.0 {code} X\r\n{via}\r\nFrom: x\r\nTo: y\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
-        );
+        let m = format!("SIP/2.0 {code} X\r\n{via}\r\nFrom: x\r\nTo: y\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n");
         Message::parse(Bytes::from(m)).unwrap()
     }
 

@@ -1554,80 +1554,72 @@ impl Sfu {
             ..Default::default()
         };
         let now = pk.timestamp;
+        let out = OutPacket { pkt, params, pk, ext, vp8_desc, vp8, kind };
         let mut layer_asks: Vec<u8> = vec![];
         let subs = self.routes.get(&*room).and_then(|r| r.get(&(from, src_mid)));
         for (pid, idx) in subs.into_iter().flatten() {
             let Some(p) = self.peers.get_mut(pid).filter(|p| p.connected) else { continue };
             let (bwe, videos, max_height) = (p.bwe_bps, p.videos, p.max_height);
             let Some(slot) = p.outs.get_mut(*idx) else { continue };
-            let SlotState::Open(mid) = slot.state else { continue };
             let target = match (&layers, kind) {
                 (Some(layers), _) => choose_layer(layers, bwe.map_or(u64::MAX, |b| b / videos.max(1) as u64), max_height),
                 (None, MediaKind::Video) if max_height == 0 => None,
                 _ => Some(0),
             };
             slot.sel.set_target(target);
-            let (seq, ts, picture_id, tl0) = match slot.sel.handle_packet(now, pkt) {
-                Verdict::Forward { seq, ts, picture_id, tl0 } => (seq, ts, picture_id, tl0),
-                Verdict::NeedKeyframe(l) => {
+            match write_to_slot(p, *idx, &out) {
+                Written::Frame => self.stats.frames_forwarded += 1,
+                Written::Packet => {}
+                Written::NeedKeyframe(l) => {
                     layer_asks.push(l);
                     continue;
                 }
-                Verdict::Drop => continue,
-            };
-            let seq = slot.extend_seq(seq);
-            let Some(pt) = p.rtc.codec_config().match_params(params).map(|x| x.pt()) else { continue };
-            let mut api = p.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
-            let mut w = str0m::rtp::RtpWrite::new(pt, seq.into(), ts, now, pk.payload.clone())
-                .marker(pk.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(kind == MediaKind::Video);
-            if let (Some(d), Some(v)) = (&vp8_desc, &vp8) {
-                let mut b = d.patch();
-                if let Some((_, long)) = v.picture_id {
-                    b = b.picture_id(if long { picture_id & 0x7fff } else { picture_id & 0x7f });
-                }
-                if v.tl0_pic_idx.is_some() {
-                    b = b.tl0_pic_idx(tl0);
-                }
-                if let Ok(patch) = b.build() {
-                    w = w.vp8_patch(patch);
-                }
-            }
-            tx.write_rtp(w);
-            if pk.header.marker || kind == MediaKind::Audio {
-                self.stats.frames_forwarded += 1;
+                Written::Nothing => continue,
             }
             self.dirty.push(*pid);
+        }
+        // Only a WHIP publisher is watched by WHEP viewers (members never are): no scan of the
+        // room's members per packet for the others.
+        if is_publisher && self.source_of(&room) == Some(from) {
+            // WHEP viewers get the room's first publisher, through a slot of their own per
+            // kind (its simulcast layer chosen from their estimate; a new source, when the
+            // first publisher leaves, continues their numbering at its key frame).
+            for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Viewer && p.connected) {
+                let Some(mid) = p.outgoing.iter().find(|t| t.kind == kind).map(|t| t.mid) else { continue };
+                let idx = match p.outs.iter().position(|t| t.kind == kind) {
+                    Some(i) => i,
+                    None => {
+                        let mut slot = Slot::new(kind, (from, src_mid));
+                        slot.state = SlotState::Open(mid);
+                        p.outs.push(slot);
+                        p.outs.len() - 1
+                    }
+                };
+                let bwe = p.bwe_bps.unwrap_or(u64::MAX);
+                let slot = &mut p.outs[idx];
+                if slot.source != Some((from, src_mid)) {
+                    slot.set_source(Some((from, src_mid)));
+                }
+                slot.sel.set_target(match &layers {
+                    Some(layers) => choose_layer(layers, bwe, u16::MAX),
+                    None => Some(0),
+                });
+                match write_to_slot(p, idx, &out) {
+                    Written::Frame => self.stats.frames_forwarded += 1,
+                    Written::Packet => {}
+                    Written::NeedKeyframe(l) => {
+                        layer_asks.push(l);
+                        continue;
+                    }
+                    Written::Nothing => continue,
+                }
+                self.dirty.push(*pid);
+            }
         }
         layer_asks.sort_unstable();
         layer_asks.dedup();
         for l in layer_asks {
             self.request_keyframe(now, from, src_mid, l);
-        }
-        // Only a WHIP publisher is watched by WHEP viewers (members never are): no scan of the
-        // room's members per packet for the others.
-        if !is_publisher || self.source_of(&room) != Some(from) {
-            return;
-        }
-        // WHEP viewers get the room's first publisher as it sends (one source: its own
-        // sequence numbers and timestamps).
-        for (pid, p) in self.peers.iter_mut().filter(|(_, p)| p.room == room && p.kind == PeerKind::Viewer && p.connected) {
-            let Some(mid) = p.outgoing.iter().find(|t| t.kind == kind).map(|t| t.mid) else { continue };
-            let Some(pt) = p.rtc.codec_config().match_params(params).map(|x| x.pt()) else { continue };
-            let mut api = p.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
-            tx.write_rtp(
-                str0m::rtp::RtpWrite::new(pt, pk.seq_no, pk.header.timestamp, now, pk.payload.clone())
-                    .marker(pk.header.marker)
-                    .ext_vals(ext.clone())
-                    .nackable(kind == MediaKind::Video),
-            );
-            if pk.header.marker || kind == MediaKind::Audio {
-                self.stats.frames_forwarded += 1;
-            }
-            self.dirty.push(*pid);
         }
     }
 
@@ -1639,11 +1631,12 @@ impl Sfu {
         let (src, src_mid, layer) = match v.kind {
             // A publisher asked for a key frame of what it receives: nothing, it receives nothing.
             PeerKind::Publisher => return,
-            PeerKind::Member => {
-                let Some(t) = v.outs.iter().find(|t| t.mid() == Some(mid)) else { return };
+            // A member's slot, or a viewer's once it carries something: its source and layer.
+            _ if let Some(t) = v.outs.iter().find(|t| t.mid() == Some(mid)) => {
                 let Some(src) = t.source else { return };
                 (src.0, src.1, t.sel.current().or(t.sel.target()).unwrap_or(0))
             }
+            PeerKind::Member => return,
             PeerKind::Viewer => {
                 let kind = v.outgoing.iter().find(|t| t.mid == mid).map(|t| t.kind);
                 let (Some(kind), Some(src)) = (kind, self.source_of(&v.room.clone())) else { return };
@@ -1668,6 +1661,64 @@ impl Sfu {
         }
         self.dirty.push(src);
     }
+}
+
+/// One publisher packet, parsed once, on its way to the slots that carry it.
+struct OutPacket<'a> {
+    pkt: Packet,
+    params: str0m::format::PayloadParams,
+    pk: &'a str0m::rtp::RtpPacket,
+    ext: str0m::rtp::ExtensionValues,
+    vp8_desc: Option<str0m::rtp::Vp8Descriptor>,
+    vp8: Option<codec::vp8::Vp8Descriptor>,
+    kind: MediaKind,
+}
+
+/// What [`write_to_slot`] did.
+enum Written {
+    /// The last packet of a frame (or an audio packet) went out.
+    Frame,
+    Packet,
+    /// Not sent: the slot's target layer needs a key frame.
+    NeedKeyframe(u8),
+    Nothing,
+}
+
+/// Writes `o` into subscriber `p`'s open slot `idx` (its selector decides the layer and
+/// rewrites sequence number, timestamp and VP8 picture ID / TL0PICIDX; the payload is
+/// shared, not copied).
+fn write_to_slot(p: &mut Peer, idx: usize, o: &OutPacket) -> Written {
+    let Some(slot) = p.outs.get_mut(idx) else { return Written::Nothing };
+    let SlotState::Open(mid) = slot.state else { return Written::Nothing };
+    let now = o.pk.timestamp;
+    let (seq, ts, picture_id, tl0) = match slot.sel.handle_packet(now, o.pkt) {
+        Verdict::Forward { seq, ts, picture_id, tl0 } => (seq, ts, picture_id, tl0),
+        Verdict::NeedKeyframe(l) => return Written::NeedKeyframe(l),
+        Verdict::Drop => return Written::Nothing,
+    };
+    let seq = slot.extend_seq(seq);
+    let Some(pt) = p.rtc.codec_config().match_params(o.params).map(|x| x.pt()) else { return Written::Nothing };
+    let mut api = p.rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(mid, None) else { return Written::Nothing };
+    let marker = o.pk.header.marker;
+    let mut w = str0m::rtp::RtpWrite::new(pt, seq.into(), ts, now, o.pk.payload.clone())
+        .marker(marker)
+        .ext_vals(o.ext.clone())
+        .nackable(o.kind == MediaKind::Video);
+    if let (Some(d), Some(v)) = (&o.vp8_desc, &o.vp8) {
+        let mut b = d.patch();
+        if let Some((_, long)) = v.picture_id {
+            b = b.picture_id(if long { picture_id & 0x7fff } else { picture_id & 0x7f });
+        }
+        if v.tl0_pic_idx.is_some() {
+            b = b.tl0_pic_idx(tl0);
+        }
+        if let Ok(patch) = b.build() {
+            w = w.vp8_patch(patch);
+        }
+    }
+    tx.write_rtp(w);
+    if marker || o.kind == MediaKind::Audio { Written::Frame } else { Written::Packet }
 }
 
 /// Folds one str0m stats report of a track into the participant's quality figures.

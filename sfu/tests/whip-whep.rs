@@ -23,10 +23,15 @@ struct Client {
     connected: bool,
     got: Vec<MediaKind>,
     mids: Vec<(Mid, MediaKind)>,
+    /// RTP mode clients: every packet's (payload type, sequence number, timestamp).
+    rtp: Vec<(u8, u16, u32)>,
 }
 
 fn client(now: Instant, port: u16, dir: Direction) -> (Client, String, SdpPendingOffer) {
-    let mut rtc = Rtc::builder().build(now);
+    client_with(Rtc::builder().build(now), port, dir)
+}
+
+fn client_with(mut rtc: Rtc, port: u16, dir: Direction) -> (Client, String, SdpPendingOffer) {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
     let mut api = rtc.sdp_api();
@@ -34,7 +39,7 @@ fn client(now: Instant, port: u16, dir: Direction) -> (Client, String, SdpPendin
     let v = api.add_media(MediaKind::Video, dir, None, None, None);
     let (offer, pending) = api.apply().unwrap();
     (
-        Client { rtc, addr, connected: false, got: vec![], mids: vec![(a, MediaKind::Audio), (v, MediaKind::Video)] },
+        Client { rtc, addr, connected: false, got: vec![], rtp: vec![], mids: vec![(a, MediaKind::Audio), (v, MediaKind::Video)] },
         offer.to_sdp_string(),
         pending,
     )
@@ -44,27 +49,35 @@ fn accept(c: &mut Client, pending: SdpPendingOffer, answer: &str) {
     c.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(answer).unwrap()).unwrap();
 }
 
+/// Polls a client until it waits for time: its events are recorded, its datagrams returned.
+fn drain(c: &mut Client) -> Vec<str0m::net::Transmit> {
+    let mut out = vec![];
+    while let Ok(o) = c.rtc.poll_output() {
+        match o {
+            Output::Timeout(_) => break,
+            Output::Transmit(t) => out.push(t),
+            Output::Event(Event::Connected) => c.connected = true,
+            Output::Event(Event::MediaData(d)) => {
+                if let Some((_, k)) = c.mids.iter().find(|(m, _)| *m == d.mid) {
+                    c.got.push(*k);
+                }
+            }
+            Output::Event(Event::RtpPacket(p)) => c.rtp.push((*p.header.payload_type, p.header.sequence_number, p.header.timestamp)),
+            Output::Event(_) => {}
+        }
+    }
+    out
+}
+
 /// Moves every datagram between the clients and the SFU at `now`, dropping the SFU's
 /// datagrams for which `lose` says so.
 fn pump_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &mut dyn FnMut(&sfu::core::Transmit) -> bool) {
     for _ in 0..20 {
         let mut moved = false;
         for c in clients.iter_mut() {
-            while let Ok(o) = c.rtc.poll_output() {
-                match o {
-                    Output::Timeout(_) => break,
-                    Output::Transmit(t) => {
-                        sfu.handle_receive(now, t.source, t.destination, &t.contents);
-                        moved = true;
-                    }
-                    Output::Event(Event::Connected) => c.connected = true,
-                    Output::Event(Event::MediaData(d)) => {
-                        if let Some((_, k)) = c.mids.iter().find(|(m, _)| *m == d.mid) {
-                            c.got.push(*k);
-                        }
-                    }
-                    Output::Event(_) => {}
-                }
+            for t in drain(c) {
+                sfu.handle_receive(now, t.source, t.destination, &t.contents);
+                moved = true;
             }
         }
         while let Some(t) = sfu.poll_transmit() {
@@ -82,6 +95,10 @@ fn pump_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &m
                     },
                 );
                 c.rtc.handle_input(input).unwrap();
+                // str0m's RTP mode keeps one received packet for the next poll: poll now.
+                for t in drain(c) {
+                    sfu.handle_receive(now, t.source, t.destination, &t.contents);
+                }
                 moved = true;
             }
         }
@@ -249,4 +266,75 @@ fn lost_packets_towards_a_viewer_are_retransmitted_on_nack() {
     // the retransmissions.
     assert!(dropped.get() >= 10, "{} packets lost", dropped.get());
     assert!(got * 100 >= sent * 97, "{got} of {sent} frames complete at the viewer despite 10 % loss: NACK/RTX works");
+}
+
+#[test]
+fn when_the_watched_publisher_leaves_the_viewer_gets_the_next_one_with_continuous_numbers() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut s = sfu(10);
+    let (mut a, offer, pending) = client(now, 50030, Direction::SendOnly);
+    let (aid, answer) = s.handle_whip(now, "r3", &offer).unwrap();
+    accept(&mut a, pending, &answer);
+    let (mut b, offer, pending) = client(now, 50031, Direction::SendOnly);
+    let (_, answer) = s.handle_whip(now, "r3", &offer).unwrap();
+    accept(&mut b, pending, &answer);
+    let (mut view, offer, pending) = client_with(Rtc::builder().set_rtp_mode(true).build(now), 50032, Direction::RecvOnly);
+    let (_, answer) = s.handle_whep(now, "r3", &offer).unwrap();
+    accept(&mut view, pending, &answer);
+    for _ in 0..2000 {
+        now += Duration::from_millis(1);
+        tick(now, &mut s, &mut [&mut a, &mut b, &mut view]);
+        if a.connected && b.connected && view.connected {
+            break;
+        }
+    }
+    assert!(a.connected && b.connected && view.connected);
+    let pt = |c: &mut Client, i: usize, codec: Codec| {
+        c.rtc.writer(c.mids[i].0).unwrap().payload_params().find(|p| p.spec().codec == codec).unwrap().pt()
+    };
+    let (a_opus, a_vp8, b_opus, b_vp8) =
+        (pt(&mut a, 0, Codec::Opus), pt(&mut a, 1, Codec::Vp8), pt(&mut b, 0, Codec::Opus), pt(&mut b, 1, Codec::Vp8));
+    // Both send audio and video (B's numbering and timestamps start far from A's); A leaves
+    // after a second.
+    let start = now;
+    let mut switched_at = 0;
+    for i in 0..2000u64 {
+        now += Duration::from_millis(1);
+        if i == 1000 {
+            s.handle_leave(now, aid).unwrap();
+            switched_at = view.rtp.len();
+        }
+        let since = now - start;
+        for (first, c, opus, vp8, skew) in [(true, &mut a, a_opus, a_vp8, 0u64), (false, &mut b, b_opus, b_vp8, 3_600_000)] {
+            if i >= 1000 && first {
+                continue;
+            }
+            let since = since + Duration::from_millis(skew);
+            if i % 20 == 0 {
+                c.rtc.writer(c.mids[0].0).unwrap().audio_level(-20, true).write(opus, now, since.into(), vec![0xf8; 60]).unwrap();
+            }
+            if i % 33 == 0 {
+                let key = (i / 33) % 10 == 0;
+                let mut frame = vec![if key { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                frame.resize(2500, 0x55);
+                c.rtc.writer(c.mids[1].0).unwrap().write(vp8, now, since.into(), frame).unwrap();
+            }
+        }
+        tick(now, &mut s, &mut [&mut a, &mut b, &mut view]);
+    }
+    let vp8 = view.rtc.codec_config().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+    let video: Vec<(u16, u32)> = view.rtp.iter().filter(|p| p.0 == *vp8).map(|p| (p.1, p.2)).collect();
+    let after = view.rtp[switched_at..].iter().filter(|p| p.0 == *vp8).count();
+    assert!(after > 50, "the viewer gets B's video after A left: {after} packets");
+    for w in video.windows(2) {
+        assert_eq!(w[1].0, w[0].0.wrapping_add(1), "one continuous sequence: {:?}", w);
+        let dt = w[1].1.wrapping_sub(w[0].1);
+        assert!(dt < 90_000, "timestamps advance by less than a second: {:?}", w);
+    }
+    let audio: Vec<u16> = view.rtp.iter().filter(|p| p.0 != *vp8).map(|p| p.1).collect();
+    assert!(audio.len() > 80);
+    for w in audio.windows(2) {
+        assert_eq!(w[1], w[0].wrapping_add(1), "audio continues too");
+    }
 }
