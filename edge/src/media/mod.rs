@@ -1,7 +1,10 @@
 //! Media anchoring: SDP parsing and rewriting (`sdp`), the sans-IO RTP/RTCP relay with
 //! latching, SRTP bridging and quality (`relay`), and per-dialog offer/answer handling and
-//! call records (`anchor`).
+//! call records (`anchor`); WebRTC <-> SIP interworking: the browser's ICE/DTLS-SRTP leg
+//! (`webrtc`, str0m) and the per-call codec/DTMF bridge (`bridge`).
 
 pub mod anchor;
+pub mod bridge;
 pub mod relay;
 pub mod sdp;
+pub mod webrtc;

@@ -1,0 +1,489 @@
+//! Media interworking of one call between a WebRTC leg ([`WebRtcLeg`]: ICE, DTLS-SRTP,
+//! str0m) and a plain SIP leg (RTP/AVP or SDES-SRTP, protected by the relay). Sans-IO.
+//!
+//! - Same codec on both legs: RTP is passed through with the payload type rewritten and
+//!   sequence numbers and timestamps shifted by a fixed offset (gaps stay gaps).
+//! - Different codecs: each direction decodes to 48 kHz PCM and re-encodes in 20 ms frames
+//!   (`codec::voice`: Opus <-> G.711 with 48 <-> 8 kHz resampling). Short gaps (up to 60 ms)
+//!   are concealed (Opus PLC, else silence) so timing stays continuous; longer ones (DTX,
+//!   silence suppression, a DTMF digit) move the output timeline on by the same time and
+//!   mark the next packet (RFC 3551 4.1 talkspurt).
+//! - RFC 4733 telephone-events are mapped to the other leg's telephone-event payload type,
+//!   with timestamps in its timeline and durations in its clock; a leg without
+//!   telephone-event does not get them.
+
+use super::webrtc::{LegEvent, WebRtcLeg};
+use codec::voice::{Decoder, Encoder, FRAME, VoiceCodec};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// The SIP leg's negotiated audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipAudio {
+    pub codec: VoiceCodec,
+    pub pt: u8,
+    /// RFC 4733 telephone-event payload type (its clock is the codec's).
+    pub dtmf_pt: Option<u8>,
+}
+
+/// What the runtime is to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeOutput {
+    /// A datagram of the WebRTC leg (ICE, DTLS, SRTP, SRTCP) from its port.
+    ToWeb { to: SocketAddr, data: Vec<u8> },
+    /// A plain RTP packet for the SIP leg (the relay protects it when that leg is SRTP).
+    ToSip(Vec<u8>),
+}
+
+/// Why two legs cannot be bridged (a 488 with this as the Warning text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BridgeError {
+    #[error("the WebRTC leg negotiated no voice codec")]
+    NoWebCodec,
+    #[error("codec: {0}")]
+    Codec(String),
+}
+
+/// Counters of one bridge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    pub to_web_packets: u64,
+    pub to_sip_packets: u64,
+    pub dtmf_to_web: u64,
+    pub dtmf_to_sip: u64,
+    /// Packets dropped: unknown payload type, undecodable, late or duplicate.
+    pub dropped: u64,
+    /// Transcoding: samples concealed for lost packets.
+    pub concealed_samples: u64,
+}
+
+/// An outgoing RTP packet before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Packet {
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: Vec<u8>,
+}
+
+/// One packet from a leg, as the bridge reads it.
+#[derive(Debug, Clone, Copy)]
+struct In<'a> {
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: &'a [u8],
+}
+
+/// Gaps up to this many 48 kHz samples are concealed; longer ones resynchronise.
+const CONCEAL_MAX: usize = 3 * FRAME;
+
+enum Mode {
+    /// Same codec: fixed offsets, set at the first packet.
+    Pass { offsets: Option<(u16, u32)> },
+    Transcode {
+        dec: Box<Decoder>,
+        enc: Box<Encoder>,
+        /// Decoded 48 kHz samples not yet encoded; `out_ts` is the timestamp of the first.
+        pcm: Vec<i16>,
+        /// The input timestamp expected next (after the last audio decoded).
+        next_in: Option<u32>,
+        last_seq: Option<u16>,
+        mark_next: bool,
+    },
+}
+
+/// One direction of the bridge.
+struct Way {
+    in_pt: u8,
+    in_clock: u32,
+    in_dtmf: Option<u8>,
+    out_pt: u8,
+    out_clock: u32,
+    out_dtmf: Option<u8>,
+    mode: Mode,
+    /// Transcoding: the next output sequence number and timestamp.
+    out_seq: u16,
+    out_ts: u32,
+    /// The telephone-event being mapped: (input timestamp, output timestamp).
+    event: Option<(u32, u32)>,
+    scratch: Vec<u8>,
+}
+
+fn scale(ticks: u64, from: u32, to: u32) -> u64 {
+    ticks * to as u64 / from.max(1) as u64
+}
+
+impl Way {
+    fn new(from: (u8, VoiceCodec, Option<u8>), to: (u8, VoiceCodec, Option<u8>), start: (u16, u32)) -> Result<Way, BridgeError> {
+        let mode = if from.1 == to.1 {
+            Mode::Pass { offsets: None }
+        } else {
+            Mode::Transcode {
+                dec: Box::new(Decoder::new(from.1).map_err(BridgeError::Codec)?),
+                enc: Box::new(Encoder::new(to.1).map_err(BridgeError::Codec)?),
+                pcm: Vec::with_capacity(4 * FRAME),
+                next_in: None,
+                last_seq: None,
+                mark_next: true,
+            }
+        };
+        Ok(Way {
+            in_pt: from.0,
+            in_clock: from.1.clock(),
+            in_dtmf: from.2,
+            out_pt: to.0,
+            out_clock: to.1.clock(),
+            out_dtmf: to.2,
+            mode,
+            out_seq: start.0,
+            out_ts: start.1,
+            event: None,
+            scratch: Vec::with_capacity(1500),
+        })
+    }
+
+    fn is_transcoding(&self) -> bool {
+        matches!(self.mode, Mode::Transcode { .. })
+    }
+
+    /// One packet from the input leg; what to send to the output leg goes to `out`.
+    fn handle(&mut self, p: In, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
+        if Some(p.pt) == self.in_dtmf {
+            self.dtmf(p, stats, out);
+        } else if p.pt == self.in_pt {
+            self.audio(p, stats, out);
+        } else {
+            stats.dropped += 1;
+        }
+    }
+
+    fn audio(&mut self, p: In, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
+        let In { seq, ts, marker, payload, .. } = p;
+        let (in_clock, out_clock) = (self.in_clock, self.out_clock);
+        match &mut self.mode {
+            Mode::Pass { offsets } => {
+                let (so, to) = *offsets.get_or_insert((self.out_seq.wrapping_sub(seq), self.out_ts.wrapping_sub(ts)));
+                out.push(Packet { pt: self.out_pt, seq: seq.wrapping_add(so), ts: ts.wrapping_add(to), marker, payload: payload.to_vec() });
+            }
+            Mode::Transcode { dec, enc, pcm, next_in, last_seq, mark_next } => {
+                if last_seq.is_some_and(|l| (seq.wrapping_sub(l) as i16) <= 0) {
+                    // Late or duplicate: its time has been played out already.
+                    stats.dropped += 1;
+                    return;
+                }
+                *last_seq = Some(seq);
+                if let Some(exp) = *next_in {
+                    let gap = ts.wrapping_sub(exp) as i32;
+                    if gap < 0 {
+                        stats.dropped += 1;
+                        return;
+                    }
+                    let gap48 = scale(gap as u64, in_clock, 48_000) as usize;
+                    if gap48 > CONCEAL_MAX || marker {
+                        // A new talkspurt (or a long hole): the output timeline moves on by
+                        // the same time; what was buffered is flushed as silence-padded frame.
+                        let pending = pcm.len();
+                        pcm.clear();
+                        self.out_ts = self.out_ts.wrapping_add(scale((pending + gap48) as u64, 48_000, out_clock) as u32);
+                        *mark_next = true;
+                    } else if gap48 > 0 {
+                        dec.conceal_into(gap48, pcm);
+                        stats.concealed_samples += gap48 as u64;
+                    }
+                }
+                let Ok(n) = dec.decode_into(payload, pcm) else {
+                    stats.dropped += 1;
+                    return;
+                };
+                *next_in = Some(ts.wrapping_add(scale(n as u64, 48_000, in_clock) as u32));
+                let mut start = 0;
+                while pcm.len() - start >= FRAME {
+                    self.scratch.clear();
+                    if enc.encode_into(&pcm[start..start + FRAME], &mut self.scratch).is_ok() {
+                        out.push(Packet {
+                            pt: self.out_pt,
+                            seq: self.out_seq,
+                            ts: self.out_ts,
+                            marker: std::mem::take(mark_next),
+                            payload: self.scratch.clone(),
+                        });
+                        self.out_seq = self.out_seq.wrapping_add(1);
+                    }
+                    self.out_ts = self.out_ts.wrapping_add(scale(FRAME as u64, 48_000, out_clock) as u32);
+                    start += FRAME;
+                }
+                pcm.drain(..start);
+            }
+        }
+    }
+
+    /// RFC 4733 2.3: an event's packets share its start timestamp; the duration field is in
+    /// RTP clock units. Mapped to the output's telephone-event type, timeline and clock.
+    fn dtmf(&mut self, p: In, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
+        let In { seq, ts, marker, payload, .. } = p;
+        let Some(out_pt) = self.out_dtmf else {
+            stats.dropped += 1;
+            return;
+        };
+        if payload.len() < 4 {
+            stats.dropped += 1;
+            return;
+        }
+        let (in_clock, out_clock) = (self.in_clock, self.out_clock);
+        match &mut self.mode {
+            Mode::Pass { offsets } => {
+                let (so, to) = *offsets.get_or_insert((self.out_seq.wrapping_sub(seq), self.out_ts.wrapping_sub(ts)));
+                out.push(Packet { pt: out_pt, seq: seq.wrapping_add(so), ts: ts.wrapping_add(to), marker, payload: payload.to_vec() });
+            }
+            Mode::Transcode { pcm, .. } => {
+                let out_ts = match self.event {
+                    Some((in_ts, out_ts)) if in_ts == ts => out_ts,
+                    _ => {
+                        // A new event starts where the audio received so far ends.
+                        let at = self.out_ts.wrapping_add(scale(pcm.len() as u64, 48_000, out_clock) as u32);
+                        self.event = Some((ts, at));
+                        at
+                    }
+                };
+                let mut p = payload[..4].to_vec();
+                let dur = u16::from_be_bytes([p[2], p[3]]) as u64;
+                let d = scale(dur, in_clock, out_clock).min(u16::MAX as u64) as u16;
+                p[2..4].copy_from_slice(&d.to_be_bytes());
+                out.push(Packet { pt: out_pt, seq: self.out_seq, ts: out_ts, marker, payload: p });
+                self.out_seq = self.out_seq.wrapping_add(1);
+            }
+        }
+    }
+}
+
+/// One call's media bridge.
+pub struct Bridge {
+    web: WebRtcLeg,
+    to_web: Way,
+    to_sip: Way,
+    ssrc: u32,
+    out: VecDeque<BridgeOutput>,
+    batch: Vec<Packet>,
+    pub stats: BridgeStats,
+}
+
+impl Bridge {
+    /// A bridge between a negotiated WebRTC leg and the SIP leg's audio. The WebRTC leg
+    /// uses the SIP leg's codec when it negotiated it (no transcoding), else its own first
+    /// one. `ssrc` and `start` (sequence number, timestamp) seed the SIP leg's stream.
+    pub fn new(web: WebRtcLeg, sip: SipAudio, ssrc: u32, start: (u16, u32)) -> Result<Bridge, BridgeError> {
+        let formats = web.voice_formats();
+        let (web_pt, web_codec) =
+            formats.iter().find(|(_, c)| *c == sip.codec).or_else(|| formats.first()).copied().ok_or(BridgeError::NoWebCodec)?;
+        let web_dtmf = web.dtmf_pt(web_codec.clock()).or_else(|| web.dtmf_pt(8_000)).or_else(|| web.dtmf_pt(48_000));
+        let web_side = (web_pt, web_codec, web_dtmf);
+        let sip_side = (sip.pt, sip.codec, sip.dtmf_pt);
+        Ok(Bridge {
+            to_web: Way::new(sip_side, web_side, start)?,
+            to_sip: Way::new(web_side, sip_side, start)?,
+            web,
+            ssrc,
+            out: VecDeque::new(),
+            batch: Vec::new(),
+            stats: BridgeStats::default(),
+        })
+    }
+
+    /// Whether the legs' codecs differ.
+    pub fn is_transcoding(&self) -> bool {
+        self.to_sip.is_transcoding()
+    }
+
+    /// The WebRTC leg's codec as used (payload type, codec).
+    pub fn web_codec(&self) -> (u8, VoiceCodec) {
+        let c = self.web.voice_formats().into_iter().find(|(pt, _)| *pt == self.to_sip.in_pt).map(|x| x.1);
+        (self.to_sip.in_pt, c.unwrap_or(VoiceCodec::Opus))
+    }
+
+    pub fn web(&self) -> &WebRtcLeg {
+        &self.web
+    }
+
+    /// A datagram on the WebRTC leg's port.
+    pub fn handle_web(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        self.web.handle_receive(now, source, data);
+        self.pump();
+    }
+
+    /// An RTP packet from the SIP leg (after SRTP, if any).
+    pub fn handle_sip(&mut self, now: Instant, rtp: &[u8]) {
+        let Ok(h) = codec::rtp::RtpHeader::parse(rtp) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let payload = &rtp[h.payload_offset..h.payload_end];
+        self.batch.clear();
+        let mut batch = std::mem::take(&mut self.batch);
+        let p = In { pt: h.payload_type, seq: h.sequence, ts: h.timestamp, marker: h.marker, payload };
+        self.to_web.handle(p, &mut self.stats, &mut batch);
+        for p in batch.drain(..) {
+            if Some(p.pt) == self.to_web.out_dtmf {
+                self.stats.dtmf_to_web += 1;
+            }
+            self.stats.to_web_packets += 1;
+            self.web.write_rtp(now, p.pt, p.seq, p.ts, p.marker, p.payload);
+        }
+        self.batch = batch;
+        self.pump();
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.web.handle_timeout(now);
+        self.pump();
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.web.poll_timeout()
+    }
+
+    pub fn poll_output(&mut self) -> Option<BridgeOutput> {
+        self.out.pop_front()
+    }
+
+    /// Ends the WebRTC leg.
+    pub fn close(&mut self) {
+        self.web.close();
+    }
+
+    fn pump(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        while let Some(e) = self.web.poll_event() {
+            match e {
+                LegEvent::Transmit { to, data } => self.out.push_back(BridgeOutput::ToWeb { to, data }),
+                LegEvent::Rtp(p) => {
+                    batch.clear();
+                    let h = &p.header;
+                    let i = In { pt: *h.payload_type, seq: h.sequence_number, ts: h.timestamp, marker: h.marker, payload: &p.payload };
+                    self.to_sip.handle(i, &mut self.stats, &mut batch);
+                    for q in batch.drain(..) {
+                        if Some(q.pt) == self.to_sip.out_dtmf {
+                            self.stats.dtmf_to_sip += 1;
+                        }
+                        self.stats.to_sip_packets += 1;
+                        self.out.push_back(BridgeOutput::ToSip(rtp_packet(self.ssrc, &q)));
+                    }
+                }
+                LegEvent::Connected => tracing::debug!("webrtc bridge: connected"),
+                LegEvent::Closed => tracing::debug!("webrtc bridge: the WebRTC leg closed"),
+            }
+        }
+        self.batch = batch;
+    }
+}
+
+/// An RTP packet (RFC 3550 5.1, no CSRC, no extension).
+fn rtp_packet(ssrc: u32, p: &Packet) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + p.payload.len());
+    v.push(0x80);
+    v.push((p.marker as u8) << 7 | (p.pt & 0x7f));
+    v.extend_from_slice(&p.seq.to_be_bytes());
+    v.extend_from_slice(&p.ts.to_be_bytes());
+    v.extend_from_slice(&ssrc.to_be_bytes());
+    v.extend_from_slice(&p.payload);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass_way() -> Way {
+        Way::new((0, VoiceCodec::Pcmu, Some(101)), (0, VoiceCodec::Pcmu, Some(126)), (1000, 50_000)).unwrap()
+    }
+
+    #[test]
+    fn same_codec_passes_through_with_offsets_and_gaps_kept() {
+        let mut w = pass_way();
+        let mut st = BridgeStats::default();
+        let mut out = vec![];
+        w.handle(In { pt: 0, seq: 7, ts: 160, marker: true, payload: &[1; 160] }, &mut st, &mut out);
+        w.handle(In { pt: 0, seq: 9, ts: 480, marker: false, payload: &[2; 160] }, &mut st, &mut out);
+        w.handle(In { pt: 101, seq: 10, ts: 640, marker: true, payload: &[5, 0x0a, 0, 160] }, &mut st, &mut out);
+        w.handle(In { pt: 18, seq: 11, ts: 800, marker: false, payload: &[0; 20] }, &mut st, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!((out[0].seq, out[0].ts, out[0].marker), (1000, 50_000, true));
+        assert_eq!((out[1].seq, out[1].ts), (1002, 50_320), "the lost packet stays a gap");
+        assert_eq!((out[2].pt, out[2].seq, out[2].ts, out[2].payload.clone()), (126, 1003, 50_480, vec![5, 0x0a, 0, 160]));
+        assert_eq!(st.dropped, 1, "G.729 was not negotiated");
+    }
+
+    fn tone8k(hz: f64, n: usize, from: usize) -> Vec<u8> {
+        (from..from + n)
+            .map(|i| codec::g711::linear_to_ulaw((8_000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 8_000.0).sin()) as i16))
+            .collect()
+    }
+
+    #[test]
+    fn transcoding_reframes_conceals_short_gaps_and_resyncs_after_long_ones() {
+        let mut w = Way::new((0, VoiceCodec::Pcmu, None), (111, VoiceCodec::Opus, None), (1, 0)).unwrap();
+        let mut st = BridgeStats::default();
+        let mut out = vec![];
+        // 10 ms PCMU packets: one 20 ms Opus frame per two.
+        for i in 0..10u16 {
+            w.handle(
+                In { pt: 0, seq: i, ts: i as u32 * 80, marker: i == 0, payload: &tone8k(440.0, 80, i as usize * 80) },
+                &mut st,
+                &mut out,
+            );
+        }
+        assert_eq!(out.len(), 5);
+        assert!(out.iter().enumerate().all(|(i, p)| p.seq == 1 + i as u16 && p.ts == i as u32 * 960 && p.pt == 111));
+        assert!(out[0].marker && !out[1].marker);
+        // One 10 ms packet lost: concealed, the timeline continues.
+        out.clear();
+        w.handle(In { pt: 0, seq: 11, ts: 880, marker: false, payload: &tone8k(440.0, 80, 880) }, &mut st, &mut out);
+        w.handle(In { pt: 0, seq: 12, ts: 960, marker: false, payload: &tone8k(440.0, 80, 960) }, &mut st, &mut out);
+        assert_eq!(st.concealed_samples, 480);
+        assert_eq!(out.iter().map(|p| p.ts).collect::<Vec<_>>(), [4_800], "10 ms of the next frame wait");
+        // A late packet is dropped.
+        w.handle(In { pt: 0, seq: 10, ts: 800, marker: false, payload: &tone8k(440.0, 80, 800) }, &mut st, &mut out);
+        assert_eq!(st.dropped, 1);
+        // Two seconds of silence suppression: the output jumps by two seconds, marked.
+        out.clear();
+        let t = 1_040 + 16_000;
+        w.handle(In { pt: 0, seq: 13, ts: t, marker: true, payload: &tone8k(440.0, 160, 0) }, &mut st, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].marker);
+        // Input timestamp 17,040 at 8 kHz is 102,240 at 48 kHz (the half frame waiting
+        // was flushed, its time kept).
+        assert_eq!(out[0].ts, 102_240);
+    }
+
+    #[test]
+    fn dtmf_events_map_to_the_other_clock_and_timeline() {
+        // SIP (PCMU, telephone-event/8000 pt 101) -> browser (Opus, telephone-event/48000 pt 110).
+        let mut w = Way::new((0, VoiceCodec::Pcmu, Some(101)), (111, VoiceCodec::Opus, Some(110)), (500, 9_600)).unwrap();
+        let mut st = BridgeStats::default();
+        let mut out = vec![];
+        w.handle(In { pt: 0, seq: 1, ts: 0, marker: true, payload: &tone8k(440.0, 160, 0) }, &mut st, &mut out);
+        // Digit 5: three updates and three end packets, all with the event's timestamp 160.
+        for (seq, dur, end) in [(2u16, 160u16, false), (3, 320, false), (4, 480, false), (5, 640, true), (6, 640, true), (7, 640, true)] {
+            let flags = if end { 0x8a } else { 0x0a };
+            let d = dur.to_be_bytes();
+            w.handle(In { pt: 101, seq, ts: 160, marker: seq == 2, payload: &[5, flags, d[0], d[1]] }, &mut st, &mut out);
+        }
+        let events: Vec<&Packet> = out.iter().filter(|p| p.pt == 110).collect();
+        assert_eq!(events.len(), 6);
+        assert!(events.iter().all(|p| p.ts == 9_600 + 960), "one timestamp for the event, where the audio ended");
+        assert!(events[0].marker && !events[1].marker);
+        assert_eq!(u16::from_be_bytes([events[0].payload[2], events[0].payload[3]]), 960, "160 ticks at 8 kHz = 960 at 48 kHz");
+        assert_eq!(u16::from_be_bytes([events[5].payload[2], events[5].payload[3]]), 3_840);
+        assert_eq!(events[5].payload[1], 0x8a, "end bit and volume kept");
+        let seqs: Vec<u16> = out.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, (500..507).collect::<Vec<_>>(), "events share the audio's sequence numbers");
+        // No telephone-event on the other leg: dropped.
+        let mut w = Way::new((0, VoiceCodec::Pcmu, Some(101)), (111, VoiceCodec::Opus, None), (0, 0)).unwrap();
+        out.clear();
+        w.handle(In { pt: 101, seq: 2, ts: 160, marker: true, payload: &[5, 0x0a, 0, 160] }, &mut st, &mut out);
+        assert!(out.is_empty());
+    }
+}

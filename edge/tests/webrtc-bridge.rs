@@ -1,0 +1,240 @@
+//! The WebRTC <-> SIP media bridge on a virtual clock, with a str0m peer standing in for a
+//! browser (ICE, DTLS-SRTP, Opus and telephone-event/48000 only) and plain PCMU RTP on the
+//! SIP side: both directions carry a tone at its frequency through Opus <-> PCMU
+//! transcoding, and RFC 4733 digits cross in both directions with their clocks mapped.
+#![allow(clippy::disallowed_methods)] // a virtual clock starting now
+
+use codec::voice::{Decoder, Encoder, FRAME, VoiceCodec};
+use edge::media::bridge::{Bridge, BridgeOutput, SipAudio};
+use edge::media::webrtc::{WebRtcError, WebRtcLeg, is_webrtc};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::SdpAnswer;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+const EDGE: &str = "127.0.0.1:30000";
+const BROWSER: &str = "127.0.0.1:50000";
+
+struct Browser {
+    rtc: Rtc,
+    mid: Mid,
+    connected: bool,
+    /// (payload type, timestamp, payload) of every RTP packet received.
+    got: Vec<(u8, u32, Vec<u8>)>,
+}
+
+fn browser(now: Instant) -> (Browser, String, str0m::change::SdpPendingOffer) {
+    let mut b = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+    b.codec_config().add_config(110.into(), None, Codec::Tele, Frequency::FORTY_EIGHT_KHZ, None, FormatParams::default());
+    let mut rtc = b.build(now);
+    rtc.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    (Browser { rtc, mid, connected: false, got: vec![] }, offer.to_sdp_string(), pending)
+}
+
+fn drain_browser(b: &mut Browser) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = vec![];
+    while let Ok(o) = b.rtc.poll_output() {
+        match o {
+            Output::Timeout(_) => break,
+            Output::Transmit(t) => out.push((t.source, t.contents.to_vec())),
+            Output::Event(Event::Connected) => b.connected = true,
+            Output::Event(Event::RtpPacket(p)) => b.got.push((*p.header.payload_type, p.header.timestamp, p.payload.to_vec())),
+            Output::Event(_) => {}
+        }
+    }
+    out
+}
+
+/// Moves datagrams both ways until nothing moves; RTP for the SIP side is collected.
+fn pump(now: Instant, bridge: &mut Bridge, b: &mut Browser, sip: &mut Vec<Vec<u8>>) {
+    for _ in 0..50 {
+        let mut moved = false;
+        for (from, data) in drain_browser(b) {
+            bridge.handle_web(now, from, &data);
+            moved = true;
+        }
+        while let Some(o) = bridge.poll_output() {
+            match o {
+                BridgeOutput::ToWeb { to, data } => {
+                    assert_eq!(to, BROWSER.parse().unwrap());
+                    let input = Input::Receive(
+                        now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: EDGE.parse().unwrap(),
+                            destination: to,
+                            contents: data.as_slice().try_into().unwrap(),
+                        },
+                    );
+                    b.rtc.handle_input(input).unwrap();
+                    // RTP mode keeps one packet for the next poll.
+                    for (from, data) in drain_browser(b) {
+                        bridge.handle_web(now, from, &data);
+                    }
+                    moved = true;
+                }
+                BridgeOutput::ToSip(p) => sip.push(p),
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+}
+
+fn tick(now: Instant, bridge: &mut Bridge, b: &mut Browser, sip: &mut Vec<Vec<u8>>) {
+    b.rtc.handle_input(Input::Timeout(now)).unwrap();
+    bridge.handle_timeout(now);
+    pump(now, bridge, b, sip);
+}
+
+fn frequency(x: &[i16], rate: f64) -> f64 {
+    let crossings = x.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    crossings as f64 / 2.0 / (x.len() as f64 / rate)
+}
+
+fn tone48(hz: f64, frame: usize) -> Vec<i16> {
+    (frame * FRAME..(frame + 1) * FRAME).map(|i| (8_000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 48_000.0).sin()) as i16).collect()
+}
+
+fn rtp(pt: u8, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x80, (marker as u8) << 7 | pt];
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&ts.to_be_bytes());
+    v.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let (mut b, offer, pending) = browser(now);
+    assert!(is_webrtc(offer.as_bytes()), "{offer}");
+    let mut leg = WebRtcLeg::new(now, EDGE.parse().unwrap(), &[VoiceCodec::Opus, VoiceCodec::Pcmu, VoiceCodec::Pcma]);
+    let answer = leg.accept_offer(&offer).unwrap();
+    assert!(answer.contains("a=ice-lite") && answer.contains("a=fingerprint:") && answer.contains("a=rtcp-mux"), "{answer}");
+    assert!(answer.contains("opus/48000") && !answer.contains("PCMU"), "the browser offered only Opus: {answer}");
+    b.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+    let mut bridge = Bridge::new(leg, SipAudio { codec: VoiceCodec::Pcmu, pt: 0, dtmf_pt: Some(101) }, 0xabcd, (100, 8_000)).unwrap();
+    assert!(bridge.is_transcoding());
+    let mut sip: Vec<Vec<u8>> = vec![];
+    for _ in 0..3000 {
+        now += Duration::from_millis(1);
+        tick(now, &mut bridge, &mut b, &mut sip);
+        if b.connected && bridge.web().is_connected() {
+            break;
+        }
+    }
+    assert!(b.connected && bridge.web().is_connected(), "ICE and DTLS between the browser and the edge");
+
+    // One second each way: a 1 kHz tone from the phone (PCMU, 20 ms), 600 Hz from the
+    // browser (Opus, 20 ms), 50 packets each.
+    let mut phone_enc = Encoder::new(VoiceCodec::Pcmu).unwrap();
+    let mut browser_enc = Encoder::new(VoiceCodec::Opus).unwrap();
+    let opus_pt = b.rtc.codec_config().find(|p| p.spec().codec == Codec::Opus).unwrap().pt();
+    for i in 0..50u16 {
+        now += Duration::from_millis(20);
+        let mut p = vec![];
+        phone_enc.encode_into(&tone48(1_000.0, i as usize), &mut p).unwrap();
+        bridge.handle_sip(now, &rtp(0, 7000 + i, 160 * i as u32, i == 0, &p));
+        let mut q = vec![];
+        browser_enc.encode_into(&tone48(600.0, i as usize), &mut q).unwrap();
+        let mut api = b.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
+        tx.write_rtp(RtpWrite::new(opus_pt, (i as u64 + 1).into(), 960 * i as u32, now, q).marker(i == 0));
+        tick(now, &mut bridge, &mut b, &mut sip);
+    }
+    for _ in 0..100 {
+        now += Duration::from_millis(1);
+        tick(now, &mut bridge, &mut b, &mut sip);
+    }
+    // The browser got Opus that decodes to 1 kHz.
+    let opus: Vec<&(u8, u32, Vec<u8>)> = b.got.iter().filter(|g| g.0 == *opus_pt).collect();
+    assert!(opus.len() >= 45, "Opus packets at the browser: {}", opus.len());
+    assert!(opus.windows(2).all(|w| w[1].1.wrapping_sub(w[0].1) == 960), "20 ms apart, continuous");
+    let mut dec = Decoder::new(VoiceCodec::Opus).unwrap();
+    let mut pcm = vec![];
+    for g in &opus {
+        dec.decode_into(&g.2, &mut pcm).unwrap();
+    }
+    let f = frequency(&pcm[9_600..], 48_000.0);
+    assert!((f - 1_000.0).abs() < 20.0, "the phone's tone at the browser: {f} Hz");
+    // The phone got PCMU that decodes to 600 Hz.
+    let pcmu: Vec<codec::rtp::RtpHeader> = sip.iter().map(|p| codec::rtp::RtpHeader::parse(p).unwrap()).collect();
+    assert!(pcmu.len() >= 45, "PCMU packets at the phone: {}", pcmu.len());
+    assert!(pcmu.iter().all(|h| h.payload_type == 0 && h.ssrc == 0xabcd));
+    assert!(pcmu.windows(2).all(|w| w[1].sequence == w[0].sequence.wrapping_add(1) && w[1].timestamp.wrapping_sub(w[0].timestamp) == 160));
+    let mut dec = Decoder::new(VoiceCodec::Pcmu).unwrap();
+    let mut pcm = vec![];
+    for (p, h) in sip.iter().zip(&pcmu) {
+        assert_eq!(h.payload_end - h.payload_offset, 160);
+        dec.decode_into(&p[h.payload_offset..h.payload_end], &mut pcm).unwrap();
+    }
+    let f = frequency(&pcm[9_600..], 48_000.0);
+    assert!((f - 600.0).abs() < 15.0, "the browser's tone at the phone: {f} Hz");
+
+    // Digit 7 from the phone (telephone-event/8000 pt 101): at the browser as pt 110 with
+    // durations in 48 kHz units.
+    let ts = 160 * 50;
+    for (k, (dur, end)) in [(160u16, false), (320, false), (480, true), (480, true), (480, true)].into_iter().enumerate() {
+        now += Duration::from_millis(20);
+        let d = dur.to_be_bytes();
+        bridge.handle_sip(now, &rtp(101, 7050 + k as u16, ts, k == 0, &[7, if end { 0x8a } else { 0x0a }, d[0], d[1]]));
+        tick(now, &mut bridge, &mut b, &mut sip);
+    }
+    let tele: Vec<&(u8, u32, Vec<u8>)> = b.got.iter().filter(|g| g.0 == 110).collect();
+    assert_eq!(tele.len(), 5, "{tele:?}");
+    assert!(tele.iter().all(|g| g.2[0] == 7 && g.1 == tele[0].1));
+    assert_eq!(u16::from_be_bytes([tele[4].2[2], tele[4].2[3]]), 2_880);
+    assert_eq!(tele[4].2[1] & 0x80, 0x80, "end of event");
+
+    // Digit 3 from the browser (pt 110, 48 kHz durations): at the phone as pt 101, 8 kHz.
+    sip.clear();
+    let ts = 960 * 50;
+    for (k, (dur, end)) in [(960u16, false), (1920, true), (1920, true), (1920, true)].into_iter().enumerate() {
+        now += Duration::from_millis(20);
+        let d = dur.to_be_bytes();
+        let mut api = b.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
+        tx.write_rtp(
+            RtpWrite::new(110.into(), (51 + k as u64).into(), ts, now, vec![3, if end { 0x8a } else { 0x0a }, d[0], d[1]]).marker(k == 0),
+        );
+        tick(now, &mut bridge, &mut b, &mut sip);
+    }
+    let hs: Vec<codec::rtp::RtpHeader> = sip.iter().map(|p| codec::rtp::RtpHeader::parse(p).unwrap()).collect();
+    let tele: Vec<(&Vec<u8>, &codec::rtp::RtpHeader)> = sip.iter().zip(&hs).filter(|(_, h)| h.payload_type == 101).collect();
+    assert_eq!(tele.len(), 4, "{hs:?}");
+    assert!(tele[0].1.marker);
+    let last = &tele[3].0[tele[3].1.payload_offset..];
+    assert_eq!((last[0], last[1] & 0x80, u16::from_be_bytes([last[2], last[3]])), (3, 0x80, 320));
+    assert_eq!(bridge.stats.dtmf_to_sip, 4);
+    assert_eq!(bridge.stats.dtmf_to_web, 5);
+}
+
+#[test]
+fn offers_the_bridge_cannot_take_are_refused_with_a_reason() {
+    let now = Instant::now();
+    let (_, offer, _) = browser(now);
+    let no_fp: String = offer.lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\r\n")).collect();
+    let mut leg = WebRtcLeg::new(now, EDGE.parse().unwrap(), &[VoiceCodec::Opus]);
+    assert_eq!(leg.accept_offer(&no_fp), Err(WebRtcError::NoFingerprint));
+    // Only G.722 offered: no common codec.
+    let mut g722 = Rtc::builder().clear_codecs().enable_g722(true, false).build(now);
+    g722.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
+    let mut api = g722.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    let mut leg = WebRtcLeg::new(now, EDGE.parse().unwrap(), &[VoiceCodec::Opus, VoiceCodec::Pcmu]);
+    let r = leg.accept_offer(&offer.to_sdp_string());
+    assert_eq!(r, Err(WebRtcError::NoCodec));
+    assert!(!is_webrtc(b"v=0\r\nm=audio 4000 RTP/AVP 0\r\n"));
+}
