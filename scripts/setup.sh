@@ -2,8 +2,10 @@
 # Installs what the build and the tests need, idempotently (Debian packages).
 #   sipp (sip-tester), kamailio: end-to-end SIP tests and benchmarks; libopus-dev, cmake,
 #   pkg-config: the opus crate; libsrtp2-dev: SRTP interop; tshark: capture
-#   checks; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels; chromium: WebRTC tests
+#   checks; dnsmasq: DNS SRV tests; fonts-dejavu-core: plot labels; chromium: WebRTC tests;
+#   npm: SIP.js for the web phone (web/package.json)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 need_norec=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
@@ -24,6 +26,8 @@ command -v tshark >/dev/null 2>&1 || need+=(tshark)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 # Headless Chromium (fake camera/microphone): WHIP/WHEP and meeting tests with a real browser.
 command -v chromium >/dev/null 2>&1 || need_norec+=(chromium)
+# Node.js and npm: the web phone's SIP.js comes from the npm registry (web/package.json).
+command -v npm >/dev/null 2>&1 || need_norec+=(npm)
 # promtool (Debian `prometheus`, without its recommended web assets): lints /metrics.
 command -v promtool >/dev/null 2>&1 || need_norec+=(prometheus)
 if [ ${#need[@]} -gt 0 ] || [ ${#need_norec[@]} -gt 0 ]; then
@@ -37,3 +41,5 @@ fi
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check schemathesis >/dev/null
 # aiortc (PyPI): an independent WebRTC stack for the WHIP/WHEP interop test.
 python3 -c "import aiortc" >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check aiortc >/dev/null
+# SIP.js for the web phone page (/phone), pinned by web/package-lock.json.
+[ -f web/node_modules/sip.js/lib/index.js ] || (cd web && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

@@ -141,6 +141,8 @@ pub enum Verdict {
 pub struct Authenticator {
     realm: String,
     algorithms: Vec<Algorithm>,
+    /// Challenges to requests over WebSocket (browser SIP stacks), when set.
+    ws_algorithms: Option<Vec<Algorithm>>,
     /// Users by name; changed at run time through the admin API.
     users: DashMap<String, Credentials>,
     key: [u8; 32],
@@ -166,6 +168,7 @@ impl Authenticator {
         Authenticator {
             realm,
             algorithms,
+            ws_algorithms: None,
             users: users.into_iter().collect(),
             key,
             base,
@@ -232,10 +235,24 @@ impl Authenticator {
         Some(age <= self.ttl.as_secs())
     }
 
+    /// The challenges for requests that arrive over WebSocket (`[auth] websocket_algorithms`).
+    pub fn set_websocket_algorithms(&mut self, algorithms: Vec<Algorithm>) {
+        self.ws_algorithms = Some(algorithms);
+    }
+
     /// Challenge header values (one per configured algorithm, RFC 8760 2.4 order).
     pub fn challenges(&self, now: Instant, stale: bool) -> Vec<String> {
+        self.challenges_for(now, stale, false)
+    }
+
+    /// The same for a request that came over WebSocket (`websocket`) or not.
+    pub fn challenges_for(&self, now: Instant, stale: bool, websocket: bool) -> Vec<String> {
         let nonce = self.nonce(now);
-        self.algorithms
+        let algorithms = match (&self.ws_algorithms, websocket) {
+            (Some(ws), true) => ws,
+            _ => &self.algorithms,
+        };
+        algorithms
             .iter()
             .map(|a| {
                 format!(
@@ -268,7 +285,7 @@ impl Authenticator {
         let alg = match d.algorithm.as_deref() {
             None => Algorithm::Md5,
             Some(a) => match Algorithm::parse(a) {
-                Some(a) if self.algorithms.contains(&a) => a,
+                Some(a) if self.algorithms.contains(&a) || self.ws_algorithms.as_ref().is_some_and(|w| w.contains(&a)) => a,
                 _ => return Verdict::Fail("unsupported algorithm"),
             },
         };

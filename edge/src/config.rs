@@ -323,8 +323,11 @@ pub struct AuthConfig {
     /// Seconds a nonce stays valid; older gets `stale=true`.
     pub nonce_ttl_secs: u64,
     /// Challenge algorithms offered, in this order (RFC 8760). MD5 first by default: JsSIP,
-    /// SIP.js, sipp and many desk phones read only the first challenge and know only MD5.
+    /// sipp and many desk phones read only the first challenge and know only MD5.
     pub algorithms: Vec<String>,
+    /// The same for requests over WebSocket (browsers). MD5 only by default: JsSIP and
+    /// SIP.js know only MD5, and SIP.js reads the *last* challenge header.
+    pub websocket_algorithms: Vec<String>,
     /// Challenge (407) out-of-dialog requests whose From is a local user.
     pub challenge_local_callers: bool,
 }
@@ -487,7 +490,13 @@ impl Default for RegistrarConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { realm: None, nonce_ttl_secs: 300, algorithms: vec!["MD5".into(), "SHA-256".into()], challenge_local_callers: true }
+        AuthConfig {
+            realm: None,
+            nonce_ttl_secs: 300,
+            algorithms: vec!["MD5".into(), "SHA-256".into()],
+            websocket_algorithms: vec!["MD5".into()],
+            challenge_local_callers: true,
+        }
     }
 }
 
@@ -549,13 +558,15 @@ impl Config {
         if self.registrar.min_expires > self.registrar.max_expires {
             return Err(err(None, "keys `registrar.min_expires`/`max_expires`: expected min_expires <= max_expires".into()));
         }
-        for a in &self.auth.algorithms {
-            if !matches!(a.as_str(), "MD5" | "SHA-256") {
-                return Err(err(None, format!("key `auth.algorithms`: unknown algorithm {a:?}, expected \"SHA-256\" or \"MD5\"")));
+        for (key, list) in [("algorithms", &self.auth.algorithms), ("websocket_algorithms", &self.auth.websocket_algorithms)] {
+            for a in list {
+                if !matches!(a.as_str(), "MD5" | "SHA-256") {
+                    return Err(err(None, format!("key `auth.{key}`: unknown algorithm {a:?}, expected \"SHA-256\" or \"MD5\"")));
+                }
             }
-        }
-        if self.auth.algorithms.is_empty() {
-            return Err(err(None, "key `auth.algorithms`: expected at least one of \"SHA-256\", \"MD5\"".into()));
+            if list.is_empty() {
+                return Err(err(None, format!("key `auth.{key}`: expected at least one of \"SHA-256\", \"MD5\"")));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for u in &self.users {

@@ -196,7 +196,11 @@ impl Shared {
             timer_c: Duration::from_secs(cfg.sip.timer_c_secs),
             max_call: Duration::from_secs(cfg.sip.max_call_secs.max(1)),
             registrar: cfg.registrar.clone(),
-            auth: Authenticator::new(realm, algs, users, key, base, Duration::from_secs(cfg.auth.nonce_ttl_secs)),
+            auth: {
+                let mut a = Authenticator::new(realm, algs, users, key, base, Duration::from_secs(cfg.auth.nonce_ttl_secs));
+                a.set_websocket_algorithms(cfg.auth.websocket_algorithms.iter().filter_map(|a| Algorithm::parse(a)).collect());
+                a
+            },
             challenge_local_callers: cfg.auth.challenge_local_callers,
             location: Location::new(),
             upstreams: std::sync::RwLock::new(std::sync::Arc::new(sorted(upstreams))),

@@ -319,6 +319,22 @@ impl Core {
         self.anchor.as_ref()
     }
 
+    /// Next datagram of a WebRTC media bridge (after `handle_media` or the bridge timer).
+    pub fn poll_media_output(&mut self) -> Option<crate::media::relay::Datagram> {
+        self.anchor.as_mut()?.poll_output()
+    }
+
+    /// When the WebRTC media bridges' timers are next due.
+    pub fn media_bridge_timeout(&self) -> Option<Instant> {
+        self.anchor.as_ref()?.poll_bridge_timeout()
+    }
+
+    pub fn handle_media_bridge_timeout(&mut self, now: Instant) {
+        if let Some(a) = self.anchor.as_mut() {
+            a.handle_bridge_timeout(now);
+        }
+    }
+
     /// A datagram on a relay port (the media hot path): where to send it, if anywhere.
     #[inline]
     pub fn handle_media(&mut self, now: Instant, port: u16, src: SocketAddr, pkt: &mut Vec<u8>) -> Option<MediaForward> {
@@ -864,7 +880,8 @@ impl Core {
                     }
                     v => {
                         let mut extra = String::new();
-                        for c in self.sh.auth.challenges(now, v == Verdict::Stale) {
+                        let ws = matches!(from.transport, Transport::Ws | Transport::Wss);
+                        for c in self.sh.auth.challenges_for(now, v == Verdict::Stale, ws) {
                             let _ = write!(extra, "Proxy-Authenticate: {c}\r\n");
                         }
                         self.reject(now, sid, from, &msg, tv, 407, "Proxy Authentication Required", &extra);
@@ -968,8 +985,8 @@ impl Core {
         // Media anchoring (issue #4): rewrite the SDP of anchored dialogs.
         let (body, media) = match self.media_request(now, &msg, &from, &targets, in_dialog, sid.is_some()) {
             Ok(x) => x,
-            Err((code, reason)) => {
-                self.reject(now, sid, from, &msg, tv, code, reason, "");
+            Err((code, reason, warning)) => {
+                self.reject(now, sid, from, &msg, tv, code, reason, &warning);
                 return;
             }
         };
@@ -1767,7 +1784,7 @@ impl Core {
         targets: &[Target],
         in_dialog: bool,
         stateful: bool,
-    ) -> Result<MediaEdit, (u16, &'static str)> {
+    ) -> Result<MediaEdit, (u16, &'static str, String)> {
         if self.anchor.is_none() {
             return Ok((None, None));
         }
@@ -1776,7 +1793,11 @@ impl Core {
         let from_tag = msg.from_hdr().and_then(|f| f.tag()).unwrap_or("").to_string();
         let sdp = is_sdp(msg);
         if method == Method::Invite && !in_dialog && stateful {
-            let anchored = self.should_anchor(now, msg, from, targets);
+            // A browser (WS/WSS) calling a SIP endpoint or the reverse needs the media bridge
+            // (ICE, DTLS-SRTP on one side, RTP on the other): anchored whatever the policy.
+            let callee_webrtc = targets.first().is_some_and(|t| matches!(t.dest.transport, Transport::Ws | Transport::Wss));
+            let bridged = sdp && Anchor::needs_bridge(&msg.body(), callee_webrtc);
+            let anchored = bridged || self.should_anchor(now, msg, from, targets);
             let parties = self.parties(msg);
             let policy = (
                 self.leg_policy(now, from),
@@ -1785,6 +1806,7 @@ impl Core {
             let (f, t) = (msg.from_hdr().map(|f| f.uri.to_string()).unwrap_or_default(), msg.request_uri().unwrap_or("").to_string());
             let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
             an.start(now, &call_id, &from_tag, anchored, parties, policy, &f, &t);
+            an.set_callee_webrtc(&call_id, callee_webrtc);
             self.stats.call_attempts += 1;
             if self.next_media_sweep.is_none() {
                 self.next_media_sweep = Some(now + Anchor::sweep_interval());
@@ -1800,7 +1822,7 @@ impl Core {
                     tracing::info!(call_id, error = %e, "media: offer refused");
                     let st = e.status();
                     self.end_call(now, &call_id, EndReason::Failed(st.0));
-                    Err(st)
+                    Err((st.0, st.1, e.warning()))
                 }
             };
         }
@@ -1847,7 +1869,8 @@ impl Core {
                     Ok(b) => Ok((Some(b), Some(tsx))),
                     Err(e) => {
                         tracing::info!(call_id, error = %e, "media: re-offer refused");
-                        Err(e.status())
+                        let st = e.status();
+                        Err((st.0, st.1, e.warning()))
                     }
                 }
             }

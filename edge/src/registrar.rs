@@ -52,10 +52,11 @@ pub fn handle_register(sh: &Shared, now: Instant, msg: &Message, from: Peer) -> 
         return r;
     }
     // Authenticate first: nothing is stored for an unauthenticated REGISTER.
+    let ws = matches!(from.transport, crate::transport::Transport::Ws | crate::transport::Transport::Wss);
     let user = match sh.auth.verify(now, "REGISTER", msg.header_lines(HeaderName::Authorization)) {
         Verdict::Ok(u) => u,
-        Verdict::Challenge | Verdict::Fail("nonce-count replayed") => return challenge(sh, now, false),
-        Verdict::Stale => return challenge(sh, now, true),
+        Verdict::Challenge | Verdict::Fail("nonce-count replayed") => return challenge(sh, now, false, ws),
+        Verdict::Stale => return challenge(sh, now, true, ws),
         Verdict::Fail(why) => return Reply::new(403, format!("Forbidden ({why})")),
     };
     let Some(to) = msg.to_hdr() else { return Reply::new(400, "Bad Header: To") };
@@ -195,9 +196,9 @@ pub fn handle_register(sh: &Shared, now: Instant, msg: &Message, from: Peer) -> 
     ok_reply(sh, now, msg, &aor)
 }
 
-fn challenge(sh: &Shared, now: Instant, stale: bool) -> Reply {
+fn challenge(sh: &Shared, now: Instant, stale: bool, websocket: bool) -> Reply {
     let mut r = Reply::new(401, "Unauthorized");
-    for c in sh.auth.challenges(now, stale) {
+    for c in sh.auth.challenges_for(now, stale, websocket) {
         let _ = write!(r.headers, "WWW-Authenticate: {c}\r\n");
     }
     r

@@ -188,9 +188,14 @@ pub struct AnswerArgs {
     pub no_answer_pct: f64,
     #[arg(long, default_value_t = 30000)]
     pub no_answer_ms: u64,
-    /// Answer with an SDP that points at an RTP echo (every packet is sent back).
+    /// Answer with an SDP that points at an RTP echo (every packet is sent back; the
+    /// report's `echo` counts them, and RFC 4733 digits).
     #[arg(long)]
     pub rtp_echo: bool,
+    /// Accept only this codec (encoding name: pcmu, pcma, opus); offers without it get 488.
+    /// Default: the offer's first format.
+    #[arg(long)]
+    pub codec: Option<String>,
     /// Exit after this many calls were handled.
     #[arg(long)]
     pub calls: Option<u64>,
@@ -645,11 +650,11 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
     let tls = TlsOpts { cert: a.cert.clone(), key: a.key.clone(), ..Default::default() };
     let l = link::listen(a.transport, a.listen, &tls).await?;
     println!("loadgen: answering on {} {}", a.transport.via().to_ascii_lowercase(), l.local);
-    let media = if a.rtp_echo {
-        let port = crate::media::echo_socket(a.listen.ip()).await.map_err(|e| format!("RTP echo socket: {e}"))?;
-        Some((a.listen.ip().to_string(), port))
+    let (media, echo) = if a.rtp_echo {
+        let (port, echo) = crate::media::echo_socket_counted(a.listen.ip()).await.map_err(|e| format!("RTP echo socket: {e}"))?;
+        (Some((a.listen.ip().to_string(), port)), Some(echo))
     } else {
-        None
+        (None, None)
     };
     let contact = format!(
         "sip:{}{}",
@@ -665,6 +670,7 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
         no_answer_share: (a.no_answer_pct / 100.0).clamp(0.0, 1.0),
         no_answer: Duration::from_millis(a.no_answer_ms),
         media,
+        codec: a.codec.clone(),
         contact,
         timing: Timing::default(),
     };
@@ -696,6 +702,7 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
     report.calls_failed = snap.answered_failed;
     report.calls_attempted = snap.answered_ok + snap.answered_failed;
     report.failure_pct = if report.calls_attempted == 0 { 0.0 } else { report.calls_failed as f64 * 100.0 / report.calls_attempted as f64 };
+    report.echo = echo.map(|e| e.lock().unwrap_or_else(|x| x.into_inner()).clone());
     finish_report(&report, a.report_json.as_ref(), None)?;
     Ok(report)
 }

@@ -392,15 +392,55 @@ async fn recv_loop(sock: Arc<tokio::net::UdpSocket>, rx: Arc<Mutex<RxStats>>, st
 
 /// A UDP socket that sends every packet back where it came from (an RTP echo for a UAS).
 pub async fn echo_socket(ip: IpAddr) -> std::io::Result<u16> {
+    Ok(echo_socket_counted(ip).await?.0)
+}
+
+/// An RTP echo that also counts what it gets: packets, payload types, and RFC 4733
+/// telephone-events (payload types 96-127 with a 4-byte event payload; one digit per
+/// event timestamp).
+pub async fn echo_socket_counted(ip: IpAddr) -> std::io::Result<(u16, std::sync::Arc<std::sync::Mutex<crate::report::EchoSummary>>)> {
     let sock = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
     let port = sock.local_addr()?.port();
+    let summary = std::sync::Arc::new(std::sync::Mutex::new(crate::report::EchoSummary::default()));
+    let s2 = summary.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
+        let mut last_event: Option<(u32, u32)> = None;
         while let Ok((n, from)) = sock.recv_from(&mut buf).await {
             let _ = sock.send_to(&buf[..n], from).await;
+            let p = &buf[..n];
+            if n < 12 || p[0] >> 6 != 2 || (200..=207).contains(&p[1]) {
+                continue; // not RTP (RTCP shares the port with rtcp-mux)
+            }
+            let pt = p[1] & 0x7f;
+            let mut s = s2.lock().unwrap_or_else(|e| e.into_inner());
+            s.packets += 1;
+            s.bytes += n as u64;
+            *s.payload_types.entry(pt).or_default() += 1;
+            let cc = (p[0] & 0x0f) as usize;
+            let mut off = 12 + 4 * cc;
+            if p[0] & 0x10 != 0 && n >= off + 4 {
+                off += 4 + 4 * u16::from_be_bytes([p[off + 2], p[off + 3]]) as usize;
+            }
+            if pt >= 96 && n == off + 4 {
+                s.telephone_events += 1;
+                let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+                if last_event != Some((ssrc, ts)) {
+                    last_event = Some((ssrc, ts));
+                    let digit = match p[off] {
+                        d @ 0..=9 => (b'0' + d) as char,
+                        10 => '*',
+                        11 => '#',
+                        d @ 12..=15 => (b'A' + d - 12) as char,
+                        _ => '?',
+                    };
+                    s.digits.push(digit);
+                }
+            }
         }
     });
-    Ok(port)
+    Ok((port, summary))
 }
 
 #[cfg(test)]

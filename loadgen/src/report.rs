@@ -53,6 +53,21 @@ pub struct Report {
     pub timeline: Vec<Second>,
     /// Soak: RSS growth of the watched process in MiB per hour (least squares).
     pub rss_growth_mb_per_hour: Option<f64>,
+    /// `answer --rtp-echo`: what the echo received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<EchoSummary>,
+}
+
+/// RTP received (and sent back) by `answer --rtp-echo`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EchoSummary {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Payload types seen, with packet counts.
+    pub payload_types: BTreeMap<u8, u64>,
+    /// RFC 4733 telephone-event packets, and the digits they carried (one per event).
+    pub telephone_events: u64,
+    pub digits: String,
 }
 
 impl Report {
@@ -101,6 +116,7 @@ impl Report {
             media,
             timeline: s.seconds.clone(),
             rss_growth_mb_per_hour: slope(&rss).map(|per_s| per_s * 3600.0),
+            echo: None,
         }
     }
 

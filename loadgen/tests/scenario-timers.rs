@@ -32,6 +32,7 @@ fn uas(answer_ms: u64) -> Uas {
         no_answer_share: 0.0,
         no_answer: Duration::from_secs(30),
         media: None,
+        codec: None,
         contact: "sip:127.0.0.1:5090".into(),
         timing: Timing::default(),
     };

@@ -3,8 +3,12 @@
 //! address and ports (RFC 3264 offer/answer, RFC 3605 `a=rtcp`), SDES-SRTP is bridged per
 //! leg policy (RFC 4568), and at the end a call record with per-direction quality is made.
 
-use super::relay::{Forward, NoSockets, Ports, Relay, RelayConfig, RelayError, RemoteMedia, SessionReport, Side};
+use super::bridge::{Bridge as MediaBridge, BridgeError, SipAudio};
+use super::interwork::{PlainAudio, PlainSdp, read_plain, sip_offer_formats};
+use super::relay::{Datagram, Forward, NoSockets, Ports, Relay, RelayConfig, RelayError, RemoteMedia, SessionReport, Side};
 use super::sdp::{Direction, Sdp};
+use super::webrtc::{WebRtcError, WebRtcLeg, is_webrtc};
+use codec::voice::VoiceCodec;
 use crate::config::SrtpPolicy;
 use crate::core::Peer;
 use base64::Engine as _;
@@ -33,6 +37,14 @@ pub enum MediaError {
     SrtpRequired,
     #[error("no supported a=crypto suite offered")]
     NoCryptoSuite,
+    #[error("{0}")]
+    WebRtc(#[from] WebRtcError),
+    #[error("{0}")]
+    Bridge(#[from] BridgeError),
+    #[error("no common audio codec and no transcoding path (the edge transcodes opus, PCMU and PCMA)")]
+    NoCommonCodec,
+    #[error("a new offer on a call bridged to WebRTC is not supported yet")]
+    BridgedReoffer,
 }
 
 impl MediaError {
@@ -43,6 +55,16 @@ impl MediaError {
             MediaError::Sdp(_) => (400, "Bad Request (malformed SDP)"),
             _ => (488, "Not Acceptable Here"),
         }
+    }
+
+    /// The `Warning` header (RFC 3261 20.43) that says why: 305 for media formats, 399
+    /// otherwise.
+    pub fn warning(&self) -> String {
+        let code = match self {
+            MediaError::NoCommonCodec | MediaError::WebRtc(WebRtcError::NoCodec) | MediaError::NoCryptoSuite => 305,
+            _ => 399,
+        };
+        format!("Warning: {code} edge \"{}\"\r\n", self.to_string().replace('"', "'"))
     }
 }
 
@@ -173,9 +195,32 @@ struct MLine {
     held: [bool; 2],
 }
 
+/// A call whose one leg is a browser (WebRTC) and the other a SIP endpoint (issue #8).
+struct WebCall {
+    /// The browser's leg.
+    web: Side,
+    sid: u64,
+    state: WebState,
+    /// What the last answer became, given again for a second answer (183, then 200).
+    answered: Option<Vec<u8>>,
+}
+
+enum WebState {
+    /// The browser offered; the SIP leg was offered the browser's codecs and G.711.
+    BrowserOffered { offer: String, browser: Vec<(u8, VoiceCodec)>, sip_offer: Vec<(u8, VoiceCodec)> },
+    /// The SIP leg offered; the browser was offered by this leg.
+    SipOffered { leg: Box<WebRtcLeg>, sip: PlainAudio },
+    Bridged,
+}
+
 struct Call {
     /// Media goes through the relay (else the dialog is only tracked).
     anchored: bool,
+    /// The callee is reached over WebSocket: a browser (issue #8).
+    callee_webrtc: bool,
+    /// Both legs are browsers: their SDP (ICE, DTLS) passes untouched.
+    passthrough: bool,
+    web: Option<WebCall>,
     parties: CallParties,
     ringing: bool,
     caller_tag: String,
@@ -263,6 +308,9 @@ impl Anchor {
     ) {
         self.calls.entry(call_id.to_string()).or_insert_with(|| Call {
             anchored,
+            callee_webrtc: false,
+            passthrough: false,
+            web: None,
             parties,
             ringing: false,
             caller_tag: caller_tag.to_string(),
@@ -276,6 +324,20 @@ impl Anchor {
             dialog: None,
             cseq: [0, 0],
         });
+    }
+
+    /// Whether the callee is a browser (reached over WS/WSS): its leg gets WebRTC media
+    /// (ICE, DTLS-SRTP) bridged to the caller's, when the caller's is not WebRTC too.
+    pub fn set_callee_webrtc(&mut self, call_id: &str, webrtc: bool) {
+        if let Some(c) = self.calls.get_mut(call_id) {
+            c.callee_webrtc = webrtc;
+        }
+    }
+
+    /// Whether an offer from the caller needs a WebRTC <-> SIP bridge (so the call must be
+    /// anchored whatever the anchoring policy says).
+    pub fn needs_bridge(offer: &[u8], callee_webrtc: bool) -> bool {
+        is_webrtc(offer) != callee_webrtc
     }
 
     /// Which side sent an in-dialog request, from its From tag.
@@ -340,6 +402,29 @@ impl Anchor {
     /// updates the relay. Returns the new body.
     pub fn handle_sdp(&mut self, now: Instant, call_id: &str, from: Side, kind: SdpKind, body: &[u8]) -> Result<Vec<u8>, MediaError> {
         let Some(call) = self.calls.get_mut(call_id).filter(|c| c.anchored) else { return Ok(body.to_vec()) };
+        if call.passthrough {
+            return Ok(body.to_vec());
+        }
+        if call.web.is_some() {
+            return self.handle_web_sdp(now, call_id, from, kind, body);
+        }
+        if kind == SdpKind::Offer {
+            let web_from = is_webrtc(body);
+            let web_to = match from {
+                Side::A => call.callee_webrtc,
+                // The callee's re-offer towards the caller: the caller's first offer said.
+                Side::B => false,
+            };
+            if web_from && web_to {
+                // Browser to browser: ICE and DTLS end to end.
+                call.passthrough = true;
+                return Ok(body.to_vec());
+            }
+            if web_from != web_to {
+                return self.start_web(now, call_id, from, body, web_from);
+            }
+        }
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(body.to_vec()) };
         let mut sdp = Sdp::parse(body)?;
         let to = from.other();
         let mut bridges = Vec::with_capacity(sdp.media.len());
@@ -451,6 +536,198 @@ impl Anchor {
         Ok(sdp.write().into_bytes())
     }
 
+    /// The first offer of a call with one browser leg: `from` offered, and it is the
+    /// browser when `browser_offered`.
+    fn start_web(&mut self, now: Instant, call_id: &str, from: Side, body: &[u8], browser_offered: bool) -> Result<Vec<u8>, MediaError> {
+        let to = from.other();
+        let sdp = Sdp::parse(body)?;
+        if browser_offered {
+            let text = std::str::from_utf8(body).map_err(|_| super::sdp::SdpError::NotUtf8)?;
+            WebRtcLeg::check_remote(text)?;
+        }
+        let audio = read_plain(&sdp).ok_or(WebRtcError::NoAudio)?;
+        if audio.formats.is_empty() {
+            return Err(MediaError::NoCommonCodec);
+        }
+        let call = self.calls.get_mut(call_id).ok_or(RelayError::UnknownSession)?;
+        let policy = call.policy;
+        if !browser_offered && policy[idx(from)] == SrtpPolicy::Sdes && !audio.proto.contains("SAVP") {
+            return Err(MediaError::SrtpRequired);
+        }
+        let (sid, _, _) = self.relay.open(now, self.ports.as_mut())?;
+        self.by_session.insert(sid, call_id.to_string());
+        call.lines.push(MLine { session: Some(sid), keys: Default::default(), held: [false; 2] });
+        let line = call.lines.len() - 1;
+        let port_to = self.relay.port(sid, to).ok_or(RelayError::UnknownSession)?;
+        if browser_offered {
+            // The SIP leg is offered the browser's codecs and G.711 (transcoded), and
+            // telephone-event/8000.
+            let formats = sip_offer_formats(&audio.formats);
+            let dtmf_pt = audio.dtmf.iter().find(|d| d.1 == 8_000).map(|d| d.0).unwrap_or(101);
+            let (proto, crypto) = if policy[idx(to)] == SrtpPolicy::Sdes {
+                let key = ours(&mut self.relay, sid, to, &mut call.lines[line].keys[idx(to)], Profile::Aes128CmSha1_80)?;
+                ("RTP/SAVP", Some(format!("1 {} inline:{key}", Profile::Aes128CmSha1_80.name())))
+            } else {
+                ("RTP/AVP", None)
+            };
+            let out = PlainSdp {
+                addr: self.advertise,
+                port: port_to,
+                session: (sid, 1),
+                formats: &formats,
+                dtmf: Some((dtmf_pt, 8_000)),
+                proto,
+                crypto,
+                direction: Direction::SendRecv,
+            }
+            .write();
+            let offer = String::from_utf8_lossy(body).into_owned();
+            call.web = Some(WebCall {
+                web: from,
+                sid,
+                state: WebState::BrowserOffered { offer, browser: audio.formats, sip_offer: formats },
+                answered: None,
+            });
+            return Ok(out.into_bytes());
+        }
+        // The SIP leg offered: it is reached where its SDP says; SDES keys are taken.
+        set_sip_remote(&mut self.relay, sid, from, &audio)?;
+        if audio.proto.contains("SAVP") {
+            let (_, profile, key) = pick_crypto(&audio.crypto).ok_or(MediaError::NoCryptoSuite)?;
+            set_theirs(&mut self.relay, sid, from, &mut call.lines[line].keys[idx(from)], profile, key)?;
+        }
+        // The browser is offered the SIP leg's codecs first (no transcoding if it takes
+        // one), then the others the edge transcodes.
+        let mut codecs: Vec<VoiceCodec> = audio.formats.iter().map(|f| f.1).collect();
+        for c in [VoiceCodec::Opus, VoiceCodec::Pcmu, VoiceCodec::Pcma] {
+            if !codecs.contains(&c) {
+                codecs.push(c);
+            }
+        }
+        codecs.dedup();
+        let mut leg = WebRtcLeg::new(now, SocketAddr::new(self.advertise, port_to), &codecs);
+        let offer = leg.create_offer();
+        call.web = Some(WebCall { web: to, sid, state: WebState::SipOffered { leg: Box::new(leg), sip: audio }, answered: None });
+        Ok(offer.into_bytes())
+    }
+
+    /// SDP of a call with one browser leg after its first offer: the answer sets up the
+    /// bridge; a second answer (a 200 after a 183) gets the same; new offers are refused.
+    fn handle_web_sdp(&mut self, now: Instant, call_id: &str, from: Side, kind: SdpKind, body: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let call = self.calls.get_mut(call_id).ok_or(RelayError::UnknownSession)?;
+        let Some(web) = call.web.as_mut() else { return Ok(body.to_vec()) };
+        if kind == SdpKind::Offer {
+            return Err(MediaError::BridgedReoffer);
+        }
+        let sid = web.sid;
+        let port_web = self.relay.port(sid, web.web).ok_or(RelayError::UnknownSession)?;
+        let port_sip = self.relay.port(sid, web.web.other()).ok_or(RelayError::UnknownSession)?;
+        let ssrc = fnv(call_id.as_bytes()) as u32 | 1;
+        let start = ((fnv(call_id.as_bytes()) >> 32) as u16 & 0x7fff, (fnv(call_id.as_bytes()) >> 8) as u32);
+        let line = call.lines.iter().position(|l| l.session == Some(sid)).unwrap_or(0);
+        match std::mem::replace(&mut web.state, WebState::Bridged) {
+            WebState::Bridged => {
+                // A second answer: the SIP leg may have moved.
+                if from != web.web
+                    && let Ok(sdp) = Sdp::parse(body)
+                    && let Some(a) = read_plain(&sdp)
+                {
+                    let web_side = web.web;
+                    let again = web.answered.clone().unwrap_or_default();
+                    set_sip_remote(&mut self.relay, sid, web_side.other(), &a)?;
+                    return Ok(again);
+                }
+                Ok(web.answered.clone().unwrap_or_default())
+            }
+            WebState::BrowserOffered { offer, browser, sip_offer } => {
+                // The SIP leg answered.
+                let web_side = web.web;
+                let sdp = Sdp::parse(body)?;
+                let a = read_plain(&sdp).ok_or(MediaError::NoCommonCodec)?;
+                let Some(&(pt, codec)) = a.formats.iter().find(|f| sip_offer.contains(f)).or(a.formats.first()) else {
+                    web.state = WebState::BrowserOffered { offer, browser, sip_offer };
+                    return Err(MediaError::NoCommonCodec);
+                };
+                if a.proto.contains("SAVP") {
+                    let (_, profile, key) = pick_crypto(&a.crypto).ok_or(MediaError::NoCryptoSuite)?;
+                    set_theirs(&mut self.relay, sid, from, &mut call.lines[line].keys[idx(from)], profile, key)?;
+                }
+                // The browser answers with the SIP leg's codec when it offered it (no
+                // transcoding), else with its own ones.
+                let codecs: Vec<VoiceCodec> =
+                    if browser.iter().any(|b| b.1 == codec) { vec![codec] } else { browser.iter().map(|b| b.1).collect() };
+                let mut leg = WebRtcLeg::new(now, SocketAddr::new(self.advertise, port_web), &codecs);
+                let answer = leg.accept_offer(&offer)?;
+                let bridge = MediaBridge::new(leg, SipAudio { codec, pt, dtmf_pt: a.dtmf_for(codec) }, ssrc, start)?;
+                set_sip_remote(&mut self.relay, sid, from, &a)?;
+                self.relay.set_bridge(sid, web_side, bridge)?;
+                let call = self.calls.get_mut(call_id).ok_or(RelayError::UnknownSession)?;
+                if let Some(w) = call.web.as_mut() {
+                    w.answered = Some(answer.clone().into_bytes());
+                }
+                Ok(answer.into_bytes())
+            }
+            WebState::SipOffered { mut leg, sip } => {
+                // The browser answered.
+                let web_side = web.web;
+                let text = std::str::from_utf8(body).map_err(|_| super::sdp::SdpError::NotUtf8)?;
+                leg.accept_answer(text)?;
+                let web_codecs = leg.voice_formats();
+                let Some(&(pt, codec)) = sip
+                    .formats
+                    .iter()
+                    .find(|f| web_codecs.first().is_some_and(|w| w.1 == f.1))
+                    .or_else(|| sip.formats.iter().find(|f| web_codecs.iter().any(|w| w.1 == f.1)))
+                    .or(sip.formats.first())
+                else {
+                    return Err(MediaError::NoCommonCodec);
+                };
+                let dtmf = sip.dtmf_for(codec);
+                let bridge = MediaBridge::new(*leg, SipAudio { codec, pt, dtmf_pt: dtmf }, ssrc, start)?;
+                self.relay.set_bridge(sid, web_side, bridge)?;
+                let secure = sip.proto.contains("SAVP");
+                let crypto = if secure {
+                    let (tag, profile, _) = pick_crypto(&sip.crypto).ok_or(MediaError::NoCryptoSuite)?;
+                    let sip_side = web_side.other();
+                    let key = ours(&mut self.relay, sid, sip_side, &mut call.lines[line].keys[idx(sip_side)], profile)?;
+                    Some(format!("{tag} {} inline:{key}", profile.name()))
+                } else {
+                    None
+                };
+                let out = PlainSdp {
+                    addr: self.advertise,
+                    port: port_sip,
+                    session: (sid, 1),
+                    formats: &[(pt, codec)],
+                    dtmf: dtmf.map(|d| (d, codec.clock())),
+                    proto: if secure { "RTP/SAVP" } else { "RTP/AVP" },
+                    crypto,
+                    direction: Direction::SendRecv,
+                }
+                .write()
+                .into_bytes();
+                if let Some(w) = call.web.as_mut() {
+                    w.answered = Some(out.clone());
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Next datagram a WebRTC bridge sends: see [`Relay::poll_output`].
+    pub fn poll_output(&mut self) -> Option<Datagram> {
+        self.relay.poll_output()
+    }
+
+    /// When the WebRTC bridges' timers are next due.
+    pub fn poll_bridge_timeout(&self) -> Option<Instant> {
+        self.relay.poll_bridge_timeout()
+    }
+
+    pub fn handle_bridge_timeout(&mut self, now: Instant) {
+        self.relay.handle_bridge_timeout(now);
+    }
+
     /// A datagram on relay port `port`: see [`Relay::handle_packet`].
     #[inline]
     pub fn handle_packet(&mut self, now: Instant, port: u16, src: SocketAddr, pkt: &mut Vec<u8>) -> Option<Forward> {
@@ -528,6 +805,22 @@ impl Anchor {
     pub fn sweep_interval() -> Duration {
         Duration::from_secs(1)
     }
+}
+
+/// Where the SIP leg of a bridged call receives (from its SDP).
+fn set_sip_remote(relay: &mut Relay, sid: u64, side: Side, a: &PlainAudio) -> Result<(), MediaError> {
+    let Some(rtp) = a.rtp else { return Ok(()) };
+    let (clock_rate, codec) = match a.formats.first() {
+        Some((_, VoiceCodec::Opus)) => (48_000, CodecImpairment::OPUS),
+        _ => (8_000, CodecImpairment::G711_PLC),
+    };
+relay.set_remote(sid, side, RemoteMedia { rtp, rtcp: a.rtcp, mux: a.mux, clock_rate, codec })?;
+    Ok(())
+}
+
+/// FNV-1a: seeds for a bridge's SSRC and first sequence number / timestamp.
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// Clock rate and E-model impairment of a media line's first format.

@@ -5,7 +5,13 @@
 //! per-direction counters and quality (RFC 3550 loss and jitter, RTT from SR/RR, G.107
 //! MOS), and inactivity detection. The runtime owns the sockets (through [`Ports`]) and
 //! asks [`Relay::handle_packet`] where a datagram goes; nothing here allocates per packet.
+//!
+//! A session whose one leg is a browser carries a [`MediaBridge`] instead: that leg's port
+//! feeds the bridge's WebRTC leg (ICE, DTLS-SRTP), the other leg's RTP goes through the
+//! bridge (passthrough or transcoding), and what the bridge sends is collected with
+//! [`Relay::poll_output`]; [`Relay::poll_bridge_timeout`] says when its timers are due.
 
+use super::bridge::{Bridge as MediaBridge, BridgeOutput};
 use codec::quality::{CodecImpairment, EModelInput, Jitter, SeqTracker, mos};
 use codec::rtcp::{self, Rtcp};
 use codec::rtp::{RtpHeader, is_rtcp};
@@ -172,6 +178,8 @@ struct Session {
     created: Instant,
     last_activity: Instant,
     held: bool,
+    /// WebRTC interworking: the browser's side and the bridge.
+    bridge: Option<(Side, Box<MediaBridge>)>,
 }
 
 impl Session {
@@ -187,6 +195,14 @@ impl Session {
             Side::B => (&mut self.b, &mut self.a),
         }
     }
+}
+
+/// A datagram a bridge sends: out of local port `from_port` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub from_port: u16,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
 }
 
 /// Where the runtime sends a relayed datagram: out of local port `from_port` to `to`.
@@ -206,6 +222,27 @@ pub struct SessionReport {
     pub duration_secs: f64,
 }
 
+/// What the browser's leg of a bridge measured (str0m's receiver and sender reports).
+fn web_report(b: &MediaBridge) -> DirectionStats {
+    let leg = b.web();
+    let (_, codec) = b.web_codec();
+    let clock = codec.clock() as f64;
+    let rtt_ms = leg.egress.rtt.or(leg.ingress.rtt).map(|r| r.as_secs_f64() * 1000.0);
+    let loss_pct = (leg.ingress.loss as f64 * 100.0).clamp(0.0, 100.0);
+    let jitter_ms = leg.ingress.jitter as f64 * 1000.0 / clock;
+    let impairment = if codec == codec::voice::VoiceCodec::Opus { CodecImpairment::OPUS } else { CodecImpairment::G711_PLC };
+    let delay = 20.0 + 2.0 * jitter_ms + rtt_ms.unwrap_or(0.0) / 2.0;
+    DirectionStats {
+        packets: leg.ingress.packets,
+        bytes: leg.ingress.bytes,
+        loss_pct,
+        jitter_ms,
+        rtt_ms,
+        mos: mos(EModelInput { codec: impairment, loss_pct, burst_ratio: 1.0, delay_ms: delay }),
+        ..Default::default()
+    }
+}
+
 /// The middle 32 bits of an NTP timestamp (the LSR field of a report block).
 fn ntp_mid(ntp: u64) -> u32 {
     (ntp >> 16) as u32
@@ -221,6 +258,9 @@ pub struct Relay {
     by_port: HashMap<u16, (u64, Side, bool)>,
     sessions: HashMap<u64, Session>,
     next: u64,
+    /// Sessions with a bridge, and those whose bridge may have output.
+    bridged: Vec<u64>,
+    bridge_dirty: Vec<u64>,
 }
 
 impl Relay {
@@ -229,7 +269,7 @@ impl Relay {
         let (idx, n) = (cfg.shard.0, cfg.shard.1.max(1));
         // Even RTP ports whose RTCP port (p + 1) is still inside the range, this shard's share.
         let free = (start..*cfg.ports.end()).step_by(2).enumerate().filter(|(i, _)| i % n == idx).map(|(_, p)| p).collect();
-        Relay { cfg, free, by_port: HashMap::new(), sessions: HashMap::new(), next: 0 }
+        Relay { cfg, free, by_port: HashMap::new(), sessions: HashMap::new(), next: 0, bridged: vec![], bridge_dirty: vec![] }
     }
 
     /// Ports (RTP + RTCP) held by sessions.
@@ -284,7 +324,7 @@ impl Relay {
             self.by_port.insert(p + 1, (id, side, true));
         }
         let leg = |p| Leg { rtp_port: p, clock_rate: 8000, ..Default::default() };
-        self.sessions.insert(id, Session { a: leg(pa), b: leg(pb), created: now, last_activity: now, held: false });
+        self.sessions.insert(id, Session { a: leg(pa), b: leg(pb), created: now, last_activity: now, held: false, bridge: None });
         Ok((id, pa, pb))
     }
 
@@ -350,12 +390,140 @@ impl Relay {
         Ok(())
     }
 
+    /// Puts a WebRTC bridge on a session: `web` is the browser's leg.
+    pub fn set_bridge(&mut self, id: u64, web: Side, bridge: MediaBridge) -> Result<(), RelayError> {
+        let s = self.sessions.get_mut(&id).ok_or(RelayError::UnknownSession)?;
+        s.bridge = Some((web, Box::new(bridge)));
+        if !self.bridged.contains(&id) {
+            self.bridged.push(id);
+        }
+        self.bridge_dirty.push(id);
+        Ok(())
+    }
+
+    /// The bridge of a session, if it has one.
+    pub fn bridge(&self, id: u64) -> Option<&MediaBridge> {
+        self.sessions.get(&id)?.bridge.as_ref().map(|(_, b)| &**b)
+    }
+
+    /// A datagram for a bridged session.
+    fn handle_bridged(&mut self, now: Instant, id: u64, side: Side, on_rtcp_port: bool, src: SocketAddr, pkt: &mut Vec<u8>) {
+        let strict = self.cfg.strict_latching;
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some((web, _)) = s.bridge.as_ref() else { return };
+        let web = *web;
+        if side == web {
+            // ICE, DTLS, SRTP and SRTCP, all on the RTP port (rtcp-mux, BUNDLE).
+            if on_rtcp_port {
+                return;
+            }
+            s.last_activity = now;
+            if let Some((_, b)) = s.bridge.as_mut() {
+                b.handle_web(now, src, pkt);
+            }
+            self.bridge_dirty.push(id);
+            return;
+        }
+        let rtcp = on_rtcp_port || is_rtcp(pkt);
+        let since = now.saturating_duration_since(s.created);
+        let (l, out) = s.legs(side);
+        let latched = if rtcp { l.latched_rtcp } else { l.latched_rtp };
+        if strict && latched.is_some_and(|a| a != src) {
+            l.stats.foreign_dropped += 1;
+            return;
+        }
+        if let Some(c) = l.srtp_in.as_deref_mut() {
+            let r = if rtcp { c.unprotect_rtcp(pkt) } else { c.unprotect_rtp(pkt) };
+            if r.is_err() {
+                l.stats.srtp_errors += 1;
+                return;
+            }
+        }
+        if rtcp {
+            l.latched_rtcp = Some(src);
+            l.stats.rtcp_packets += 1;
+            // The SIP leg's reports end here: the WebRTC leg has its own (str0m's).
+            Self::observe_rtcp(now, l, out, pkt);
+        } else {
+            l.latched_rtp = Some(src);
+            l.stats.packets += 1;
+            l.stats.bytes += pkt.len() as u64;
+            if let Ok(h) = RtpHeader::parse(pkt) {
+                l.seq.record(h.sequence);
+                let arrival = since.as_nanos() as u64 * l.clock_rate as u64 / 1_000_000_000;
+                l.jitter.record(arrival, h.timestamp);
+            }
+            s.last_activity = now;
+            if let Some((_, b)) = s.bridge.as_mut() {
+                b.handle_sip(now, pkt);
+            }
+            self.bridge_dirty.push(id);
+        }
+    }
+
+    /// Next datagram a bridge sends (after [`Self::handle_packet`] returned `None` for a
+    /// bridged session, or after [`Self::handle_bridge_timeout`]).
+    pub fn poll_output(&mut self) -> Option<Datagram> {
+        while let Some(&id) = self.bridge_dirty.last() {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                self.bridge_dirty.pop();
+                continue;
+            };
+            let Some((web, b)) = s.bridge.as_mut() else {
+                self.bridge_dirty.pop();
+                continue;
+            };
+            let web = *web;
+            let Some(o) = b.poll_output() else {
+                self.bridge_dirty.pop();
+                continue;
+            };
+            let (wl, sl) = match web {
+                Side::A => (&mut s.a, &mut s.b),
+                Side::B => (&mut s.b, &mut s.a),
+            };
+            match o {
+                BridgeOutput::ToWeb { to, data } => return Some(Datagram { from_port: wl.rtp_port, to, data }),
+                BridgeOutput::ToSip(mut data) => {
+                    let Some(to) = sl.latched_rtp.or(sl.expected_rtp) else { continue };
+                    if let Some(c) = sl.srtp_out.as_deref_mut()
+                        && c.protect_rtp(&mut data).is_err()
+                    {
+                        continue;
+                    }
+                    return Some(Datagram { from_port: sl.rtp_port, to, data });
+                }
+            }
+        }
+        None
+    }
+
+    /// When a bridge's timers are next due.
+    pub fn poll_bridge_timeout(&self) -> Option<Instant> {
+        self.bridged.iter().filter_map(|id| self.sessions.get(id)?.bridge.as_ref()?.1.poll_timeout()).min()
+    }
+
+    /// Runs the bridges' due timers (ICE consent, DTLS retransmission, RTCP, pacing).
+    pub fn handle_bridge_timeout(&mut self, now: Instant) {
+        for &id in &self.bridged {
+            let Some((_, b)) = self.sessions.get_mut(&id).and_then(|s| s.bridge.as_mut()) else { continue };
+            if b.poll_timeout().is_some_and(|at| at <= now) {
+                b.handle_timeout(now);
+                self.bridge_dirty.push(id);
+            }
+        }
+    }
+
     /// A datagram arrived on relay port `port` from `src`; `pkt` holds it and may be
     /// rewritten in place (SRTP bridging). Returns where it goes, if anywhere.
     pub fn handle_packet(&mut self, now: Instant, port: u16, src: SocketAddr, pkt: &mut Vec<u8>) -> Option<Forward> {
         let &(id, side, on_rtcp_port) = self.by_port.get(&port)?;
         let strict = self.cfg.strict_latching;
         let s = self.sessions.get_mut(&id)?;
+        if s.bridge.is_some() {
+            self.handle_bridged(now, id, side, on_rtcp_port, src, pkt);
+            return None;
+        }
         let rtcp = on_rtcp_port || is_rtcp(pkt);
         let since = now.saturating_duration_since(s.created);
         let (l, out) = s.legs(side);
@@ -438,17 +606,22 @@ impl Relay {
     /// Live figures of a session.
     pub fn report(&self, id: u64, now: Instant) -> Option<SessionReport> {
         let s = self.sessions.get(&id)?;
-        Some(SessionReport {
-            from_a: s.a.report(),
-            from_b: s.b.report(),
-            duration_secs: now.saturating_duration_since(s.created).as_secs_f64(),
-        })
+        let (mut from_a, mut from_b) = (s.a.report(), s.b.report());
+        if let Some((web, b)) = &s.bridge {
+            let w = web_report(b);
+            match web {
+                Side::A => from_a = w,
+                Side::B => from_b = w,
+            }
+        }
+        Some(SessionReport { from_a, from_b, duration_secs: now.saturating_duration_since(s.created).as_secs_f64() })
     }
 
     /// Closes a session and frees its ports (released through `ports`).
     pub fn close(&mut self, id: u64, now: Instant, ports: &mut dyn Ports) -> Option<SessionReport> {
         let r = self.report(id, now);
         let s = self.sessions.remove(&id)?;
+        self.bridged.retain(|b| *b != id);
         for p in [s.a.rtp_port, s.b.rtp_port] {
             self.by_port.remove(&p);
             self.by_port.remove(&(p + 1));

@@ -142,7 +142,7 @@ impl WebRtcLeg {
 
     /// Checks what str0m does not: a DTLS fingerprint and ICE credentials (RFC 8839 5.4,
     /// session or media level) and an audio m-line.
-    fn check(sdp: &str) -> Result<(), WebRtcError> {
+    pub fn check_remote(sdp: &str) -> Result<(), WebRtcError> {
         if !sdp.lines().any(|l| l.starts_with("m=audio")) {
             return Err(WebRtcError::NoAudio);
         }
@@ -157,7 +157,7 @@ impl WebRtcLeg {
 
     /// Answers a browser's offer (its audio m-line; video m-lines are rejected with port 0).
     pub fn accept_offer(&mut self, offer: &str) -> Result<String, WebRtcError> {
-        Self::check(offer)?;
+        Self::check_remote(offer)?;
         let o = SdpOffer::from_sdp_string(offer).map_err(|e| WebRtcError::Sdp(e.to_string()))?;
         let answer = self.rtc.sdp_api().accept_offer(o).map_err(|e| WebRtcError::Sdp(e.to_string()))?.to_sdp_string();
         self.drain();
@@ -185,7 +185,7 @@ impl WebRtcLeg {
 
     /// The browser's answer to [`Self::create_offer`].
     pub fn accept_answer(&mut self, answer: &str) -> Result<(), WebRtcError> {
-        Self::check(answer)?;
+        Self::check_remote(answer)?;
         let a = SdpAnswer::from_sdp_string(answer).map_err(|e| WebRtcError::Sdp(e.to_string()))?;
         let pending = self.pending.take().ok_or(WebRtcError::NoPendingOffer)?;
         self.rtc.sdp_api().accept_answer(pending, a).map_err(|e| WebRtcError::Sdp(e.to_string()))?;

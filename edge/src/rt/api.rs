@@ -1749,6 +1749,8 @@ pub fn router(st: ApiState, sfu: Option<sfu::rt::SfuHandle>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(st.clone(), require_token))
         .with_state(st);
     // WHIP/WHEP: public media endpoints, outside the token check.
+    // The web phone page: public too (it signs in with SIP digest over WebSocket).
+    let router = super::phone::router().merge(router);
     match sfu {
         Some(h) => super::whip::router(h.clone()).merge(super::room_ws::router(h)).merge(router),
         None => router,

@@ -103,11 +103,28 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
     let dropped = metrics::counter!("edge_media_packets_dropped_total");
     let bytes = metrics::counter!("edge_media_bytes_relayed_total");
     loop {
-        let mut guard = match poll.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
+        // WebRTC bridges (issue #8) have timers (ICE consent, DTLS retransmission, RTCP,
+        // pacing): wake for them too. A bridge starts with the browser's first STUN
+        // check, which arrives on a socket of this poller.
+        let deadline = w.core.borrow().media_bridge_timeout();
+        let woke = match deadline {
+            Some(at) => tokio::select! {
+                g = poll.readable_mut() => Some(g),
+                _ = tokio::time::sleep_until(at.into()) => None,
+            },
+            None => Some(poll.readable_mut().await),
+        };
+        let mut guard = match woke {
+            Some(Ok(g)) => g,
+            Some(Err(e)) => {
                 tracing::error!(error = %e, "relay poller");
                 return;
+            }
+            None => {
+                let mut core = w.core.borrow_mut();
+                core.handle_media_bridge_timeout(Instant::now());
+                flush_bridges(&mut core, &sockets.borrow());
+                continue;
             }
         };
         // Edge-triggered registrations: every reported socket is drained (a short recvmmsg
@@ -161,6 +178,7 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
                             }
                         }
                     }
+                    flush_bridges(&mut core, &socks);
                     if n < BATCH {
                         // A short batch: the socket is (nearly always) empty; one more
                         // call would only return WouldBlock.
@@ -179,6 +197,17 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
             }
         }
         guard.clear_ready();
+    }
+}
+
+/// Sends what the WebRTC bridges have queued.
+fn flush_bridges(core: &mut super::Core, socks: &RelaySockets) {
+    while let Some(d) = core.poll_media_output() {
+        match socks.socks.get(&d.from_port).map(|s| s.sock.send_to(&d.data, d.to)) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::debug!(port = d.from_port, to = %d.to, error = %e, "bridge send"),
+            None => {}
+        }
     }
 }
 

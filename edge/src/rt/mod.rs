@@ -18,6 +18,7 @@ pub mod dns;
 pub mod flows;
 pub mod icmp;
 pub mod media;
+pub mod phone;
 pub mod room_ws;
 pub mod stream;
 pub mod tls;

@@ -149,17 +149,40 @@ pub fn sdp(ip: &str, port: u16, pt: u8, rtpmap: &str) -> String {
 
 /// An SDP answer accepting the first format of `offer` (RFC 3264 6), on `ip:port`.
 pub fn answer_sdp(offer: &[u8], ip: &str, port: u16) -> String {
+    answer_sdp_with(offer, ip, port, None).unwrap_or_else(|| sdp(ip, port, 0, "PCMU/8000"))
+}
+
+/// The answer for one audio format: `want` (an encoding name such as `PCMU`, any case)
+/// or, when `None`, the offer's first. A `telephone-event` (RFC 4733) at the chosen
+/// format's clock is accepted too. `None` when the offer lacks `want`.
+pub fn answer_sdp_with(offer: &[u8], ip: &str, port: u16, want: Option<&str>) -> Option<String> {
     let text = std::str::from_utf8(offer).unwrap_or("");
-    let pt: u8 = text
+    let pts: Vec<u8> = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("m=audio "))
-        .and_then(|m| m.split_whitespace().nth(2))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    let rtpmap =
-        text.lines().find_map(|l| l.trim().strip_prefix(&format!("a=rtpmap:{pt} ")).map(str::to_string)).unwrap_or_else(|| match pt {
-            8 => "PCMA/8000".into(),
-            _ => "PCMU/8000".into(),
-        });
-    sdp(ip, port, pt, &rtpmap)
+        .map(|m| m.split_whitespace().skip(2).filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
+    let rtpmap = |pt: u8| {
+        text.lines().find_map(|l| l.trim().strip_prefix(&format!("a=rtpmap:{pt} ")).map(str::to_string)).or(match pt {
+            0 => Some("PCMU/8000".into()),
+            8 => Some("PCMA/8000".into()),
+            _ => None,
+        })
+    };
+    let name = |map: &str| map.split('/').next().unwrap_or("").to_ascii_lowercase();
+    let (pt, map) = match want {
+        None => {
+            let pt = pts.first().copied().unwrap_or(0);
+            (pt, rtpmap(pt).unwrap_or_else(|| "PCMU/8000".into()))
+        }
+        Some(w) => pts.iter().find_map(|pt| rtpmap(*pt).filter(|m| name(m) == w.to_ascii_lowercase()).map(|m| (*pt, m)))?,
+    };
+    let clock = map.split('/').nth(1).unwrap_or("8000").to_string();
+    let dtmf = pts.iter().find_map(|pt| rtpmap(*pt).filter(|m| name(m) == "telephone-event" && m.split('/').nth(1) == Some(&clock)).map(|_| *pt));
+    let mut s = sdp(ip, port, pt, &map);
+    if let Some(d) = dtmf {
+        s = s.replace(&format!("RTP/AVP {pt}\r\n"), &format!("RTP/AVP {pt} {d}\r\n"));
+        s.push_str(&format!("a=rtpmap:{d} telephone-event/{clock}\r\na=fmtp:{d} 0-16\r\n"));
+    }
+    Some(s)
 }

@@ -26,8 +26,10 @@ pub struct UasConfig {
     /// `no_answer` passes (then 480).
     pub no_answer_share: f64,
     pub no_answer: Duration,
-    /// Media address for SDP answers (media on): the answer accepts the offer's first format.
+    /// Media address for SDP answers (media on): the answer accepts the offer's first format,
+    /// or `codec` (an encoding name) when set: an offer without it gets 488.
     pub media: Option<(String, u16)>,
+    pub codec: Option<String>,
     /// Contact written into 2xx (`sip:host:port;transport=...`).
     pub contact: String,
     pub timing: Timing,
@@ -258,13 +260,14 @@ impl Uas {
         }
         let Some(l) = self.legs.get(&id) else { return };
         if matches!(state, State::Trying | State::Ringing) && now >= l.answer_at {
-            let (code, extra, body) = match l.reject {
-                Some(c) => (c, self.cfg.retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default(), String::new()),
-                None => {
-                    let body = match &self.cfg.media {
-                        Some((ip, port)) => super::answer_sdp(&l.invite.body(), ip, *port),
-                        None => String::new(),
-                    };
+            let body = match &self.cfg.media {
+                Some((ip, port)) => super::answer_sdp_with(&l.invite.body(), ip, *port, self.cfg.codec.as_deref()),
+                None => Some(String::new()),
+            };
+            let (code, extra, body) = match (l.reject, body) {
+                (Some(c), _) => (c, self.cfg.retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default(), String::new()),
+                (None, None) => (488, "Warning: 305 loadgen \"the offer lacks the codec asked for\"\r\n".to_string(), String::new()),
+                (None, Some(body)) => {
                     let mut extra = format!("Contact: <{}>\r\n", self.cfg.contact);
                     for rr in l.invite.header_lines(edge::msg::HeaderName::RecordRoute) {
                         extra.push_str(&format!("Record-Route: {rr}\r\n"));

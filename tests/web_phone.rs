@@ -1,0 +1,245 @@
+//! WebRTC <-> SIP calls with a real browser (issue #8): headless Chromium (fake microphone)
+//! loads the edge's web phone page (`/phone`, SIP.js from npm), registers over WSS with
+//! digest, and calls a `loadgen answer` that takes only PCMU (with an RTP echo that counts
+//! what reaches the SIP side); then a SIP phone (loadgen with RTP) calls the browser,
+//! which answers by itself. The edge terminates ICE and DTLS-SRTP and bridges to RTP.
+#![allow(clippy::disallowed_methods)]
+
+use e2e_tests::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Reports = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// One browser test at a time (two Chromium calls on 2 cores starve each other).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Collects the JSON the page POSTs (its `state`) at `/report`.
+fn report_server() -> (u16, Reports) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let reports: Reports = Arc::default();
+    let r2 = reports.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let r3 = r2.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut rd = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if rd.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if rd.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = rd.read_exact(&mut body);
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    r3.lock().unwrap().push(v);
+                }
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n");
+            });
+        }
+    });
+    (port, reports)
+}
+
+fn latest(r: &Reports) -> serde_json::Value {
+    r.lock().unwrap().last().cloned().unwrap_or(serde_json::Value::Null)
+}
+
+/// Headless Chromium on `url`, trusting the edge's self-signed WSS certificate.
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--ignore-certificate-errors",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium (scripts/setup.sh installs it)");
+        Browser { child, _profile: profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const USERS: &str = "[[user]]\nname = \"alice\"\npassword = \"wonderland\"\n";
+
+fn phone_url(edge: &Edge, report: u16, extra: &str) -> String {
+    format!(
+        "http://{}/phone?server=wss://{}&aor=sip:alice@edge.test&password=wonderland&name=alice&register=1&report=http://127.0.0.1:{report}/report{extra}",
+        edge.admin.unwrap(),
+        edge.wss
+    )
+}
+
+/// A browser calls a PCMU-only SIP endpoint; `codecs` limits what the browser offers
+/// (`opus`: the edge transcodes).
+fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let pbx = free_port();
+    let cfg = format!(
+        "{USERS}[[upstream]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:{pbx}\"\n[[route]]\nname = \"pbx\"\nprefix = \"9\"\nupstream = \"pbx\"\n"
+    );
+    let edge = Edge::start(&cfg, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let rj = dir.path().join("answer.json");
+    let listen = format!("127.0.0.1:{pbx}");
+    let mut answer = Command::new(loadgen_bin())
+        .args(["answer", "--listen", &listen, "--codec", "pcmu", "--rtp-echo", "--calls", "1", "--duration-s", "60", "--quiet"])
+        .arg("--report-json")
+        .arg(&rj)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("loadgen answer");
+    let (port, reports) = report_server();
+    let codecs = codecs.map(|c| format!("&codecs={c}")).unwrap_or_default();
+    let _browser = Browser::open(&phone_url(&edge, port, &format!("&target=sip:9000@edge.test&call=1&hangup_after=6{codecs}")));
+    // Registered over WSS (digest), in the call, and the echo of its own audio comes back.
+    let ok = wait_until(Duration::from_secs(40), || {
+        let r = latest(&reports);
+        r["registered"] == true && r["inbound_audio_bytes"].as_u64().unwrap_or(0) > 4_000
+    });
+    let r = latest(&reports);
+    assert!(ok, "browser: {r}\n{}", edge.log());
+    assert_eq!(r["calls"], 1, "{r}");
+    if codecs.is_empty() {
+        assert_eq!(r["codec"], "audio/PCMU", "the browser speaks PCMU with the phone (no transcoding): {r}");
+    } else {
+        assert_eq!(r["codec"], "audio/opus", "the browser speaks Opus, the phone PCMU: {r}");
+    }
+    let first = r["inbound_audio_bytes"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || latest(&reports)["inbound_audio_bytes"].as_u64().unwrap_or(0) > first + 2_000),
+        "inbound audio keeps growing: {}",
+        latest(&reports)
+    );
+    // The browser hangs up after 6 s: the phone sees the BYE (its report is written).
+    let exited = wait_until(Duration::from_secs(20), || answer.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = answer.kill();
+    }
+    assert!(exited, "the SIP side got the BYE: {}\n{}", latest(&reports), edge.log());
+    let a = json(&rj);
+    assert_eq!(a["uas_calls_ended_ok"], 1, "{a}");
+    let echo = &a["echo"];
+    assert!(echo["packets"].as_u64().unwrap_or(0) > 150, "RTP reached the SIP side: {echo}");
+    assert!(echo["payload_types"]["0"].as_u64().unwrap_or(0) > 150, "as PCMU: {echo}");
+    // The call is over for the edge too: record written, relay ports free.
+    assert!(
+        wait_until(Duration::from_secs(5), || edge.call_records().iter().any(|c| c["reason"] == "bye_from_caller")),
+        "{:?}",
+        edge.call_records()
+    );
+    let rec = edge.call_records().into_iter().find(|c| c["reason"] == "bye_from_caller").unwrap();
+    let m = &rec["media"][0];
+    assert!(m["from_a"]["packets"].as_u64().unwrap_or(0) > 100, "the browser leg's figures (str0m): {rec}");
+    assert!(m["from_b"]["packets"].as_u64().unwrap_or(0) > 100, "the phone leg's: {rec}");
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&edge.metrics(), "edge_media_ports_in_use") == 0.0),
+        "relay ports freed: {}",
+        edge.metrics().lines().filter(|l| l.starts_with("edge_media")).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn a_browser_registers_over_wss_and_calls_a_pcmu_only_phone() {
+    browser_calls_a_pcmu_phone(None);
+}
+
+#[test]
+fn a_browser_offering_only_opus_calls_a_pcmu_only_phone_through_the_transcoder() {
+    browser_calls_a_pcmu_phone(Some("opus"));
+}
+
+#[test]
+fn a_sip_phone_calls_the_registered_browser_which_answers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let edge = Edge::start(USERS, &[]);
+    let (port, reports) = report_server();
+    let _browser = Browser::open(&phone_url(&edge, port, "&autoanswer=1"));
+    assert!(
+        wait_until(Duration::from_secs(30), || latest(&reports)["registered"] == true),
+        "browser: {}\n{}",
+        latest(&reports),
+        edge.log()
+    );
+    // A desk phone (loadgen, PCMU with RTP: a tone) calls alice for 6 s.
+    let dir = tempfile::tempdir().unwrap();
+    let rj = dir.path().join("call.json");
+    let target = format!("sip:{}", edge.udp);
+    let out = run(
+        &[
+            "call",
+            "--target",
+            &target,
+            "--to",
+            "sip:alice@edge.test",
+            "--from",
+            "sip:desk@pbx.test",
+            "--calls",
+            "1",
+            "--hold-ms",
+            "6000",
+            "--rtp",
+            "--codec",
+            "pcmu",
+            "--quiet",
+            "--report-json",
+            rj.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    let r = json(&rj);
+    assert!(out.status.success(), "{}\n{r}\nbrowser: {}\n{}", text(&out), latest(&reports), edge.log());
+    assert_eq!(r["calls_succeeded"], 1, "{r}");
+    let s = &r["media"]["per_stream"][0];
+    // The browser's fake microphone (a beep) reaches the phone.
+    assert!(s["packets_received"].as_u64().unwrap_or(0) > 150, "{s}\n{}", edge.log());
+    assert!(s["voiced_frames"].as_u64().unwrap_or(0) > 10, "the phone hears the browser: {s}");
+    let b = latest(&reports);
+    assert!(b["inbound_audio_bytes"].as_u64().unwrap_or(0) > 4_000, "the browser hears the phone: {b}");
+    assert!(wait_until(Duration::from_secs(5), || latest(&reports)["ended"] == 1), "the phone's BYE ended it: {}", latest(&reports));
+}
