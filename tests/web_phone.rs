@@ -136,7 +136,7 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
         .expect("loadgen answer");
     let (port, reports) = report_server();
     let codecs = codecs.map(|c| format!("&codecs={c}")).unwrap_or_default();
-    let _browser = Browser::open(&phone_url(&edge, port, &format!("&target=sip:9000@edge.test&call=1&hangup_after=6{codecs}")));
+    let _browser = Browser::open(&phone_url(&edge, port, &format!("&target=sip:9000@edge.test&call=1&hangup_after=6&dtmf=1590{codecs}")));
     // Registered over WSS (digest), in the call, and the echo of its own audio comes back.
     let ok = wait_until(Duration::from_secs(40), || {
         let r = latest(&reports);
@@ -167,6 +167,9 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
     let echo = &a["echo"];
     assert!(echo["packets"].as_u64().unwrap_or(0) > 150, "RTP reached the SIP side: {echo}");
     assert!(echo["payload_types"]["0"].as_u64().unwrap_or(0) > 150, "as PCMU: {echo}");
+    // The page's digits (RTCDTMFSender: RFC 4733 in the RTP stream) reach the phone as
+    // telephone-events; the echo sends them back towards the browser.
+    assert_eq!(echo["digits"], "1590", "{echo}");
     // The call is over for the edge too: record written, relay ports free.
     assert!(
         wait_until(Duration::from_secs(5), || edge.call_records().iter().any(|c| c["reason"] == "bye_from_caller")),
@@ -177,6 +180,11 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
     let m = &rec["media"][0];
     assert!(m["from_a"]["packets"].as_u64().unwrap_or(0) > 100, "the browser leg's figures (str0m): {rec}");
     assert!(m["from_b"]["packets"].as_u64().unwrap_or(0) > 100, "the phone leg's: {rec}");
+    let w = &m["webrtc"];
+    assert_eq!(w["transcoding"], !codecs.is_empty(), "{w}");
+    assert_eq!(w["sip_codec"], "PCMU", "{w}");
+    assert!(w["dtmf_to_sip"].as_u64().unwrap_or(0) >= 4, "the browser's events to the phone: {w}");
+    assert!(w["dtmf_to_web"].as_u64().unwrap_or(0) >= 4, "the phone's (echoed) events to the browser leg: {w}");
     assert!(
         wait_until(Duration::from_secs(5), || metric(&edge.metrics(), "edge_media_ports_in_use") == 0.0),
         "relay ports freed: {}",

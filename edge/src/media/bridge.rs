@@ -100,10 +100,12 @@ enum Mode {
 struct Way {
     in_pt: u8,
     in_clock: u32,
-    in_dtmf: Option<u8>,
+    /// Telephone-event payload types accepted from the input, with their clocks.
+    in_dtmf: Vec<(u8, u32)>,
     out_pt: u8,
     out_clock: u32,
-    out_dtmf: Option<u8>,
+    /// The output's telephone-event payload type and clock.
+    out_dtmf: Option<(u8, u32)>,
     mode: Mode,
     /// Transcoding: the next output sequence number and timestamp.
     out_seq: u16,
@@ -118,7 +120,7 @@ fn scale(ticks: u64, from: u32, to: u32) -> u64 {
 }
 
 impl Way {
-    fn new(from: (u8, VoiceCodec, Option<u8>), to: (u8, VoiceCodec, Option<u8>), start: (u16, u32)) -> Result<Way, BridgeError> {
+    fn new(from: (u8, VoiceCodec, Vec<(u8, u32)>), to: (u8, VoiceCodec, Option<(u8, u32)>), start: (u16, u32)) -> Result<Way, BridgeError> {
         let mode = if from.1 == to.1 {
             Mode::Pass { offsets: None }
         } else {
@@ -152,8 +154,8 @@ impl Way {
 
     /// One packet from the input leg; what to send to the output leg goes to `out`.
     fn handle(&mut self, p: In, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
-        if Some(p.pt) == self.in_dtmf {
-            self.dtmf(p, stats, out);
+        if let Some(&(_, clock)) = self.in_dtmf.iter().find(|d| d.0 == p.pt) {
+            self.dtmf(p, clock, stats, out);
         } else if p.pt == self.in_pt {
             self.audio(p, stats, out);
         } else {
@@ -223,9 +225,9 @@ impl Way {
 
     /// RFC 4733 2.3: an event's packets share its start timestamp; the duration field is in
     /// RTP clock units. Mapped to the output's telephone-event type, timeline and clock.
-    fn dtmf(&mut self, p: In, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
+    fn dtmf(&mut self, p: In, in_clock: u32, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
         let In { seq, ts, marker, payload, .. } = p;
-        let Some(out_pt) = self.out_dtmf else {
+        let Some((out_pt, out_clock)) = self.out_dtmf else {
             stats.dropped += 1;
             return;
         };
@@ -233,27 +235,28 @@ impl Way {
             stats.dropped += 1;
             return;
         }
-        let (in_clock, out_clock) = (self.in_clock, self.out_clock);
+        // The event's duration in the output's telephone-event clock.
+        let mut ev = payload[..4].to_vec();
+        let dur = u16::from_be_bytes([ev[2], ev[3]]) as u64;
+        let d = scale(dur, in_clock, out_clock).min(u16::MAX as u64) as u16;
+        ev[2..4].copy_from_slice(&d.to_be_bytes());
+        let audio_out_clock = self.out_clock;
         match &mut self.mode {
             Mode::Pass { offsets } => {
                 let (so, to) = *offsets.get_or_insert((self.out_seq.wrapping_sub(seq), self.out_ts.wrapping_sub(ts)));
-                out.push(Packet { pt: out_pt, seq: seq.wrapping_add(so), ts: ts.wrapping_add(to), marker, payload: payload.to_vec() });
+                out.push(Packet { pt: out_pt, seq: seq.wrapping_add(so), ts: ts.wrapping_add(to), marker, payload: ev });
             }
             Mode::Transcode { pcm, .. } => {
                 let out_ts = match self.event {
                     Some((in_ts, out_ts)) if in_ts == ts => out_ts,
                     _ => {
                         // A new event starts where the audio received so far ends.
-                        let at = self.out_ts.wrapping_add(scale(pcm.len() as u64, 48_000, out_clock) as u32);
+                        let at = self.out_ts.wrapping_add(scale(pcm.len() as u64, 48_000, audio_out_clock) as u32);
                         self.event = Some((ts, at));
                         at
                     }
                 };
-                let mut p = payload[..4].to_vec();
-                let dur = u16::from_be_bytes([p[2], p[3]]) as u64;
-                let d = scale(dur, in_clock, out_clock).min(u16::MAX as u64) as u16;
-                p[2..4].copy_from_slice(&d.to_be_bytes());
-                out.push(Packet { pt: out_pt, seq: self.out_seq, ts: out_ts, marker, payload: p });
+                out.push(Packet { pt: out_pt, seq: self.out_seq, ts: out_ts, marker, payload: ev });
                 self.out_seq = self.out_seq.wrapping_add(1);
             }
         }
@@ -263,6 +266,7 @@ impl Way {
 /// One call's media bridge.
 pub struct Bridge {
     web: WebRtcLeg,
+    sip_codec: VoiceCodec,
     to_web: Way,
     to_sip: Way,
     ssrc: u32,
@@ -279,12 +283,23 @@ impl Bridge {
         let formats = web.voice_formats();
         let (web_pt, web_codec) =
             formats.iter().find(|(_, c)| *c == sip.codec).or_else(|| formats.first()).copied().ok_or(BridgeError::NoWebCodec)?;
-        let web_dtmf = web.dtmf_pt(web_codec.clock()).or_else(|| web.dtmf_pt(8_000)).or_else(|| web.dtmf_pt(48_000));
-        let web_side = (web_pt, web_codec, web_dtmf);
-        let sip_side = (sip.pt, sip.codec, sip.dtmf_pt);
+        // Browsers send telephone-event at the clock of the audio codec when they can,
+        // else at 8 kHz (Chrome used its 8 kHz type with Opus here): any negotiated one is
+        // taken; towards the browser, the one at the codec's clock first.
+        let web_in: Vec<(u8, u32)> = web
+            .formats()
+            .into_iter()
+            .filter_map(|(pt, f)| match f {
+                super::webrtc::Format::Dtmf(clock) => Some((pt, clock)),
+                super::webrtc::Format::Voice(_) => None,
+            })
+            .collect();
+        let web_out = web_in.iter().find(|d| d.1 == web_codec.clock()).or(web_in.first()).copied();
+        let sip_dtmf = sip.dtmf_pt.map(|pt| (pt, sip.codec.clock()));
         Ok(Bridge {
-            to_web: Way::new(sip_side, web_side, start)?,
-            to_sip: Way::new(web_side, sip_side, start)?,
+            sip_codec: sip.codec,
+            to_web: Way::new((sip.pt, sip.codec, sip_dtmf.into_iter().collect()), (web_pt, web_codec, web_out), start)?,
+            to_sip: Way::new((web_pt, web_codec, web_in), (sip.pt, sip.codec, sip_dtmf), start)?,
             web,
             ssrc,
             out: VecDeque::new(),
@@ -296,6 +311,11 @@ impl Bridge {
     /// Whether the legs' codecs differ.
     pub fn is_transcoding(&self) -> bool {
         self.to_sip.is_transcoding()
+    }
+
+    /// The SIP leg's codec.
+    pub fn sip_codec(&self) -> VoiceCodec {
+        self.sip_codec
     }
 
     /// The WebRTC leg's codec as used (payload type, codec).
@@ -326,7 +346,7 @@ impl Bridge {
         let p = In { pt: h.payload_type, seq: h.sequence, ts: h.timestamp, marker: h.marker, payload };
         self.to_web.handle(p, &mut self.stats, &mut batch);
         for p in batch.drain(..) {
-            if Some(p.pt) == self.to_web.out_dtmf {
+            if self.to_web.out_dtmf.is_some_and(|d| d.0 == p.pt) {
                 self.stats.dtmf_to_web += 1;
             }
             self.stats.to_web_packets += 1;
@@ -365,7 +385,7 @@ impl Bridge {
                     let i = In { pt: *h.payload_type, seq: h.sequence_number, ts: h.timestamp, marker: h.marker, payload: &p.payload };
                     self.to_sip.handle(i, &mut self.stats, &mut batch);
                     for q in batch.drain(..) {
-                        if Some(q.pt) == self.to_sip.out_dtmf {
+                        if self.to_sip.out_dtmf.is_some_and(|d| d.0 == q.pt) {
                             self.stats.dtmf_to_sip += 1;
                         }
                         self.stats.to_sip_packets += 1;
@@ -397,7 +417,7 @@ mod tests {
     use super::*;
 
     fn pass_way() -> Way {
-        Way::new((0, VoiceCodec::Pcmu, Some(101)), (0, VoiceCodec::Pcmu, Some(126)), (1000, 50_000)).unwrap()
+        Way::new((0, VoiceCodec::Pcmu, vec![(101, 8_000)]), (0, VoiceCodec::Pcmu, Some((126, 8_000))), (1000, 50_000)).unwrap()
     }
 
     #[test]
@@ -424,7 +444,7 @@ mod tests {
 
     #[test]
     fn transcoding_reframes_conceals_short_gaps_and_resyncs_after_long_ones() {
-        let mut w = Way::new((0, VoiceCodec::Pcmu, None), (111, VoiceCodec::Opus, None), (1, 0)).unwrap();
+        let mut w = Way::new((0, VoiceCodec::Pcmu, vec![]), (111, VoiceCodec::Opus, None), (1, 0)).unwrap();
         let mut st = BridgeStats::default();
         let mut out = vec![];
         // 10 ms PCMU packets: one 20 ms Opus frame per two.
@@ -461,7 +481,7 @@ mod tests {
     #[test]
     fn dtmf_events_map_to_the_other_clock_and_timeline() {
         // SIP (PCMU, telephone-event/8000 pt 101) -> browser (Opus, telephone-event/48000 pt 110).
-        let mut w = Way::new((0, VoiceCodec::Pcmu, Some(101)), (111, VoiceCodec::Opus, Some(110)), (500, 9_600)).unwrap();
+        let mut w = Way::new((0, VoiceCodec::Pcmu, vec![(101, 8_000)]), (111, VoiceCodec::Opus, Some((110, 48_000))), (500, 9_600)).unwrap();
         let mut st = BridgeStats::default();
         let mut out = vec![];
         w.handle(In { pt: 0, seq: 1, ts: 0, marker: true, payload: &tone8k(440.0, 160, 0) }, &mut st, &mut out);
@@ -480,8 +500,17 @@ mod tests {
         assert_eq!(events[5].payload[1], 0x8a, "end bit and volume kept");
         let seqs: Vec<u16> = out.iter().map(|p| p.seq).collect();
         assert_eq!(seqs, (500..507).collect::<Vec<_>>(), "events share the audio's sequence numbers");
+        // Browser -> SIP: Chrome may send its 8 kHz telephone-event with Opus; either
+        // negotiated type is taken, durations kept in the right clock.
+        let mut w = Way::new((111, VoiceCodec::Opus, vec![(110, 48_000), (126, 8_000)]), (0, VoiceCodec::Pcmu, Some((101, 8_000))), (0, 0)).unwrap();
+        out.clear();
+        w.handle(In { pt: 126, seq: 1, ts: 960, marker: true, payload: &[9, 0x0a, 0, 160] }, &mut st, &mut out);
+        w.handle(In { pt: 110, seq: 2, ts: 48_000, marker: true, payload: &[4, 0x0a, 0x03, 0xc0] }, &mut st, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].pt, out[0].payload.clone()), (101, vec![9, 0x0a, 0, 160]));
+        assert_eq!((out[1].pt, out[1].payload.clone()), (101, vec![4, 0x0a, 0, 160]), "960 at 48 kHz = 160 at 8 kHz");
         // No telephone-event on the other leg: dropped.
-        let mut w = Way::new((0, VoiceCodec::Pcmu, Some(101)), (111, VoiceCodec::Opus, None), (0, 0)).unwrap();
+        let mut w = Way::new((0, VoiceCodec::Pcmu, vec![(101, 8_000)]), (111, VoiceCodec::Opus, None), (0, 0)).unwrap();
         out.clear();
         w.handle(In { pt: 101, seq: 2, ts: 160, marker: true, payload: &[5, 0x0a, 0, 160] }, &mut st, &mut out);
         assert!(out.is_empty());

@@ -220,6 +220,25 @@ pub struct SessionReport {
     pub from_b: DirectionStats,
     /// Seconds from the session's start.
     pub duration_secs: f64,
+    /// A WebRTC <-> SIP bridged session: what the bridge did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webrtc: Option<BridgeReport>,
+}
+
+/// The bridge's part of a session report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BridgeReport {
+    /// The browser's leg (`a` or `b`).
+    pub web_leg: &'static str,
+    pub web_codec: String,
+    pub sip_codec: String,
+    pub transcoding: bool,
+    pub to_web_packets: u64,
+    pub to_sip_packets: u64,
+    /// RFC 4733 telephone-event packets passed each way.
+    pub dtmf_to_web: u64,
+    pub dtmf_to_sip: u64,
+    pub dropped: u64,
 }
 
 /// What the browser's leg of a bridge measured (str0m's receiver and sender reports).
@@ -607,14 +626,27 @@ impl Relay {
     pub fn report(&self, id: u64, now: Instant) -> Option<SessionReport> {
         let s = self.sessions.get(&id)?;
         let (mut from_a, mut from_b) = (s.a.report(), s.b.report());
+        let mut webrtc = None;
         if let Some((web, b)) = &s.bridge {
             let w = web_report(b);
             match web {
                 Side::A => from_a = w,
                 Side::B => from_b = w,
             }
+            let st = b.stats;
+            webrtc = Some(BridgeReport {
+                web_leg: if *web == Side::A { "a" } else { "b" },
+                web_codec: b.web_codec().1.encoding_name().to_string(),
+                sip_codec: b.sip_codec().encoding_name().to_string(),
+                transcoding: b.is_transcoding(),
+                to_web_packets: st.to_web_packets,
+                to_sip_packets: st.to_sip_packets,
+                dtmf_to_web: st.dtmf_to_web,
+                dtmf_to_sip: st.dtmf_to_sip,
+                dropped: st.dropped,
+            });
         }
-        Some(SessionReport { from_a, from_b, duration_secs: now.saturating_duration_since(s.created).as_secs_f64() })
+        Some(SessionReport { from_a, from_b, duration_secs: now.saturating_duration_since(s.created).as_secs_f64(), webrtc })
     }
 
     /// Closes a session and frees its ports (released through `ports`).
