@@ -250,4 +250,51 @@ fn a_sip_phone_calls_the_registered_browser_which_answers() {
     let b = latest(&reports);
     assert!(b["inbound_audio_bytes"].as_u64().unwrap_or(0) > 4_000, "the browser hears the phone: {b}");
     assert!(wait_until(Duration::from_secs(5), || latest(&reports)["ended"] == 1), "the phone's BYE ended it: {}", latest(&reports));
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&edge.metrics(), "edge_media_ports_in_use") == 0.0),
+        "relay ports freed after the phone's BYE"
+    );
+    let rec = edge.call_records().into_iter().find(|c| c["reason"] == "bye_from_caller").expect("a call record");
+    assert_eq!(rec["media"][0]["webrtc"]["web_leg"], "b", "{rec}");
+}
+
+/// Sends `invite` over UDP and returns the first final response.
+fn final_response(edge: &Edge, invite: &str) -> String {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = sock.local_addr().unwrap();
+    sock.send_to(invite.replace("ME", &me.to_string()).as_bytes(), edge.udp).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("a response");
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        if status(&m).is_some_and(|s| s >= 200) {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn offers_the_edge_cannot_bridge_get_488_with_a_warning() {
+    // Calls to 9... go to a trunk over UDP: a browser's offer must be bridged.
+    let cfg = "[[upstream]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:9\"\n[[route]]\nname = \"pbx\"\nprefix = \"9\"\nupstream = \"pbx\"\n";
+    let edge = Edge::start(cfg, &[]);
+    let invite = |call: &str, sdp: &str| {
+        let sdp = sdp.replace('\n', "\r\n");
+        format!(
+            "INVITE sip:9000@edge.test SIP/2.0\r\nVia: SIP/2.0/UDP ME;branch=z9hG4bK{call}\r\nMax-Forwards: 70\r\nFrom: <sip:web@client.test>;tag=1\r\nTo: <sip:9000@edge.test>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\nContact: <sip:web@ME>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    let webrtc = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nt=0 0\na=group:BUNDLE 0\nm=audio 9 UDP/TLS/RTP/SAVPF 111\nc=IN IP4 0.0.0.0\na=mid:0\na=ice-ufrag:abcd\na=ice-pwd:abcdefghijklmnopqrstuvwx\na=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\na=setup:actpass\na=rtcp-mux\na=sendrecv\na=rtpmap:111 opus/48000/2\n";
+    let no_fingerprint: String = webrtc.lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\n")).collect();
+    let r = final_response(&edge, &invite("nofp", &no_fingerprint));
+    assert!(r.starts_with("SIP/2.0 488"), "{r}");
+    assert!(header(&r, "Warning").is_some_and(|w| w.contains("DTLS fingerprint")), "{r}");
+    let g729 = webrtc.replace("SAVPF 111", "SAVPF 18").replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:18 G729/8000");
+    let r = final_response(&edge, &invite("g729", &g729));
+    assert!(r.starts_with("SIP/2.0 488"), "{r}");
+    assert!(header(&r, "Warning").is_some_and(|w| w.starts_with("305 ") && w.contains("codec")), "{r}");
+    // Nothing was left behind.
+    assert_eq!(metric(&edge.metrics(), "edge_media_ports_in_use"), 0.0);
 }
