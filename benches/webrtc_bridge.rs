@@ -79,7 +79,12 @@ fn pump(now: Instant, c: &mut Call) -> Duration {
             if let BridgeOutput::ToWeb { data, .. } = o {
                 let input = Input::Receive(
                     now,
-                    Receive { proto: Protocol::Udp, source: c.edge_addr, destination: c.browser_addr, contents: data.as_slice().try_into().unwrap() },
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: c.edge_addr,
+                        destination: c.browser_addr,
+                        contents: data.as_slice().try_into().unwrap(),
+                    },
                 );
                 c.browser.handle_input(input).unwrap();
                 moved = true;
@@ -133,7 +138,13 @@ fn run(browser_codec: VoiceCodec, calls: u16, seconds: u64) -> (f64, bool) {
             c.bridge.handle_timeout(now);
             edge += t.elapsed();
             let mut api = c.browser.direct_api();
-            api.stream_tx_by_mid(c.mid, None).unwrap().write_rtp(RtpWrite::new(c.pt, (f + 1).into(), ticks * f as u32, now, web_frame.clone()));
+            api.stream_tx_by_mid(c.mid, None).unwrap().write_rtp(RtpWrite::new(
+                c.pt,
+                (f + 1).into(),
+                ticks * f as u32,
+                now,
+                web_frame.clone(),
+            ));
             c.browser.handle_input(Input::Timeout(now)).unwrap();
             edge += pump(now, c);
         }
@@ -147,7 +158,8 @@ fn run(browser_codec: VoiceCodec, calls: u16, seconds: u64) -> (f64, bool) {
 fn main() {
     let calls = env("CALLS", 20) as u16;
     let seconds = env("BENCH_SECONDS", 10);
-    for (name, codec) in [("passthrough (PCMU both legs)", VoiceCodec::Pcmu), ("transcoding (Opus browser, PCMU phone)", VoiceCodec::Opus)] {
+    for (name, codec) in [("passthrough (PCMU both legs)", VoiceCodec::Pcmu), ("transcoding (Opus browser, PCMU phone)", VoiceCodec::Opus)]
+    {
         let (per_call_second, transcoding) = run(codec, calls, seconds);
         assert_eq!(transcoding, codec == VoiceCodec::Opus);
         println!(

@@ -136,7 +136,11 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
         .expect("loadgen answer");
     let (port, reports) = report_server();
     let codecs = codecs.map(|c| format!("&codecs={c}")).unwrap_or_default();
-    let _browser = Browser::open(&phone_url(&edge, port, &format!("&target=sip:9000@edge.test&call=1&hangup_after=6&dtmf=1590{codecs}")));
+    let _browser = Browser::open(&phone_url(
+        &edge,
+        port,
+        &format!("&target=sip:9000@edge.test&call=1&hangup_after=7&dtmf=1590&hold_after=3&resume_after=4.5{codecs}"),
+    ));
     // Registered over WSS (digest), in the call, and the echo of its own audio comes back.
     let ok = wait_until(Duration::from_secs(40), || {
         let r = latest(&reports);
@@ -154,6 +158,20 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
     assert!(
         wait_until(Duration::from_secs(5), || latest(&reports)["inbound_audio_bytes"].as_u64().unwrap_or(0) > first + 2_000),
         "inbound audio keeps growing: {}",
+        latest(&reports)
+    );
+    // The browser holds (re-INVITE, sendonly) and resumes: both accepted through the
+    // bridge, and audio flows again after the resume.
+    assert!(
+        wait_until(Duration::from_secs(10), || latest(&reports)["reinvites_ok"] == 2),
+        "hold and resume: {}\n{}",
+        latest(&reports),
+        edge.log()
+    );
+    let resumed = latest(&reports)["inbound_audio_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(3), || latest(&reports)["inbound_audio_bytes"].as_u64().unwrap_or(0) > resumed + 2_000),
+        "audio after the resume: {}",
         latest(&reports)
     );
     // The browser hangs up after 6 s: the phone sees the BYE (its report is written).

@@ -238,3 +238,57 @@ fn offers_the_bridge_cannot_take_are_refused_with_a_reason() {
     assert_eq!(r, Err(WebRtcError::NoCodec));
     assert!(!is_webrtc(b"v=0\r\nm=audio 4000 RTP/AVP 0\r\n"));
 }
+
+/// The anchor's offer/answer for a bridged call, then new offers from either side (hold,
+/// resume, a session refresh) with a str0m browser taking the edge's SDP each time.
+#[test]
+fn a_bridged_call_takes_new_offers_from_either_side() {
+    use edge::config::SrtpPolicy;
+    use edge::media::anchor::{Anchor, CallParties, SdpKind};
+    use edge::media::relay::{RelayConfig, Side};
+    let now = Instant::now();
+    let mut an = Anchor::detached(RelayConfig { ports: 40000..=40099, ..Default::default() }, "127.0.0.1".parse().unwrap());
+    an.start(now, "c1", "tagA", true, CallParties::default(), (SrtpPolicy::Keep, SrtpPolicy::Keep), "sip:web@x", "sip:9000@x");
+    let (mut b, offer, pending) = browser(now);
+    let to_sip = String::from_utf8(an.handle_sdp(now, "c1", Side::A, SdpKind::Offer, offer.as_bytes()).unwrap()).unwrap();
+    assert!(to_sip.contains("RTP/AVP 111 0 8 126") || to_sip.contains("RTP/AVP 111 0 8 101"), "{to_sip}");
+    assert!(!to_sip.contains("a=fingerprint") && !to_sip.contains("ice-ufrag"), "{to_sip}");
+    let sip_answer = |dir: &str| {
+        format!(
+            "v=0\r\no=pbx 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na={dir}\r\n"
+        )
+    };
+    let answer = String::from_utf8(an.handle_sdp(now, "c1", Side::B, SdpKind::Answer, sip_answer("sendrecv").as_bytes()).unwrap()).unwrap();
+    b.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+    assert!(answer.contains("opus/48000"), "the browser offered only Opus: transcoding: {answer}");
+
+    // The browser holds: the SIP leg is offered sendonly, its recvonly answer releases
+    // str0m's answer for the browser.
+    let mut api = b.rtc.sdp_api();
+    api.set_direction(b.mid, Direction::SendOnly);
+    let (offer, pending) = api.apply().unwrap();
+    let to_sip = String::from_utf8(an.handle_sdp(now, "c1", Side::A, SdpKind::Offer, offer.to_sdp_string().as_bytes()).unwrap()).unwrap();
+    assert!(to_sip.contains("a=sendonly") && to_sip.contains("m=audio") && to_sip.contains(" RTP/AVP 0 101"), "{to_sip}");
+    assert!(to_sip.contains("o=edge ") && to_sip.contains(" 2 IN IP4"), "a new o= version: {to_sip}");
+    let answer = String::from_utf8(an.handle_sdp(now, "c1", Side::B, SdpKind::Answer, sip_answer("recvonly").as_bytes()).unwrap()).unwrap();
+    assert!(answer.contains("a=recvonly"), "{answer}");
+    b.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+
+    // The phone holds and resumes, then refreshes the session with the same SDP: each time
+    // the browser gets an offer from str0m it can take, and the phone the mirror answer.
+    for (dir, want_offer, want_answer) in
+        [("sendonly", "a=sendonly", "a=recvonly"), ("sendrecv", "a=sendrecv", "a=sendrecv"), ("sendrecv", "a=ice-ufrag", "a=sendrecv")]
+    {
+        let reoffer = sip_answer(dir).replace("o=pbx 1 1", "o=pbx 1 2");
+        let to_web = String::from_utf8(an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, reoffer.as_bytes()).unwrap()).unwrap();
+        assert!(to_web.contains(want_offer) && to_web.contains("UDP/TLS/RTP/SAVPF"), "{dir}: {to_web}");
+        let web_answer = b.rtc.sdp_api().accept_offer(str0m::change::SdpOffer::from_sdp_string(&to_web).unwrap()).unwrap();
+        let to_sip =
+            String::from_utf8(an.handle_sdp(now, "c1", Side::A, SdpKind::Answer, web_answer.to_sdp_string().as_bytes()).unwrap()).unwrap();
+        assert!(to_sip.contains(want_answer) && to_sip.contains("RTP/AVP 0 101"), "{dir}: {to_sip}");
+    }
+    // A new offer crossing one in progress (glare) is refused.
+    let reoffer = sip_answer("sendonly");
+    an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, reoffer.as_bytes()).unwrap();
+    assert!(an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, reoffer.as_bytes()).is_err());
+}

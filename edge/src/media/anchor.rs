@@ -8,12 +8,12 @@ use super::interwork::{PlainAudio, PlainSdp, read_plain, sip_offer_formats};
 use super::relay::{Datagram, Forward, NoSockets, Ports, Relay, RelayConfig, RelayError, RemoteMedia, SessionReport, Side};
 use super::sdp::{Direction, Sdp};
 use super::webrtc::{WebRtcError, WebRtcLeg, is_webrtc};
-use codec::voice::VoiceCodec;
 use crate::config::SrtpPolicy;
 use crate::core::Peer;
 use base64::Engine as _;
 use codec::quality::CodecImpairment;
 use codec::srtp::{Profile, Srtp};
+use codec::voice::VoiceCodec;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ pub enum MediaError {
     Bridge(#[from] BridgeError),
     #[error("no common audio codec and no transcoding path (the edge transcodes opus, PCMU and PCMA)")]
     NoCommonCodec,
-    #[error("a new offer on a call bridged to WebRTC is not supported yet")]
+    #[error("a new offer crossed one in progress on a call bridged to WebRTC")]
     BridgedReoffer,
 }
 
@@ -53,6 +53,8 @@ impl MediaError {
         match self {
             MediaError::Relay(_) => (503, "Service Unavailable (no media relay ports)"),
             MediaError::Sdp(_) => (400, "Bad Request (malformed SDP)"),
+            // Glare (RFC 3261 14.2): the sender tries again later.
+            MediaError::BridgedReoffer => (491, "Request Pending"),
             _ => (488, "Not Acceptable Here"),
         }
     }
@@ -203,14 +205,35 @@ struct WebCall {
     state: WebState,
     /// What the last answer became, given again for a second answer (183, then 200).
     answered: Option<Vec<u8>>,
+    /// The SIP leg's profile and the `a=crypto` value the edge gave it (re-offers repeat them).
+    sip_proto: &'static str,
+    sip_crypto: Option<String>,
+    /// `o=` version of the SDP the edge writes for the SIP leg.
+    version: u64,
 }
 
 enum WebState {
     /// The browser offered; the SIP leg was offered the browser's codecs and G.711.
-    BrowserOffered { offer: String, browser: Vec<(u8, VoiceCodec)>, sip_offer: Vec<(u8, VoiceCodec)> },
+    BrowserOffered {
+        offer: String,
+        browser: Vec<(u8, VoiceCodec)>,
+        sip_offer: Vec<(u8, VoiceCodec)>,
+    },
     /// The SIP leg offered; the browser was offered by this leg.
-    SipOffered { leg: Box<WebRtcLeg>, sip: PlainAudio },
+    SipOffered {
+        leg: Box<WebRtcLeg>,
+        sip: PlainAudio,
+    },
     Bridged,
+    /// The browser sent a new offer (hold, resume, ICE restart): str0m's answer waits for
+    /// the SIP leg's answer to the edge's new offer.
+    WebReoffer {
+        answer: String,
+    },
+    /// The SIP leg sent a new offer in this direction; the browser got str0m's new offer.
+    SipReoffer {
+        direction: Direction,
+    },
 }
 
 struct Call {
@@ -582,11 +605,15 @@ impl Anchor {
             }
             .write();
             let offer = String::from_utf8_lossy(body).into_owned();
+            let sip_crypto = (proto == "RTP/SAVP").then(|| out.lines().find_map(|l| l.strip_prefix("a=crypto:")).unwrap_or("").to_string());
             call.web = Some(WebCall {
                 web: from,
                 sid,
                 state: WebState::BrowserOffered { offer, browser: audio.formats, sip_offer: formats },
                 answered: None,
+                sip_proto: proto,
+                sip_crypto,
+                version: 1,
             });
             return Ok(out.into_bytes());
         }
@@ -607,7 +634,15 @@ impl Anchor {
         codecs.dedup();
         let mut leg = WebRtcLeg::new(now, SocketAddr::new(self.advertise, port_to), &codecs);
         let offer = leg.create_offer();
-        call.web = Some(WebCall { web: to, sid, state: WebState::SipOffered { leg: Box::new(leg), sip: audio }, answered: None });
+        call.web = Some(WebCall {
+            web: to,
+            sid,
+            state: WebState::SipOffered { leg: Box::new(leg), sip: audio },
+            answered: None,
+            sip_proto: "RTP/AVP",
+            sip_crypto: None,
+            version: 1,
+        });
         Ok(offer.into_bytes())
     }
 
@@ -617,7 +652,7 @@ impl Anchor {
         let call = self.calls.get_mut(call_id).ok_or(RelayError::UnknownSession)?;
         let Some(web) = call.web.as_mut() else { return Ok(body.to_vec()) };
         if kind == SdpKind::Offer {
-            return Err(MediaError::BridgedReoffer);
+            return self.web_reoffer(call_id, from, body);
         }
         let sid = web.sid;
         let port_web = self.relay.port(sid, web.web).ok_or(RelayError::UnknownSession)?;
@@ -638,6 +673,38 @@ impl Anchor {
                     return Ok(again);
                 }
                 Ok(web.answered.clone().unwrap_or_default())
+            }
+            WebState::WebReoffer { answer } => {
+                // The SIP leg answered the edge's new offer: the browser gets str0m's answer.
+                if let Ok(sdp) = Sdp::parse(body)
+                    && let Some(a) = read_plain(&sdp)
+                {
+                    set_sip_remote(&mut self.relay, sid, from, &a)?;
+                }
+                web.answered = Some(answer.clone().into_bytes());
+                Ok(answer.into_bytes())
+            }
+            WebState::SipReoffer { direction } => {
+                // The browser answered str0m's new offer: the SIP leg gets the edge's answer.
+                web.version += 1;
+                let (proto, crypto, version) = (web.sip_proto, web.sip_crypto.clone(), web.version);
+                let text = std::str::from_utf8(body).map_err(|_| super::sdp::SdpError::NotUtf8)?;
+                let bridge = self.relay.bridge_mut(sid).ok_or(RelayError::UnknownSession)?;
+                bridge.web_mut().accept_answer(text)?;
+                let sip = bridge.sip();
+                let out = PlainSdp {
+                    addr: self.advertise,
+                    port: port_sip,
+                    session: (sid, version),
+                    formats: &[(sip.pt, sip.codec)],
+                    dtmf: sip.dtmf_pt.map(|d| (d, sip.codec.clock())),
+                    proto,
+                    crypto,
+                    direction: answer_direction(direction),
+                }
+                .write()
+                .into_bytes();
+                Ok(out)
             }
             WebState::BrowserOffered { offer, browser, sip_offer } => {
                 // The SIP leg answered.
@@ -708,10 +775,71 @@ impl Anchor {
                 .into_bytes();
                 if let Some(w) = call.web.as_mut() {
                     w.answered = Some(out.clone());
+                    w.sip_proto = if secure { "RTP/SAVP" } else { "RTP/AVP" };
+                    w.sip_crypto = String::from_utf8_lossy(&out).lines().find_map(|l| l.strip_prefix("a=crypto:")).map(String::from);
                 }
                 Ok(out)
             }
         }
+    }
+
+    /// A new offer on a bridged call (hold, resume, a new address, ICE restart). The
+    /// codec stays; the direction goes across. From the browser: str0m answers at once, the
+    /// SIP leg gets a new offer and its answer releases str0m's. From the SIP leg: the
+    /// browser gets a new offer from str0m (an ICE restart when nothing else changed, so
+    /// that there is one) and its answer makes the SIP leg's.
+    fn web_reoffer(&mut self, call_id: &str, from: Side, body: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let call = self.calls.get_mut(call_id).ok_or(RelayError::UnknownSession)?;
+        let Some(web) = call.web.as_mut() else { return Ok(body.to_vec()) };
+        if !matches!(web.state, WebState::Bridged) {
+            // An offer crossing ours (glare) or before the first answer.
+            return Err(MediaError::BridgedReoffer);
+        }
+        let sid = web.sid;
+        let sdp = Sdp::parse(body)?;
+        let audio = sdp.media.iter().find(|m| m.kind == "audio").ok_or(WebRtcError::NoAudio)?;
+        // c=0.0.0.0 is RFC 2543 hold from a SIP endpoint; from a browser it is what every
+        // ICE offer says (RFC 8839 4.2.1).
+        let null_hold = from != web.web && sdp.connection(audio).is_some_and(|ip| ip.is_unspecified());
+        let direction = if null_hold { Direction::Inactive } else { sdp.direction(audio) };
+        let held = direction != Direction::SendRecv;
+        if from == web.web {
+            let text = std::str::from_utf8(body).map_err(|_| super::sdp::SdpError::NotUtf8)?;
+            WebRtcLeg::check_remote(text)?;
+            web.version += 1;
+            let (proto, crypto, version) = (web.sip_proto, web.sip_crypto.clone(), web.version);
+            let port_sip = self.relay.port(sid, from.other()).ok_or(RelayError::UnknownSession)?;
+            let bridge = self.relay.bridge_mut(sid).ok_or(RelayError::UnknownSession)?;
+            let answer = bridge.web_mut().accept_offer(text)?;
+            let sip = bridge.sip();
+            web.state = WebState::WebReoffer { answer };
+            self.relay.set_hold(sid, held);
+            let out = PlainSdp {
+                addr: self.advertise,
+                port: port_sip,
+                session: (sid, version),
+                formats: &[(sip.pt, sip.codec)],
+                dtmf: sip.dtmf_pt.map(|d| (d, sip.codec.clock())),
+                proto,
+                crypto,
+                direction,
+            }
+            .write();
+            return Ok(out.into_bytes());
+        }
+        let a = read_plain(&sdp).ok_or(MediaError::NoCommonCodec)?;
+        let bridge = self.relay.bridge_mut(sid).ok_or(RelayError::UnknownSession)?;
+        let sip = bridge.sip();
+        if !a.formats.iter().any(|f| f.1 == sip.codec) {
+            return Err(MediaError::NoCommonCodec);
+        }
+        let offer = bridge.web_mut().reoffer(str0m_direction(direction));
+        set_sip_remote(&mut self.relay, sid, from, &a)?;
+        self.relay.set_hold(sid, held);
+        if let Some(w) = self.calls.get_mut(call_id).and_then(|c| c.web.as_mut()) {
+            w.state = WebState::SipReoffer { direction };
+        }
+        Ok(offer.into_bytes())
     }
 
     /// Next datagram a WebRTC bridge sends: see [`Relay::poll_output`].
@@ -814,8 +942,26 @@ fn set_sip_remote(relay: &mut Relay, sid: u64, side: Side, a: &PlainAudio) -> Re
         Some((_, VoiceCodec::Opus)) => (48_000, CodecImpairment::OPUS),
         _ => (8_000, CodecImpairment::G711_PLC),
     };
-relay.set_remote(sid, side, RemoteMedia { rtp, rtcp: a.rtcp, mux: a.mux, clock_rate, codec })?;
+    relay.set_remote(sid, side, RemoteMedia { rtp, rtcp: a.rtcp, mux: a.mux, clock_rate, codec })?;
     Ok(())
+}
+
+/// The direction of an answer to an offer in direction `d` (RFC 3264 6.1).
+fn answer_direction(d: Direction) -> Direction {
+    match d {
+        Direction::SendOnly => Direction::RecvOnly,
+        Direction::RecvOnly => Direction::SendOnly,
+        x => x,
+    }
+}
+
+fn str0m_direction(d: Direction) -> str0m::media::Direction {
+    match d {
+        Direction::SendRecv => str0m::media::Direction::SendRecv,
+        Direction::SendOnly => str0m::media::Direction::SendOnly,
+        Direction::RecvOnly => str0m::media::Direction::RecvOnly,
+        Direction::Inactive => str0m::media::Direction::Inactive,
+    }
 }
 
 /// FNV-1a: seeds for a bridge's SSRC and first sequence number / timestamp.

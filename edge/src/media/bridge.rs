@@ -266,7 +266,7 @@ impl Way {
 /// One call's media bridge.
 pub struct Bridge {
     web: WebRtcLeg,
-    sip_codec: VoiceCodec,
+    sip: SipAudio,
     to_web: Way,
     to_sip: Way,
     ssrc: u32,
@@ -297,7 +297,7 @@ impl Bridge {
         let web_out = web_in.iter().find(|d| d.1 == web_codec.clock()).or(web_in.first()).copied();
         let sip_dtmf = sip.dtmf_pt.map(|pt| (pt, sip.codec.clock()));
         Ok(Bridge {
-            sip_codec: sip.codec,
+            sip,
             to_web: Way::new((sip.pt, sip.codec, sip_dtmf.into_iter().collect()), (web_pt, web_codec, web_out), start)?,
             to_sip: Way::new((web_pt, web_codec, web_in), (sip.pt, sip.codec, sip_dtmf), start)?,
             web,
@@ -315,7 +315,16 @@ impl Bridge {
 
     /// The SIP leg's codec.
     pub fn sip_codec(&self) -> VoiceCodec {
-        self.sip_codec
+        self.sip.codec
+    }
+
+    /// The SIP leg's audio as negotiated.
+    pub fn sip(&self) -> SipAudio {
+        self.sip
+    }
+
+    pub fn web_mut(&mut self) -> &mut WebRtcLeg {
+        &mut self.web
     }
 
     /// The WebRTC leg's codec as used (payload type, codec).
@@ -481,7 +490,8 @@ mod tests {
     #[test]
     fn dtmf_events_map_to_the_other_clock_and_timeline() {
         // SIP (PCMU, telephone-event/8000 pt 101) -> browser (Opus, telephone-event/48000 pt 110).
-        let mut w = Way::new((0, VoiceCodec::Pcmu, vec![(101, 8_000)]), (111, VoiceCodec::Opus, Some((110, 48_000))), (500, 9_600)).unwrap();
+        let mut w =
+            Way::new((0, VoiceCodec::Pcmu, vec![(101, 8_000)]), (111, VoiceCodec::Opus, Some((110, 48_000))), (500, 9_600)).unwrap();
         let mut st = BridgeStats::default();
         let mut out = vec![];
         w.handle(In { pt: 0, seq: 1, ts: 0, marker: true, payload: &tone8k(440.0, 160, 0) }, &mut st, &mut out);
@@ -502,7 +512,8 @@ mod tests {
         assert_eq!(seqs, (500..507).collect::<Vec<_>>(), "events share the audio's sequence numbers");
         // Browser -> SIP: Chrome may send its 8 kHz telephone-event with Opus; either
         // negotiated type is taken, durations kept in the right clock.
-        let mut w = Way::new((111, VoiceCodec::Opus, vec![(110, 48_000), (126, 8_000)]), (0, VoiceCodec::Pcmu, Some((101, 8_000))), (0, 0)).unwrap();
+        let mut w = Way::new((111, VoiceCodec::Opus, vec![(110, 48_000), (126, 8_000)]), (0, VoiceCodec::Pcmu, Some((101, 8_000))), (0, 0))
+            .unwrap();
         out.clear();
         w.handle(In { pt: 126, seq: 1, ts: 960, marker: true, payload: &[9, 0x0a, 0, 160] }, &mut st, &mut out);
         w.handle(In { pt: 110, seq: 2, ts: 48_000, marker: true, payload: &[4, 0x0a, 0x03, 0xc0] }, &mut st, &mut out);

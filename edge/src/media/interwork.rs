@@ -96,7 +96,11 @@ impl PlainSdp<'_> {
     pub fn write(&self) -> String {
         let net = if self.addr.is_ipv4() { "IP4" } else { "IP6" };
         let mut s = String::with_capacity(400);
-        let _ = write!(s, "v=0\r\no=edge {} {} IN {net} {}\r\ns=-\r\nc=IN {net} {}\r\nt=0 0\r\n", self.session.0, self.session.1, self.addr, self.addr);
+        let _ = write!(
+            s,
+            "v=0\r\no=edge {} {} IN {net} {}\r\ns=-\r\nc=IN {net} {}\r\nt=0 0\r\n",
+            self.session.0, self.session.1, self.addr, self.addr
+        );
         let _ = write!(s, "m=audio {} {}", self.port, self.proto);
         for (pt, _) in self.formats {
             let _ = write!(s, " {pt}");
@@ -178,10 +182,7 @@ mod tests {
 
     #[test]
     fn the_sip_leg_is_offered_the_browsers_codecs_and_g711() {
-        assert_eq!(
-            sip_offer_formats(&[(111, VoiceCodec::Opus)]),
-            [(111, VoiceCodec::Opus), (0, VoiceCodec::Pcmu), (8, VoiceCodec::Pcma)]
-        );
+        assert_eq!(sip_offer_formats(&[(111, VoiceCodec::Opus)]), [(111, VoiceCodec::Opus), (0, VoiceCodec::Pcmu), (8, VoiceCodec::Pcma)]);
         assert_eq!(
             sip_offer_formats(&[(111, VoiceCodec::Opus), (0, VoiceCodec::Pcmu)]),
             [(111, VoiceCodec::Opus), (0, VoiceCodec::Pcmu), (8, VoiceCodec::Pcma)]

@@ -420,6 +420,12 @@ impl Relay {
         Ok(())
     }
 
+    /// The bridge of a session, to change (re-offers).
+    pub fn bridge_mut(&mut self, id: u64) -> Option<&mut MediaBridge> {
+        self.bridge_dirty.push(id);
+        self.sessions.get_mut(&id)?.bridge.as_mut().map(|(_, b)| &mut **b)
+    }
+
     /// The bridge of a session, if it has one.
     pub fn bridge(&self, id: u64) -> Option<&MediaBridge> {
         self.sessions.get(&id)?.bridge.as_ref().map(|(_, b)| &**b)

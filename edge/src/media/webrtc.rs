@@ -183,7 +183,23 @@ impl WebRtcLeg {
         offer.to_sdp_string()
     }
 
-    /// The browser's answer to [`Self::create_offer`].
+    /// A new offer to the browser with the audio in `dir` (hold, resume). When that changes
+    /// nothing, an ICE restart (RFC 8445 9) makes it an offer all the same (str0m offers only
+    /// changes).
+    pub fn reoffer(&mut self, dir: Direction) -> String {
+        let mut api = self.rtc.sdp_api();
+        if let Some(mid) = self.mid {
+            api.set_direction(mid, dir);
+        }
+        if !api.has_changes() {
+            api.ice_restart(true);
+        }
+        let (offer, pending) = api.apply().expect("a direction change or an ICE restart is a change");
+        self.pending = Some(pending);
+        offer.to_sdp_string()
+    }
+
+    /// The browser's answer to [`Self::create_offer`] or [`Self::reoffer`].
     pub fn accept_answer(&mut self, answer: &str) -> Result<(), WebRtcError> {
         Self::check_remote(answer)?;
         let a = SdpAnswer::from_sdp_string(answer).map_err(|e| WebRtcError::Sdp(e.to_string()))?;

@@ -42,13 +42,17 @@ async fn lib(State(dir): State<Arc<Option<PathBuf>>>, Path(path): Path<String>) 
     };
     // Only .js files below the directory: no `..`, no absolute paths, no hidden files.
     let ok = path.ends_with(".js")
-        && path.split('/').all(|seg| !seg.is_empty() && !seg.starts_with('.') && seg.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && !seg.starts_with('.') && seg.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
     if !ok {
         return (StatusCode::BAD_REQUEST, "expected a path to a .js file of SIP.js\n").into_response();
     }
     let file = dir.join(&path);
     match tokio::task::spawn_blocking(move || std::fs::read(file)).await {
-        Ok(Ok(b)) => ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")], b).into_response(),
+        Ok(Ok(b)) => {
+            ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")], b).into_response()
+        }
         _ => (StatusCode::NOT_FOUND, "no such SIP.js module\n").into_response(),
     }
 }

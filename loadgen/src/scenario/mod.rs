@@ -178,7 +178,8 @@ pub fn answer_sdp_with(offer: &[u8], ip: &str, port: u16, want: Option<&str>) ->
         Some(w) => pts.iter().find_map(|pt| rtpmap(*pt).filter(|m| name(m) == w.to_ascii_lowercase()).map(|m| (*pt, m)))?,
     };
     let clock = map.split('/').nth(1).unwrap_or("8000").to_string();
-    let dtmf = pts.iter().find_map(|pt| rtpmap(*pt).filter(|m| name(m) == "telephone-event" && m.split('/').nth(1) == Some(&clock)).map(|_| *pt));
+    let dtmf =
+        pts.iter().find_map(|pt| rtpmap(*pt).filter(|m| name(m) == "telephone-event" && m.split('/').nth(1) == Some(&clock)).map(|_| *pt));
     let mut s = sdp(ip, port, pt, &map);
     if let Some(d) = dtmf {
         s = s.replace(&format!("RTP/AVP {pt}\r\n"), &format!("RTP/AVP {pt} {d}\r\n"));

@@ -155,12 +155,44 @@ impl Uas {
         match (msg.method(), id) {
             (Method::Invite, None) => self.new_call(now, from, msg, cid),
             (Method::Invite, Some(id)) => {
-                // Retransmission: repeat the last response.
-                if let Some(l) = self.legs.get(&id)
-                    && let Some(d) = l.last.clone()
-                {
-                    self.out.push_back(Transmit { to: from, data: d });
+                let Some(l) = self.legs.get(&id) else { return };
+                let reinvite = msg.to_hdr().and_then(|t| t.tag()).is_some()
+                    && msg.cseq().map(|c| c.seq) != l.invite.cseq().map(|c| c.seq)
+                    && l.state == State::Confirmed;
+                if !reinvite {
+                    // Retransmission: repeat the last response.
+                    if let Some(d) = l.last.clone() {
+                        self.out.push_back(Transmit { to: from, data: d });
+                    }
+                    return;
                 }
+                // A re-INVITE (hold, resume, refresh): 200 with the answer, same media,
+                // the offer's direction mirrored (RFC 3264 8.4).
+                let tag = l.to_tag.clone();
+                let body = match &self.cfg.media {
+                    Some((ip, port)) => super::answer_sdp_with(&msg.body(), ip, *port, self.cfg.codec.as_deref()),
+                    None => Some(String::new()),
+                };
+                let Some(mut body) = body else {
+                    self.reply(from, &msg, 488, Some(&tag), "", b"");
+                    return;
+                };
+                let offer = String::from_utf8_lossy(&msg.body()).to_string();
+                let dir = if offer.contains("a=sendonly") {
+                    "a=recvonly"
+                } else if offer.contains("a=recvonly") {
+                    "a=sendonly"
+                } else if offer.contains("a=inactive") {
+                    "a=inactive"
+                } else {
+                    "a=sendrecv"
+                };
+                body = body.replace("a=sendrecv", dir);
+                let mut extra = format!("Contact: <{}>\r\n", self.cfg.contact);
+                if !body.is_empty() {
+                    extra.push_str("Content-Type: application/sdp\r\n");
+                }
+                self.reply(from, &msg, 200, Some(&tag), &extra, body.as_bytes());
             }
             (Method::Ack, Some(id)) => {
                 if let Some(l) = self.legs.get_mut(&id)
