@@ -218,6 +218,27 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
     assert_eq!((last[0], last[1] & 0x80, u16::from_be_bytes([last[2], last[3]])), (3, 0x80, 320));
     assert_eq!(bridge.stats.dtmf_to_sip, 4);
     assert_eq!(bridge.stats.dtmf_to_web, 5);
+
+    // The browser restarts ICE (RFC 8445 9: new credentials in a new offer): the leg takes
+    // the offer, the checks run again, and the phone's audio still reaches the browser.
+    let mut api = b.rtc.sdp_api();
+    api.ice_restart(true);
+    let (offer, pending) = api.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    let answer = bridge.web_mut().accept_offer(&offer).unwrap();
+    assert_ne!(offer.lines().find(|l| l.starts_with("a=ice-ufrag")), answer.lines().find(|l| l.starts_with("a=ice-ufrag")), "{answer}");
+    b.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+    let before = b.got.iter().filter(|g| g.0 == *opus_pt).count();
+    for i in 0..50u16 {
+        now += Duration::from_millis(20);
+        let mut p = vec![];
+        phone_enc.encode_into(&tone48(1_000.0, 60 + i as usize), &mut p).unwrap();
+        bridge.handle_sip(now, &rtp(0, 7100 + i, 160 * (60 + i as u32), false, &p));
+        tick(now, &mut bridge, &mut b, &mut sip);
+    }
+    let after = b.got.iter().filter(|g| g.0 == *opus_pt).count();
+    assert!(after - before >= 45, "audio after the ICE restart: {} packets", after - before);
+    assert!(bridge.web().is_connected());
 }
 
 #[test]

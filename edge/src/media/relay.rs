@@ -442,7 +442,11 @@ impl Relay {
             if on_rtcp_port {
                 return;
             }
-            s.last_activity = now;
+            // Only media counts as activity (RFC 7983: RTP/RTCP start with 128..=191); the
+            // browser's ICE consent checks (RFC 7675) would keep a dead call alive.
+            if pkt.first().is_some_and(|b| (128..=191).contains(b)) {
+                s.last_activity = now;
+            }
             if let Some((_, b)) = s.bridge.as_mut() {
                 b.handle_web(now, src, pkt);
             }
