@@ -274,6 +274,7 @@ fn a_bridged_call_takes_new_offers_from_either_side() {
     let to_sip = String::from_utf8(an.handle_sdp(now, "c1", Side::A, SdpKind::Offer, offer.as_bytes()).unwrap()).unwrap();
     assert!(to_sip.contains("RTP/AVP 111 0 8 126") || to_sip.contains("RTP/AVP 111 0 8 101"), "{to_sip}");
     assert!(!to_sip.contains("a=fingerprint") && !to_sip.contains("ice-ufrag"), "{to_sip}");
+    assert!(to_sip.contains("a=rtcp-mux\r\n") && to_sip.contains("a=rtcp:"), "mux offered, a=rtcp the fallback: {to_sip}");
     let sip_answer = |dir: &str| {
         format!(
             "v=0\r\no=pbx 1 1 IN IP4 10.0.0.2\r\ns=-\r\nc=IN IP4 10.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na={dir}\r\n"
@@ -291,6 +292,7 @@ fn a_bridged_call_takes_new_offers_from_either_side() {
     let to_sip = String::from_utf8(an.handle_sdp(now, "c1", Side::A, SdpKind::Offer, offer.to_sdp_string().as_bytes()).unwrap()).unwrap();
     assert!(to_sip.contains("a=sendonly") && to_sip.contains("m=audio") && to_sip.contains(" RTP/AVP 0 101"), "{to_sip}");
     assert!(to_sip.contains("o=edge ") && to_sip.contains(" 2 IN IP4"), "a new o= version: {to_sip}");
+    assert!(!to_sip.contains("a=rtcp-mux"), "the phone's answer had no rtcp-mux: {to_sip}");
     let answer = String::from_utf8(an.handle_sdp(now, "c1", Side::B, SdpKind::Answer, sip_answer("recvonly").as_bytes()).unwrap()).unwrap();
     assert!(answer.contains("a=recvonly"), "{answer}");
     b.rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();

@@ -210,6 +210,8 @@ struct WebCall {
     sip_crypto: Option<String>,
     /// `o=` version of the SDP the edge writes for the SIP leg.
     version: u64,
+    /// RTCP multiplexed on the SIP leg (RFC 5761), as negotiated.
+    sip_mux: bool,
 }
 
 enum WebState {
@@ -233,6 +235,7 @@ enum WebState {
     /// The SIP leg sent a new offer in this direction; the browser got str0m's new offer.
     SipReoffer {
         direction: Direction,
+        mux: bool,
     },
 }
 
@@ -602,6 +605,7 @@ impl Anchor {
                 proto,
                 crypto,
                 direction: Direction::SendRecv,
+                mux: true,
             }
             .write();
             let offer = String::from_utf8_lossy(body).into_owned();
@@ -614,6 +618,7 @@ impl Anchor {
                 sip_proto: proto,
                 sip_crypto,
                 version: 1,
+                sip_mux: false,
             });
             return Ok(out.into_bytes());
         }
@@ -642,6 +647,7 @@ impl Anchor {
             sip_proto: "RTP/AVP",
             sip_crypto: None,
             version: 1,
+            sip_mux: false,
         });
         Ok(offer.into_bytes())
     }
@@ -684,7 +690,7 @@ impl Anchor {
                 web.answered = Some(answer.clone().into_bytes());
                 Ok(answer.into_bytes())
             }
-            WebState::SipReoffer { direction } => {
+            WebState::SipReoffer { direction, mux } => {
                 // The browser answered str0m's new offer: the SIP leg gets the edge's answer.
                 web.version += 1;
                 let (proto, crypto, version) = (web.sip_proto, web.sip_crypto.clone(), web.version);
@@ -701,6 +707,7 @@ impl Anchor {
                     proto,
                     crypto,
                     direction: answer_direction(direction),
+                    mux,
                 }
                 .write()
                 .into_bytes();
@@ -731,6 +738,7 @@ impl Anchor {
                 let call = self.calls.get_mut(call_id).ok_or(RelayError::UnknownSession)?;
                 if let Some(w) = call.web.as_mut() {
                     w.answered = Some(answer.clone().into_bytes());
+                    w.sip_mux = a.mux;
                 }
                 Ok(answer.into_bytes())
             }
@@ -770,11 +778,13 @@ impl Anchor {
                     proto: if secure { "RTP/SAVP" } else { "RTP/AVP" },
                     crypto,
                     direction: Direction::SendRecv,
+                    mux: sip.mux,
                 }
                 .write()
                 .into_bytes();
                 if let Some(w) = call.web.as_mut() {
                     w.answered = Some(out.clone());
+                    w.sip_mux = sip.mux;
                     w.sip_proto = if secure { "RTP/SAVP" } else { "RTP/AVP" };
                     w.sip_crypto = String::from_utf8_lossy(&out).lines().find_map(|l| l.strip_prefix("a=crypto:")).map(String::from);
                 }
@@ -823,6 +833,7 @@ impl Anchor {
                 proto,
                 crypto,
                 direction,
+                mux: web.sip_mux,
             }
             .write();
             return Ok(out.into_bytes());
@@ -837,7 +848,7 @@ impl Anchor {
         set_sip_remote(&mut self.relay, sid, from, &a)?;
         self.relay.set_hold(sid, held);
         if let Some(w) = self.calls.get_mut(call_id).and_then(|c| c.web.as_mut()) {
-            w.state = WebState::SipReoffer { direction };
+            w.state = WebState::SipReoffer { direction, mux: a.mux };
         }
         Ok(offer.into_bytes())
     }

@@ -89,6 +89,9 @@ pub struct PlainSdp<'a> {
     /// The value of an `a=crypto:` line (tag, suite, key), for RTP/SAVP.
     pub crypto: Option<String>,
     pub direction: Direction,
+    /// `a=rtcp-mux` (RFC 5761): offered by the edge (with `a=rtcp` as the fallback), in an
+    /// answer as the SIP leg offered.
+    pub mux: bool,
 }
 
 impl PlainSdp<'_> {
@@ -123,6 +126,9 @@ impl PlainSdp<'_> {
             let _ = write!(s, "a=rtpmap:{pt} telephone-event/{clock}\r\na=fmtp:{pt} 0-16\r\n");
         }
         let _ = write!(s, "a=rtcp:{}\r\na=ptime:20\r\n", self.port + 1);
+        if self.mux {
+            s.push_str("a=rtcp-mux\r\n");
+        }
         if let Some(c) = &self.crypto {
             let _ = write!(s, "a=crypto:{c}\r\n");
         }
@@ -172,6 +178,7 @@ mod tests {
             proto: "RTP/AVP",
             crypto: None,
             direction: Direction::SendRecv,
+            mux: false,
         }
         .write();
         assert!(out.contains("m=audio 30002 RTP/AVP 0 101\r\n"), "{out}");
