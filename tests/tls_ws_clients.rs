@@ -151,7 +151,10 @@ async fn tls_and_websocket_clients_register_and_call_a_udp_uas() {
     let dir = tempfile::tempdir().unwrap();
     let uas_port = free_port();
     let users = "[[user]]\nname = \"tina\"\npassword = \"pw-of-user\"\n[[user]]\nname = \"walt\"\npassword = \"pw-of-user\"\n[[user]]\nname = \"wendy\"\npassword = \"pw-of-user\"\n";
-    let edge = Edge::start(users, &["--upstream", &format!("sip:127.0.0.1:{uas_port}")]);
+    // These clients answer SHA-256 (RFC 8760) over every transport; browsers over WS/WSS
+    // get MD5 only by default (`websocket_algorithms`), so this test asks for SHA-256 there.
+    let users = format!("{users}[auth]\nwebsocket_algorithms = [\"SHA-256\", \"MD5\"]\n");
+    let edge = Edge::start(&users, &["--upstream", &format!("sip:127.0.0.1:{uas_port}")]);
     let mut uas = Sipp::spawn(
         "uas",
         dir.path(),
