@@ -8,7 +8,7 @@
 use e2e_tests::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,49 +60,6 @@ fn latest(r: &Reports) -> serde_json::Value {
     r.lock().unwrap().last().cloned().unwrap_or(serde_json::Value::Null)
 }
 
-/// Headless Chromium on `url`, trusting the edge's self-signed WSS certificate.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn open(url: &str) -> Browser {
-        let profile = tempfile::tempdir().unwrap();
-        let child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--ignore-certificate-errors",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                "--allow-loopback-in-peer-connection",
-                "--disable-features=WebRtcHideLocalIpsWithMdns",
-                "--autoplay-policy=no-user-gesture-required",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromium (scripts/setup.sh installs it)");
-        Browser { child, _profile: profile }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const USERS: &str = "[[user]]\nname = \"alice\"\npassword = \"wonderland\"\n";
 
 fn phone_url(edge: &Edge, report: u16, extra: &str) -> String {
@@ -136,11 +93,8 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
         .expect("loadgen answer");
     let (port, reports) = report_server();
     let codecs = codecs.map(|c| format!("&codecs={c}")).unwrap_or_default();
-    let _browser = Browser::open(&phone_url(
-        &edge,
-        port,
-        &format!("&target=sip:9000@edge.test&call=1&hangup_after=7&dtmf=1590&hold_after=3&resume_after=4.5{codecs}"),
-    ));
+    let extra = format!("&target=sip:9000@edge.test&call=1&hangup_after=7&dtmf=1590&hold_after=3&resume_after=4.5{codecs}");
+    let _browser = Browser::open_with(&phone_url(&edge, port, &extra), &["--ignore-certificate-errors"]);
     // Registered over WSS (digest), in the call, and the echo of its own audio comes back.
     let ok = wait_until(Duration::from_secs(40), || {
         let r = latest(&reports);
@@ -225,7 +179,7 @@ fn a_sip_phone_calls_the_registered_browser_which_answers() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let edge = Edge::start(USERS, &[]);
     let (port, reports) = report_server();
-    let _browser = Browser::open(&phone_url(&edge, port, "&autoanswer=1"));
+    let _browser = Browser::open_with(&phone_url(&edge, port, "&autoanswer=1"), &["--ignore-certificate-errors"]);
     assert!(
         wait_until(Duration::from_secs(30), || latest(&reports)["registered"] == true),
         "browser: {}\n{}",

@@ -439,3 +439,52 @@ pub fn register_udp(sock: &UdpSocket, edge: SocketAddr, user: &str, pass: &str, 
     let a = authorization(&all_headers(&ch, "WWW-Authenticate"), user, pass, "REGISTER", "sip:edge.test");
     status(&send(&format!("Authorization: {a}\r\n"), 2)?)
 }
+
+/// Headless Chromium (fake camera and microphone) on `url`, killed on drop.
+pub struct Browser {
+    child: std::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub fn open(url: &str) -> Browser {
+        Browser::open_with(url, &[])
+    }
+
+    /// With more command-line flags (e.g. `--ignore-certificate-errors` for the edge's
+    /// self-signed WSS certificate).
+    pub fn open_with(url: &str, extra: &[&str]) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ])
+            .args(extra)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium (scripts/setup.sh installs it)");
+        Browser { child, _profile: profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -197,6 +197,16 @@ impl Session {
     }
 }
 
+/// One datagram's arrival, as [`Relay::receive`] needs it.
+struct Arrival {
+    now: Instant,
+    /// Since the session started (jitter's arrival clock).
+    since: Duration,
+    src: SocketAddr,
+    rtcp: bool,
+    strict: bool,
+}
+
 /// A datagram a bridge sends: out of local port `from_port` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
@@ -454,40 +464,17 @@ impl Relay {
             return;
         }
         let rtcp = on_rtcp_port || is_rtcp(pkt);
-        let since = now.saturating_duration_since(s.created);
+        let arrival = Arrival { now, since: now.saturating_duration_since(s.created), src, rtcp, strict };
         let (l, out) = s.legs(side);
-        let latched = if rtcp { l.latched_rtcp } else { l.latched_rtp };
-        if strict && latched.is_some_and(|a| a != src) {
-            l.stats.foreign_dropped += 1;
+        // The SIP leg's RTCP ends here: the WebRTC leg has its own (str0m's).
+        if !Self::receive(l, out, &arrival, pkt) || rtcp {
             return;
         }
-        if let Some(c) = l.srtp_in.as_deref_mut() {
-            let r = if rtcp { c.unprotect_rtcp(pkt) } else { c.unprotect_rtp(pkt) };
-            if r.is_err() {
-                l.stats.srtp_errors += 1;
-                return;
-            }
+        s.last_activity = now;
+        if let Some((_, b)) = s.bridge.as_mut() {
+            b.handle_sip(now, pkt);
         }
-        if rtcp {
-            l.latched_rtcp = Some(src);
-            l.stats.rtcp_packets += 1;
-            // The SIP leg's reports end here: the WebRTC leg has its own (str0m's).
-            Self::observe_rtcp(now, l, out, pkt);
-        } else {
-            l.latched_rtp = Some(src);
-            l.stats.packets += 1;
-            l.stats.bytes += pkt.len() as u64;
-            if let Ok(h) = RtpHeader::parse(pkt) {
-                l.seq.record(h.sequence);
-                let arrival = since.as_nanos() as u64 * l.clock_rate as u64 / 1_000_000_000;
-                l.jitter.record(arrival, h.timestamp);
-            }
-            s.last_activity = now;
-            if let Some((_, b)) = s.bridge.as_mut() {
-                b.handle_sip(now, pkt);
-            }
-            self.bridge_dirty.push(id);
-        }
+        self.bridge_dirty.push(id);
     }
 
     /// Next datagram a bridge sends (after [`Self::handle_packet`] returned `None` for a
@@ -554,39 +541,10 @@ impl Relay {
             return None;
         }
         let rtcp = on_rtcp_port || is_rtcp(pkt);
-        let since = now.saturating_duration_since(s.created);
+        let arrival = Arrival { now, since: now.saturating_duration_since(s.created), src, rtcp, strict };
         let (l, out) = s.legs(side);
-        let latched = if rtcp { l.latched_rtcp } else { l.latched_rtp };
-        if strict && latched.is_some_and(|a| a != src) {
-            l.stats.foreign_dropped += 1;
+        if !Self::receive(l, out, &arrival, pkt) {
             return None;
-        }
-        if let Some(c) = l.srtp_in.as_deref_mut() {
-            let r = if rtcp { c.unprotect_rtcp(pkt) } else { c.unprotect_rtp(pkt) };
-            if r.is_err() {
-                l.stats.srtp_errors += 1;
-                return None;
-            }
-        }
-        if latched != Some(src) {
-            // First packet (or a move when latching is not strict).
-            if rtcp {
-                l.latched_rtcp = Some(src);
-            } else {
-                l.latched_rtp = Some(src);
-            }
-        }
-        if rtcp {
-            l.stats.rtcp_packets += 1;
-            Self::observe_rtcp(now, l, out, pkt);
-        } else {
-            l.stats.packets += 1;
-            l.stats.bytes += pkt.len() as u64;
-            if let Ok(h) = RtpHeader::parse(pkt) {
-                l.seq.record(h.sequence);
-                let arrival = since.as_nanos() as u64 * l.clock_rate as u64 / 1_000_000_000;
-                l.jitter.record(arrival, h.timestamp);
-            }
         }
         let (to, from_port) = if rtcp {
             (out.latched_rtcp.or(out.expected_rtcp)?, if out.rtcp_mux { out.rtp_port } else { out.rtp_port + 1 })
@@ -599,6 +557,46 @@ impl Relay {
         }
         s.last_activity = now;
         Some(Forward { from_port, to })
+    }
+
+    /// What every packet from leg `l` goes through: the latching check, SRTP unprotect,
+    /// latching, counters, RFC 3550 sequence/jitter for RTP and RTT bookkeeping for RTCP.
+    /// `false`: dropped.
+    #[inline]
+    fn receive(l: &mut Leg, out: &mut Leg, a: &Arrival, pkt: &mut Vec<u8>) -> bool {
+        let latched = if a.rtcp { l.latched_rtcp } else { l.latched_rtp };
+        if a.strict && latched.is_some_and(|x| x != a.src) {
+            l.stats.foreign_dropped += 1;
+            return false;
+        }
+        if let Some(c) = l.srtp_in.as_deref_mut() {
+            let r = if a.rtcp { c.unprotect_rtcp(pkt) } else { c.unprotect_rtp(pkt) };
+            if r.is_err() {
+                l.stats.srtp_errors += 1;
+                return false;
+            }
+        }
+        if latched != Some(a.src) {
+            // First packet (or a move when latching is not strict).
+            if a.rtcp {
+                l.latched_rtcp = Some(a.src);
+            } else {
+                l.latched_rtp = Some(a.src);
+            }
+        }
+        if a.rtcp {
+            l.stats.rtcp_packets += 1;
+            Self::observe_rtcp(a.now, l, out, pkt);
+        } else {
+            l.stats.packets += 1;
+            l.stats.bytes += pkt.len() as u64;
+            if let Ok(h) = RtpHeader::parse(pkt) {
+                l.seq.record(h.sequence);
+                let arrival = a.since.as_nanos() as u64 * l.clock_rate as u64 / 1_000_000_000;
+                l.jitter.record(arrival, h.timestamp);
+            }
+        }
+        true
     }
 
     /// RTT bookkeeping (RFC 3550 6.4.1): SRs going towards `out` are remembered; RRs from
