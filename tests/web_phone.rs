@@ -6,55 +6,13 @@
 #![allow(clippy::disallowed_methods)]
 
 use e2e_tests::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-
-type Reports = Arc<Mutex<Vec<serde_json::Value>>>;
 
 /// One browser test at a time (two Chromium calls on 2 cores starve each other).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// Collects the JSON the page POSTs (its `state`) at `/report`.
-fn report_server() -> (u16, Reports) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let reports: Reports = Arc::default();
-    let r2 = reports.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let r3 = r2.clone();
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut rd = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                if rd.read_line(&mut line).is_err() {
-                    return;
-                }
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if rd.read_line(&mut h).is_err() || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = rd.read_exact(&mut body);
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    r3.lock().unwrap().push(v);
-                }
-                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n");
-            });
-        }
-    });
-    (port, reports)
-}
 
 fn latest(r: &Reports) -> serde_json::Value {
     r.lock().unwrap().last().cloned().unwrap_or(serde_json::Value::Null)
@@ -91,7 +49,7 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
         .stderr(Stdio::null())
         .spawn()
         .expect("loadgen answer");
-    let (port, reports) = report_server();
+    let (port, reports) = page_server();
     let codecs = codecs.map(|c| format!("&codecs={c}")).unwrap_or_default();
     let extra = format!("&target=sip:9000@edge.test&call=1&hangup_after=7&dtmf=1590&hold_after=3&resume_after=4.5{codecs}");
     let _browser = Browser::open_with(&phone_url(&edge, port, &extra), &["--ignore-certificate-errors"]);
@@ -178,7 +136,7 @@ fn a_browser_offering_only_opus_calls_a_pcmu_only_phone_through_the_transcoder()
 fn a_sip_phone_calls_the_registered_browser_which_answers() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let edge = Edge::start(USERS, &[]);
-    let (port, reports) = report_server();
+    let (port, reports) = page_server();
     let _browser = Browser::open_with(&phone_url(&edge, port, "&autoanswer=1"), &["--ignore-certificate-errors"]);
     assert!(
         wait_until(Duration::from_secs(30), || latest(&reports)["registered"] == true),

@@ -3,7 +3,7 @@
 
 #![allow(clippy::disallowed_methods)] // tests read the real clock to bound waits
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -487,4 +487,86 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// JSON reports the test pages POST.
+pub type Reports = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+/// Actions the test sets for a page (by name), read by the page at `/control`.
+pub type Controls = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>>;
+
+/// Serves tests/pages/* and collects the JSON the pages POST to /report.
+pub fn page_server() -> (u16, Reports) {
+    let (port, reports, _) = page_server_with_control();
+    (port, reports)
+}
+
+/// The same, plus `GET /control?name=N`: the action the test set for page N (CORS open).
+pub fn page_server_with_control() -> (u16, Reports, Controls) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let reports: Reports = std::sync::Arc::default();
+    let controls: Controls = std::sync::Arc::default();
+    let c2 = controls.clone();
+    let r2 = reports.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let r3 = r2.clone();
+            let c3 = c2.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut rd = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if rd.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if rd.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = target.split('?').next().unwrap_or("/").to_string();
+                if path == "/control" {
+                    let name = target.split("name=").nth(1).unwrap_or("").split('&').next().unwrap_or("").to_string();
+                    let body = c3.lock().unwrap().remove(&name).unwrap_or(serde_json::Value::Null).to_string();
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
+                if line.starts_with("POST") {
+                    let mut body = vec![0u8; len];
+                    let _ = rd.read_exact(&mut body);
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        r3.lock().unwrap().push(v);
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n");
+                    return;
+                }
+                let file = root().join("tests/pages").join(path.trim_start_matches('/'));
+                match std::fs::read(&file) {
+                    Ok(b) => {
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        );
+                        let _ = s.write_all(&b);
+                    }
+                    Err(_) => {
+                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    (port, reports, controls)
 }
