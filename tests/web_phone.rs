@@ -6,7 +6,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use e2e_tests::*;
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
