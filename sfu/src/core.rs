@@ -1567,16 +1567,8 @@ impl Sfu {
                 _ => Some(0),
             };
             slot.sel.set_target(target);
-            match write_to_slot(p, *idx, &out) {
-                Written::Frame => self.stats.frames_forwarded += 1,
-                Written::Packet => {}
-                Written::NeedKeyframe(l) => {
-                    layer_asks.push(l);
-                    continue;
-                }
-                Written::Nothing => continue,
-            }
-            self.dirty.push(*pid);
+            let w = write_to_slot(p, *idx, &out);
+            w.record(*pid, &mut self.stats, &mut self.dirty, &mut layer_asks);
         }
         // Only a WHIP publisher is watched by WHEP viewers (members never are): no scan of the
         // room's members per packet for the others.
@@ -1604,16 +1596,8 @@ impl Sfu {
                     Some(layers) => choose_layer(layers, bwe, u16::MAX),
                     None => Some(0),
                 });
-                match write_to_slot(p, idx, &out) {
-                    Written::Frame => self.stats.frames_forwarded += 1,
-                    Written::Packet => {}
-                    Written::NeedKeyframe(l) => {
-                        layer_asks.push(l);
-                        continue;
-                    }
-                    Written::Nothing => continue,
-                }
-                self.dirty.push(*pid);
+                let w = write_to_slot(p, idx, &out);
+                w.record(*pid, &mut self.stats, &mut self.dirty, &mut layer_asks);
             }
         }
         layer_asks.sort_unstable();
@@ -1682,6 +1666,22 @@ enum Written {
     /// Not sent: the slot's target layer needs a key frame.
     NeedKeyframe(u8),
     Nothing,
+}
+
+impl Written {
+    /// Notes what was written to subscriber `pid`: a frame counted, the subscriber to be
+    /// polled, or the layer whose key frame to ask for.
+    fn record(self, pid: ParticipantId, stats: &mut SfuStats, dirty: &mut Vec<ParticipantId>, asks: &mut Vec<u8>) {
+        match self {
+            Written::Frame => {
+                stats.frames_forwarded += 1;
+                dirty.push(pid);
+            }
+            Written::Packet => dirty.push(pid),
+            Written::NeedKeyframe(l) => asks.push(l),
+            Written::Nothing => {}
+        }
+    }
 }
 
 /// Writes `o` into subscriber `p`'s open slot `idx` (its selector decides the layer and
