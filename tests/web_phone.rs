@@ -7,7 +7,7 @@
 
 use e2e_tests::*;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One browser test at a time (two Chromium calls on 2 cores starve each other).
@@ -226,4 +226,92 @@ fn offers_the_edge_cannot_bridge_get_488_with_a_warning() {
     assert!(header(&r, "Warning").is_some_and(|w| w.starts_with("305 ") && w.contains("codec")), "{r}");
     // Nothing was left behind.
     assert_eq!(metric(&edge.metrics(), "edge_media_ports_in_use"), 0.0);
+}
+
+/// A response to `req` copying Via, From, To (with `tag`), Call-ID and CSeq (RFC 3261 8.2.6).
+fn response_to(req: &str, code: u16, reason: &str, tag: &str) -> String {
+    let mut r = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in req.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" => r.push_str(&format!("{l}\r\n")),
+            "to" | "t" if !l.contains("tag=") => r.push_str(&format!("{l};tag={tag}\r\n")),
+            "to" | "t" => r.push_str(&format!("{l}\r\n")),
+            _ => {}
+        }
+    }
+    r.push_str("Content-Length: 0\r\n\r\n");
+    r
+}
+
+#[test]
+fn a_call_to_a_user_with_a_browser_and_a_desk_phone_rings_both_and_the_browser_takes_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let edge = Edge::start(USERS, &[]);
+    // The desk phone: registered as alice over UDP; it rings and never answers.
+    let desk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(register_udp(&desk, edge.udp, "alice", "wonderland", 300), Some(200));
+    let invites: Arc<Mutex<Vec<String>>> = Arc::default();
+    let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (desk, invites, cancelled) = (desk.try_clone().unwrap(), invites.clone(), cancelled.clone());
+        std::thread::spawn(move || {
+            let _ = desk.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = vec![0u8; 65536];
+            let mut invite = String::new();
+            for _ in 0..300 {
+                let Ok((n, from)) = desk.recv_from(&mut buf) else { continue };
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.starts_with("INVITE ") {
+                    invite = m.clone();
+                    invites.lock().unwrap().push(m.clone());
+                    let _ = desk.send_to(response_to(&m, 180, "Ringing", "desk").as_bytes(), from);
+                } else if m.starts_with("CANCEL ") {
+                    cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = desk.send_to(response_to(&m, 200, "OK", "desk").as_bytes(), from);
+                    let _ = desk.send_to(response_to(&invite, 487, "Request Terminated", "desk").as_bytes(), from);
+                }
+            }
+        });
+    }
+    let (port, reports) = page_server();
+    let _browser = Browser::open_with(&phone_url(&edge, port, "&autoanswer=1"), &["--ignore-certificate-errors"]);
+    assert!(wait_until(Duration::from_secs(30), || latest(&reports)["registered"] == true), "{}", latest(&reports));
+    let dir = tempfile::tempdir().unwrap();
+    let rj = dir.path().join("call.json");
+    let target = format!("sip:{}", edge.udp);
+    let out = run(
+        &[
+            "call",
+            "--target",
+            &target,
+            "--to",
+            "sip:alice@edge.test",
+            "--from",
+            "sip:desk@pbx.test",
+            "--calls",
+            "1",
+            "--hold-ms",
+            "5000",
+            "--rtp",
+            "--codec",
+            "pcmu",
+            "--quiet",
+            "--report-json",
+            rj.to_str().unwrap(),
+        ],
+        Duration::from_secs(40),
+    );
+    let r = json(&rj);
+    assert!(out.status.success(), "{}\n{r}\n{}", text(&out), edge.log());
+    // Both rang, each with its own kind of offer.
+    let inv = invites.lock().unwrap().first().cloned().expect("the desk phone got the INVITE");
+    assert!(inv.contains("m=audio") && inv.contains("RTP/AVP") && !inv.contains("a=fingerprint"), "plain SDP for the desk phone: {inv}");
+    assert_eq!(latest(&reports)["calls"], 1, "the browser answered: {}", latest(&reports));
+    assert!(cancelled.load(std::sync::atomic::Ordering::Relaxed), "the desk phone's branch was cancelled");
+    let s = &r["media"]["per_stream"][0];
+    assert!(s["voiced_frames"].as_u64().unwrap_or(0) > 10, "the caller hears the browser through the bridge: {s}");
+    let rec = edge.call_records().into_iter().next().expect("a call record");
+    assert_eq!(rec["media"].as_array().map(|a| a.len()), Some(1), "only the bridged path's session is left: {rec}");
+    assert_eq!(rec["media"][0]["webrtc"]["web_leg"], "b", "{rec}");
 }

@@ -103,7 +103,9 @@ struct ClientTsx {
 }
 
 /// A request's rewritten body (if any) and the media context of its client transactions.
-type MediaEdit = (Option<Vec<u8>>, Option<MediaTsx>);
+/// The rewritten body (if any), the media context of the client transactions, and the body
+/// for WS/WSS branches when it differs (a call forked to browsers and SIP devices at once).
+type MediaEdit = (Option<Vec<u8>>, Option<MediaTsx>, Option<Vec<u8>>);
 
 /// Media context of a forwarded INVITE/UPDATE of an anchored dialog.
 #[derive(Clone)]
@@ -141,6 +143,8 @@ struct Branch<'a> {
     max_forwards: Option<u32>,
     record_route: bool,
     body: Option<Cow<'a, [u8]>>,
+    /// The body for WS/WSS targets when it differs (browsers among SIP devices).
+    ws_body: Option<Cow<'a, [u8]>>,
     loop_branch: Cow<'a, str>,
 }
 
@@ -155,6 +159,7 @@ impl Branch<'_> {
             max_forwards: self.max_forwards,
             record_route: self.record_route,
             body: self.body.as_ref().map(|b| Cow::Owned(b.to_vec())),
+            ws_body: self.ws_body.as_ref().map(|b| Cow::Owned(b.to_vec())),
             loop_branch: Cow::Owned(self.loop_branch.to_string()),
         }
     }
@@ -983,7 +988,7 @@ impl Core {
         }
 
         // Media anchoring (issue #4): rewrite the SDP of anchored dialogs.
-        let (body, media) = match self.media_request(now, &msg, &from, &targets, in_dialog, sid.is_some()) {
+        let (body, media, ws_body) = match self.media_request(now, &msg, &from, &targets, in_dialog, sid.is_some()) {
             Ok(x) => x,
             Err((code, reason, warning)) => {
                 self.reject(now, sid, from, &msg, tv, code, reason, &warning);
@@ -1016,6 +1021,7 @@ impl Core {
             max_forwards: new_mf,
             record_route,
             body: body.map(Cow::Borrowed),
+            ws_body: ws_body.as_deref().map(Cow::Borrowed),
             loop_branch: Cow::Borrowed(&lh),
         };
         let mut ctx = ProxyCtx {
@@ -1072,7 +1078,10 @@ impl Core {
             b.popped,
             b.max_forwards,
             b.record_route,
-            b.body.as_deref(),
+            match (&b.ws_body, t.dest.transport) {
+                (Some(w), Transport::Ws | Transport::Wss) => Some(w.as_ref()),
+                _ => b.body.as_deref(),
+            },
         )?;
         let sent = if invite { Message::parse(data.clone()).ok() } else { None };
         let cid = self.start_client(now, format!("{branch}|{}", msg.method_str()), invite, t.dest, data, sent, Some(ctx_id), media);
@@ -1786,7 +1795,7 @@ impl Core {
         stateful: bool,
     ) -> Result<MediaEdit, (u16, &'static str, String)> {
         if self.anchor.is_none() {
-            return Ok((None, None));
+            return Ok((None, None, None));
         }
         let method = msg.method();
         let call_id = msg.call_id().unwrap_or("").to_string();
@@ -1795,8 +1804,9 @@ impl Core {
         if method == Method::Invite && !in_dialog && stateful {
             // A browser (WS/WSS) calling a SIP endpoint or the reverse needs the media bridge
             // (ICE, DTLS-SRTP on one side, RTP on the other): anchored whatever the policy.
-            let callee_webrtc = targets.first().is_some_and(|t| matches!(t.dest.transport, Transport::Ws | Transport::Wss));
-            let bridged = sdp && Anchor::needs_bridge(&msg.body(), callee_webrtc);
+            let ws = |t: &Target| matches!(t.dest.transport, Transport::Ws | Transport::Wss);
+            let (ws_targets, other_targets) = (targets.iter().any(ws), targets.iter().any(|t| !ws(t)));
+            let bridged = sdp && Anchor::needs_bridge(&msg.body(), ws_targets, other_targets);
             let anchored = bridged || self.should_anchor(now, msg, from, targets);
             let parties = self.parties(msg);
             let policy = (
@@ -1804,9 +1814,8 @@ impl Core {
                 targets.first().map(|t| self.leg_policy(now, &t.dest)).unwrap_or(crate::config::SrtpPolicy::Keep),
             );
             let (f, t) = (msg.from_hdr().map(|f| f.uri.to_string()).unwrap_or_default(), msg.request_uri().unwrap_or("").to_string());
-            let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
+            let Some(an) = self.anchor.as_mut() else { return Ok((None, None, None)) };
             an.start(now, &call_id, &from_tag, anchored, parties, policy, &f, &t);
-            an.set_callee_webrtc(&call_id, callee_webrtc);
             self.stats.call_attempts += 1;
             if self.next_media_sweep.is_none() {
                 self.next_media_sweep = Some(now + Anchor::sweep_interval());
@@ -1814,10 +1823,10 @@ impl Core {
             an.note_cseq(&call_id, Side::A, msg.cseq().map(|c| c.seq).unwrap_or(0));
             let tsx = MediaTsx { call_id: call_id.clone(), requester: Side::A, offer_sent: sdp, initial: true };
             if !sdp || !anchored {
-                return Ok((None, Some(tsx)));
+                return Ok((None, Some(tsx), None));
             }
-            return match an.handle_sdp(now, &call_id, Side::A, SdpKind::Offer, &msg.body()) {
-                Ok(b) => Ok((Some(b), Some(tsx))),
+            return match an.handle_initial_offer(now, &call_id, &msg.body(), ws_targets, other_targets) {
+                Ok((b, ws)) => Ok((Some(b), Some(tsx), ws)),
                 Err(e) => {
                     tracing::info!(call_id, error = %e, "media: offer refused");
                     let st = e.status();
@@ -1826,11 +1835,11 @@ impl Core {
                 }
             };
         }
-        let Some(an) = self.anchor.as_mut() else { return Ok((None, None)) };
+        let Some(an) = self.anchor.as_mut() else { return Ok((None, None, None)) };
         if !in_dialog || !an.has(&call_id) {
-            return Ok((None, None));
+            return Ok((None, None, None));
         }
-        let Some(side) = an.side_of(&call_id, &from_tag) else { return Ok((None, None)) };
+        let Some(side) = an.side_of(&call_id, &from_tag) else { return Ok((None, None, None)) };
         if method != Method::Ack {
             an.note_cseq(&call_id, side, msg.cseq().map(|c| c.seq).unwrap_or(0));
         }
@@ -1838,7 +1847,7 @@ impl Core {
             Method::Bye => {
                 let reason = if side == Side::A { EndReason::ByeFromCaller } else { EndReason::ByeFromCallee };
                 self.end_call(now, &call_id, reason);
-                Ok((None, None))
+                Ok((None, None, None))
             }
             Method::Refer => {
                 // A transfer (RFC 3515): tell subscribers who is transferred where.
@@ -1858,15 +1867,15 @@ impl Core {
                         transfer: Some(Transfer { to, by }),
                     });
                 }
-                Ok((None, None))
+                Ok((None, None, None))
             }
             Method::Invite | Method::Update => {
                 let tsx = MediaTsx { call_id: call_id.clone(), requester: side, offer_sent: sdp, initial: false };
                 if !sdp {
-                    return Ok((None, Some(tsx)));
+                    return Ok((None, Some(tsx), None));
                 }
                 match an.handle_sdp(now, &call_id, side, SdpKind::Offer, &msg.body()) {
-                    Ok(b) => Ok((Some(b), Some(tsx))),
+                    Ok(b) => Ok((Some(b), Some(tsx), None)),
                     Err(e) => {
                         tracing::info!(call_id, error = %e, "media: re-offer refused");
                         let st = e.status();
@@ -1875,13 +1884,13 @@ impl Core {
                 }
             }
             Method::Ack | Method::Prack if sdp => match an.handle_sdp(now, &call_id, side, SdpKind::Answer, &msg.body()) {
-                Ok(b) => Ok((Some(b), None)),
+                Ok(b) => Ok((Some(b), None, None)),
                 Err(e) => {
                     tracing::info!(call_id, error = %e, "media: answer in ACK/PRACK not anchored");
-                    Ok((None, None))
+                    Ok((None, None, None))
                 }
             },
-            _ => Ok((None, None)),
+            _ => Ok((None, None, None)),
         }
     }
 

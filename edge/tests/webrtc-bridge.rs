@@ -315,3 +315,57 @@ fn a_bridged_call_takes_new_offers_from_either_side() {
     an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, reoffer.as_bytes()).unwrap();
     assert!(an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, reoffer.as_bytes()).is_err());
 }
+
+/// A user with a browser and a desk phone: the caller's offer goes to both with a body each,
+/// and the first answer decides which path stays (the other's relay ports are freed).
+#[test]
+fn a_call_forked_to_a_browser_and_a_desk_phone_keeps_the_path_that_answers() {
+    use edge::config::SrtpPolicy;
+    use edge::media::anchor::{Anchor, CallParties, SdpKind};
+    use edge::media::relay::{RelayConfig, Side};
+    let now = Instant::now();
+    let mut an = Anchor::detached(RelayConfig { ports: 40000..=40099, ..Default::default() }, "127.0.0.1".parse().unwrap());
+    let start = |an: &mut Anchor, call: &str| {
+        an.start(now, call, "tagA", true, CallParties::default(), (SrtpPolicy::Keep, SrtpPolicy::Keep), "sip:a@x", "sip:alice@x")
+    };
+    let phone_offer = "v=0\r\no=pbx 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let phone_answer = "v=0\r\no=dp 1 1 IN IP4 10.0.0.3\r\ns=-\r\nc=IN IP4 10.0.0.3\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+
+    // A SIP caller; the browser answers: the bridge stays, the plain path goes.
+    start(&mut an, "c1");
+    let (plain, web) = an.handle_initial_offer(now, "c1", phone_offer.as_bytes(), true, true).unwrap();
+    let (plain, web) = (String::from_utf8(plain).unwrap(), String::from_utf8(web.expect("a body for the browser")).unwrap());
+    assert!(plain.contains("RTP/AVP") && !plain.contains("fingerprint"), "{plain}");
+    assert!(web.contains("UDP/TLS/RTP/SAVPF") && web.contains("a=fingerprint"), "{web}");
+    assert_eq!(an.relay().sessions(), 2);
+    let mut b = Rtc::builder().set_rtp_mode(true).build(now);
+    b.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
+    let answer = b.sdp_api().accept_offer(str0m::change::SdpOffer::from_sdp_string(&web).unwrap()).unwrap();
+    let to_caller =
+        String::from_utf8(an.handle_sdp(now, "c1", Side::B, SdpKind::Answer, answer.to_sdp_string().as_bytes()).unwrap()).unwrap();
+    assert!(to_caller.contains("RTP/AVP 0") && !to_caller.contains("fingerprint"), "{to_caller}");
+    assert_eq!(an.relay().sessions(), 1, "the desk phone's path was dropped");
+    assert!(an.relay().bridge(1).is_some() || an.relay().bridge(2).is_some());
+
+    // A SIP caller; the desk phone answers: plain anchoring stays, the bridge goes.
+    start(&mut an, "c2");
+    let (plain, _) = an.handle_initial_offer(now, "c2", phone_offer.as_bytes(), true, true).unwrap();
+    let port = edge::media::sdp::Sdp::parse(&plain).unwrap().media[0].port;
+    let to_caller = String::from_utf8(an.handle_sdp(now, "c2", Side::B, SdpKind::Answer, phone_answer.as_bytes()).unwrap()).unwrap();
+    assert!(to_caller.contains("RTP/AVP 0"), "{to_caller}");
+    assert_eq!(an.relay().sessions(), 2, "c1's bridge and c2's plain session");
+    assert!(port != 0);
+
+    // A browser caller: the desk phone gets the bridge's plain offer, the browser the
+    // caller's own; the browser answers: the SDP passes untouched and the bridge goes.
+    start(&mut an, "c3");
+    let (_, offer, _) = browser(now);
+    let (plain, web) = an.handle_initial_offer(now, "c3", offer.as_bytes(), true, true).unwrap();
+    assert!(String::from_utf8(plain).unwrap().contains("RTP/AVP 111 0 8"));
+    assert_eq!(web.as_deref(), Some(offer.as_bytes()), "browser to browser: untouched");
+    let (_, other_browser, _) = browser(now);
+    let answer = other_browser.replace("a=setup:actpass", "a=setup:active");
+    let back = an.handle_sdp(now, "c3", Side::B, SdpKind::Answer, answer.as_bytes()).unwrap();
+    assert_eq!(back, answer.as_bytes());
+    assert_eq!(an.relay().sessions(), 2, "c3's bridge session was freed");
+}

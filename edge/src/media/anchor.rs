@@ -246,6 +246,9 @@ struct Call {
     callee_webrtc: bool,
     /// Both legs are browsers: their SDP (ICE, DTLS) passes untouched.
     passthrough: bool,
+    /// The first offer went to browsers and SIP devices with different bodies; the first
+    /// answer decides which path stays.
+    forked_mixed: bool,
     web: Option<WebCall>,
     parties: CallParties,
     ringing: bool,
@@ -336,6 +339,7 @@ impl Anchor {
             anchored,
             callee_webrtc: false,
             passthrough: false,
+            forked_mixed: false,
             web: None,
             parties,
             ringing: false,
@@ -360,10 +364,74 @@ impl Anchor {
         }
     }
 
-    /// Whether an offer from the caller needs a WebRTC <-> SIP bridge (so the call must be
-    /// anchored whatever the anchoring policy says).
-    pub fn needs_bridge(offer: &[u8], callee_webrtc: bool) -> bool {
-        is_webrtc(offer) != callee_webrtc
+    /// Whether an offer from the caller may need a WebRTC <-> SIP bridge, given whether the
+    /// request goes to WS/WSS targets (browsers) and to others (so the call must be anchored
+    /// whatever the anchoring policy says).
+    pub fn needs_bridge(offer: &[u8], ws_targets: bool, other_targets: bool) -> bool {
+        if is_webrtc(offer) { other_targets } else { ws_targets }
+    }
+
+    /// The caller's first offer, forwarded to WS/WSS targets (`ws_targets`: browsers) and/or
+    /// others. Returns the body for the other targets and, when the call goes to both kinds
+    /// (a user's browser and desk phone), a different body for the WS/WSS ones: the
+    /// browser's offer untouched (browser caller) or a WebRTC offer made by the edge (SIP
+    /// caller). Whichever kind answers first decides; the other path is dropped then.
+    pub fn handle_initial_offer(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        body: &[u8],
+        ws_targets: bool,
+        other_targets: bool,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), MediaError> {
+        let Some(call) = self.calls.get_mut(call_id).filter(|c| c.anchored) else { return Ok((body.to_vec(), None)) };
+        if !(ws_targets && other_targets) {
+            call.callee_webrtc = ws_targets;
+            return Ok((self.handle_sdp(now, call_id, Side::A, SdpKind::Offer, body)?, None));
+        }
+        call.forked_mixed = true;
+        if is_webrtc(body) {
+            // SIP devices get the bridge's plain offer, browsers the caller's own.
+            let plain = self.start_web(now, call_id, Side::A, body, true)?;
+            return Ok((plain, Some(body.to_vec())));
+        }
+        // SIP devices get the anchored offer (first: it takes the m-line indices of the
+        // relay sessions), browsers a WebRTC offer of the bridge (a session of its own).
+        let plain = self.handle_sdp(now, call_id, Side::A, SdpKind::Offer, body)?;
+        let web = self.start_web(now, call_id, Side::A, body, false)?;
+        Ok((plain, Some(web)))
+    }
+
+    /// A call forked to both kinds was answered by `web_answered` (a browser) or not: the
+    /// other path's relay sessions and state go.
+    fn settle_forked(&mut self, call_id: &str, web_answered: bool, now: Instant) {
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        if !std::mem::take(&mut call.forked_mixed) {
+            return;
+        }
+        let web_sid = call.web.as_ref().map(|w| w.sid);
+        let browser_offered = call.web.as_ref().is_some_and(|w| matches!(w.state, WebState::BrowserOffered { .. }));
+        // Browser caller + browser answer, or SIP caller + SIP answer: the bridge goes.
+        let drop_bridge = web_answered == browser_offered;
+        let mut closing = vec![];
+        call.lines.retain(|l| {
+            let keep = match l.session {
+                Some(s) if Some(s) == web_sid => !drop_bridge,
+                _ => drop_bridge,
+            };
+            if !keep && let Some(s) = l.session {
+                closing.push(s);
+            }
+            keep
+        });
+        if drop_bridge {
+            call.web = None;
+            call.passthrough = browser_offered;
+        }
+        for s in closing {
+            self.by_session.remove(&s);
+            self.relay.close(s, now, self.ports.as_mut());
+        }
     }
 
     /// Which side sent an in-dialog request, from its From tag.
@@ -428,6 +496,10 @@ impl Anchor {
     /// updates the relay. Returns the new body.
     pub fn handle_sdp(&mut self, now: Instant, call_id: &str, from: Side, kind: SdpKind, body: &[u8]) -> Result<Vec<u8>, MediaError> {
         let Some(call) = self.calls.get_mut(call_id).filter(|c| c.anchored) else { return Ok(body.to_vec()) };
+        if kind == SdpKind::Answer && call.forked_mixed {
+            self.settle_forked(call_id, is_webrtc(body), now);
+        }
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(body.to_vec()) };
         if call.passthrough {
             return Ok(body.to_vec());
         }
