@@ -144,32 +144,7 @@ fn a_sip_phone_calls_the_registered_browser_which_answers() {
         edge.log()
     );
     // A desk phone (loadgen, PCMU with RTP: a tone) calls alice for 6 s.
-    let dir = tempfile::tempdir().unwrap();
-    let rj = dir.path().join("call.json");
-    let target = format!("sip:{}", edge.udp);
-    let out = run(
-        &[
-            "call",
-            "--target",
-            &target,
-            "--to",
-            "sip:alice@edge.test",
-            "--from",
-            "sip:desk@pbx.test",
-            "--calls",
-            "1",
-            "--hold-ms",
-            "6000",
-            "--rtp",
-            "--codec",
-            "pcmu",
-            "--quiet",
-            "--report-json",
-            rj.to_str().unwrap(),
-        ],
-        Duration::from_secs(40),
-    );
-    let r = json(&rj);
+    let (out, r) = desk_phone_calls_alice(&edge, 6000);
     assert!(out.status.success(), "{}\n{r}\nbrowser: {}\n{}", text(&out), latest(&reports), edge.log());
     assert_eq!(r["calls_succeeded"], 1, "{r}");
     let s = &r["media"]["per_stream"][0];
@@ -277,32 +252,7 @@ fn a_call_to_a_user_with_a_browser_and_a_desk_phone_rings_both_and_the_browser_t
     let (port, reports) = page_server();
     let _browser = Browser::open_with(&phone_url(&edge, port, "&autoanswer=1"), &["--ignore-certificate-errors"]);
     assert!(wait_until(Duration::from_secs(30), || latest(&reports)["registered"] == true), "{}", latest(&reports));
-    let dir = tempfile::tempdir().unwrap();
-    let rj = dir.path().join("call.json");
-    let target = format!("sip:{}", edge.udp);
-    let out = run(
-        &[
-            "call",
-            "--target",
-            &target,
-            "--to",
-            "sip:alice@edge.test",
-            "--from",
-            "sip:desk@pbx.test",
-            "--calls",
-            "1",
-            "--hold-ms",
-            "5000",
-            "--rtp",
-            "--codec",
-            "pcmu",
-            "--quiet",
-            "--report-json",
-            rj.to_str().unwrap(),
-        ],
-        Duration::from_secs(40),
-    );
-    let r = json(&rj);
+    let (out, r) = desk_phone_calls_alice(&edge, 5000);
     assert!(out.status.success(), "{}\n{r}\n{}", text(&out), edge.log());
     // Both rang, each with its own kind of offer.
     let inv = invites.lock().unwrap().first().cloned().expect("the desk phone got the INVITE");
@@ -314,4 +264,17 @@ fn a_call_to_a_user_with_a_browser_and_a_desk_phone_rings_both_and_the_browser_t
     let rec = edge.call_records().into_iter().next().expect("a call record");
     assert_eq!(rec["media"].as_array().map(|a| a.len()), Some(1), "only the bridged path's session is left: {rec}");
     assert_eq!(rec["media"][0]["webrtc"]["web_leg"], "b", "{rec}");
+}
+
+/// A desk phone (loadgen, PCMU with RTP: a tone) calls alice over UDP for `hold_ms`: its exit
+/// and its JSON report.
+fn desk_phone_calls_alice(edge: &Edge, hold_ms: u32) -> (std::process::Output, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let rj = dir.path().join("call.json");
+    let (target, hold) = (format!("sip:{}", edge.udp), hold_ms.to_string());
+    let args = ["call", "--target", &target, "--to", "sip:alice@edge.test", "--from", "sip:desk@pbx.test", "--calls", "1"];
+    let media = ["--hold-ms", &hold, "--rtp", "--codec", "pcmu", "--quiet", "--report-json", rj.to_str().unwrap()];
+    let out = run(&[&args[..], &media[..]].concat(), Duration::from_secs(40));
+    let r = json(&rj);
+    (out, r)
 }

@@ -214,6 +214,28 @@ struct WebCall {
     sip_mux: bool,
 }
 
+impl WebCall {
+    /// The edge's next SDP for the SIP leg of a bridged call (a re-offer or the answer to
+    /// one): the negotiated codec and telephone-event, the same profile and `a=crypto`, a new
+    /// `o=` version (RFC 3264 8).
+    fn next_sip_sdp(&mut self, addr: IpAddr, port: u16, sip: SipAudio, direction: Direction, mux: bool) -> Vec<u8> {
+        self.version += 1;
+        PlainSdp {
+            addr,
+            port,
+            session: (self.sid, self.version),
+            formats: &[(sip.pt, sip.codec)],
+            dtmf: sip.dtmf_pt.map(|d| (d, sip.codec.clock())),
+            proto: self.sip_proto,
+            crypto: self.sip_crypto.clone(),
+            direction,
+            mux,
+        }
+        .write()
+        .into_bytes()
+    }
+}
+
 enum WebState {
     /// The browser offered; the SIP leg was offered the browser's codecs and G.711.
     BrowserOffered {
@@ -764,26 +786,10 @@ impl Anchor {
             }
             WebState::SipReoffer { direction, mux } => {
                 // The browser answered str0m's new offer: the SIP leg gets the edge's answer.
-                web.version += 1;
-                let (proto, crypto, version) = (web.sip_proto, web.sip_crypto.clone(), web.version);
                 let text = std::str::from_utf8(body).map_err(|_| super::sdp::SdpError::NotUtf8)?;
                 let bridge = self.relay.bridge_mut(sid).ok_or(RelayError::UnknownSession)?;
                 bridge.web_mut().accept_answer(text)?;
-                let sip = bridge.sip();
-                let out = PlainSdp {
-                    addr: self.advertise,
-                    port: port_sip,
-                    session: (sid, version),
-                    formats: &[(sip.pt, sip.codec)],
-                    dtmf: sip.dtmf_pt.map(|d| (d, sip.codec.clock())),
-                    proto,
-                    crypto,
-                    direction: answer_direction(direction),
-                    mux,
-                }
-                .write()
-                .into_bytes();
-                Ok(out)
+                Ok(web.next_sip_sdp(self.advertise, port_sip, bridge.sip(), answer_direction(direction), mux))
             }
             WebState::BrowserOffered { offer, browser, sip_offer } => {
                 // The SIP leg answered.
@@ -888,27 +894,14 @@ impl Anchor {
         if from == web.web {
             let text = std::str::from_utf8(body).map_err(|_| super::sdp::SdpError::NotUtf8)?;
             WebRtcLeg::check_remote(text)?;
-            web.version += 1;
-            let (proto, crypto, version) = (web.sip_proto, web.sip_crypto.clone(), web.version);
             let port_sip = self.relay.port(sid, from.other()).ok_or(RelayError::UnknownSession)?;
             let bridge = self.relay.bridge_mut(sid).ok_or(RelayError::UnknownSession)?;
             let answer = bridge.web_mut().accept_offer(text)?;
             let sip = bridge.sip();
             web.state = WebState::WebReoffer { answer };
             self.relay.set_hold(sid, held);
-            let out = PlainSdp {
-                addr: self.advertise,
-                port: port_sip,
-                session: (sid, version),
-                formats: &[(sip.pt, sip.codec)],
-                dtmf: sip.dtmf_pt.map(|d| (d, sip.codec.clock())),
-                proto,
-                crypto,
-                direction,
-                mux: web.sip_mux,
-            }
-            .write();
-            return Ok(out.into_bytes());
+            let mux = web.sip_mux;
+            return Ok(web.next_sip_sdp(self.advertise, port_sip, sip, direction, mux));
         }
         let a = read_plain(&sdp).ok_or(MediaError::NoCommonCodec)?;
         let bridge = self.relay.bridge_mut(sid).ok_or(RelayError::UnknownSession)?;
