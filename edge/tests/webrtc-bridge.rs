@@ -239,6 +239,48 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
     let after = b.got.iter().filter(|g| g.0 == *opus_pt).count();
     assert!(after - before >= 45, "audio after the ICE restart: {} packets", after - before);
     assert!(bridge.web().is_connected());
+
+    // The SIP leg moves to PCMA (a PBX re-INVITE after a transfer): the browser keeps Opus,
+    // both directions continue their numbering, and the tones still arrive at frequency.
+    bridge.set_sip(SipAudio { codec: VoiceCodec::Pcma, pt: 8, dtmf_pt: Some(101) }).unwrap();
+    assert_eq!(bridge.sip_codec(), VoiceCodec::Pcma);
+    let last_web = b.got.iter().rfind(|g| g.0 == *opus_pt).unwrap().1;
+    let last_sip = codec::rtp::RtpHeader::parse(sip.last().unwrap()).unwrap();
+    sip.clear();
+    let mut phone_enc = Encoder::new(VoiceCodec::Pcma).unwrap();
+    let from = b.got.len();
+    for i in 0..50u16 {
+        now += Duration::from_millis(20);
+        let mut p = vec![];
+        phone_enc.encode_into(&tone48(1_000.0, i as usize), &mut p).unwrap();
+        bridge.handle_sip(now, &rtp(8, 9000 + i, 160 * i as u32, i == 0, &p));
+        let mut q = vec![];
+        browser_enc.encode_into(&tone48(600.0, 200 + i as usize), &mut q).unwrap();
+        let mut api = b.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
+        tx.write_rtp(RtpWrite::new(opus_pt, (200 + i as u64).into(), 960 * (200 + i as u32), now, q));
+        tick(now, &mut bridge, &mut b, &mut sip);
+    }
+    let opus: Vec<&(u8, u32, Vec<u8>)> = b.got[from..].iter().filter(|g| g.0 == *opus_pt).collect();
+    assert!(opus.len() >= 45, "Opus packets at the browser after the switch: {}", opus.len());
+    assert_eq!(opus[0].1.wrapping_sub(last_web), 960, "the browser's stream continues");
+    let mut dec = Decoder::new(VoiceCodec::Opus).unwrap();
+    let mut pcm = vec![];
+    for g in &opus {
+        dec.decode_into(&g.2, &mut pcm).unwrap();
+    }
+    let f = frequency(&pcm[9_600..], 48_000.0);
+    assert!((f - 1_000.0).abs() < 20.0, "the PCMA phone's tone at the browser: {f} Hz");
+    let pcma: Vec<codec::rtp::RtpHeader> = sip.iter().map(|p| codec::rtp::RtpHeader::parse(p).unwrap()).collect();
+    assert!(pcma.len() >= 45 && pcma.iter().all(|h| h.payload_type == 8), "{pcma:?}");
+    assert_eq!(pcma[0].sequence, last_sip.sequence.wrapping_add(1), "the SIP leg's stream continues");
+    let mut dec = Decoder::new(VoiceCodec::Pcma).unwrap();
+    let mut pcm = vec![];
+    for (p, h) in sip.iter().zip(&pcma) {
+        dec.decode_into(&p[h.payload_offset..h.payload_end], &mut pcm).unwrap();
+    }
+    let f = frequency(&pcm[9_600..], 48_000.0);
+    assert!((f - 600.0).abs() < 15.0, "the browser's tone at the PCMA phone: {f} Hz");
 }
 
 #[test]
@@ -310,6 +352,22 @@ fn a_bridged_call_takes_new_offers_from_either_side() {
             String::from_utf8(an.handle_sdp(now, "c1", Side::A, SdpKind::Answer, web_answer.to_sdp_string().as_bytes()).unwrap()).unwrap();
         assert!(to_sip.contains(want_answer) && to_sip.contains("RTP/AVP 0 101"), "{dir}: {to_sip}");
     }
+    // The PBX transfers the call to a PCMA-only phone (a re-INVITE with its SDP): the
+    // browser keeps Opus, the new phone is answered with PCMA and the bridge transcodes to it.
+    let pcma = "v=0\r\no=pbx 1 3 IN IP4 10.0.0.3\r\ns=-\r\nc=IN IP4 10.0.0.3\r\nt=0 0\r\nm=audio 7000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let to_web = String::from_utf8(an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, pcma.as_bytes()).unwrap()).unwrap();
+    let web_answer = b.rtc.sdp_api().accept_offer(str0m::change::SdpOffer::from_sdp_string(&to_web).unwrap()).unwrap();
+    let to_sip =
+        String::from_utf8(an.handle_sdp(now, "c1", Side::A, SdpKind::Answer, web_answer.to_sdp_string().as_bytes()).unwrap()).unwrap();
+    assert!(to_sip.contains("m=audio") && to_sip.contains(" RTP/AVP 8 101") && to_sip.contains("PCMA/8000"), "{to_sip}");
+    let bridge = (1..=4).find_map(|s| an.relay().bridge(s)).expect("the call's bridge");
+    assert_eq!(bridge.sip_codec(), VoiceCodec::Pcma);
+    assert_eq!(bridge.web_codec().1, VoiceCodec::Opus);
+    // A re-offer with no codec the edge knows is refused, and the call keeps PCMA.
+    let g729 = pcma.replace("RTP/AVP 8 101", "RTP/AVP 18").replace(" 1 3 ", " 1 4 ");
+    assert!(an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, g729.as_bytes()).is_err());
+    assert_eq!((1..=4).find_map(|s| an.relay().bridge(s)).unwrap().sip_codec(), VoiceCodec::Pcma);
+
     // A new offer crossing one in progress (glare) is refused.
     let reoffer = sip_answer("sendonly");
     an.handle_sdp(now, "c1", Side::B, SdpKind::Offer, reoffer.as_bytes()).unwrap();

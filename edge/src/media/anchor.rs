@@ -905,10 +905,11 @@ impl Anchor {
         }
         let a = read_plain(&sdp).ok_or(MediaError::NoCommonCodec)?;
         let bridge = self.relay.bridge_mut(sid).ok_or(RelayError::UnknownSession)?;
-        let sip = bridge.sip();
-        if !a.formats.iter().any(|f| f.1 == sip.codec) {
-            return Err(MediaError::NoCommonCodec);
-        }
+        // The codec in use if it is still offered (its payload type may have moved), else
+        // the first one offered: a PBX re-INVITE after a transfer brings another phone's.
+        let current = bridge.sip().codec;
+        let &(pt, codec) = a.formats.iter().find(|f| f.1 == current).or(a.formats.first()).ok_or(MediaError::NoCommonCodec)?;
+        bridge.set_sip(SipAudio { codec, pt, dtmf_pt: a.dtmf_for(codec) })?;
         let offer = bridge.web_mut().reoffer(str0m_direction(direction));
         set_sip_remote(&mut self.relay, sid, from, &a)?;
         self.relay.set_hold(sid, held);
@@ -1014,8 +1015,10 @@ impl Anchor {
 /// Where the SIP leg of a bridged call receives (from its SDP).
 fn set_sip_remote(relay: &mut Relay, sid: u64, side: Side, a: &PlainAudio) -> Result<(), MediaError> {
     let Some(rtp) = a.rtp else { return Ok(()) };
-    let (clock_rate, codec) = match a.formats.first() {
-        Some((_, VoiceCodec::Opus)) => (48_000, CodecImpairment::OPUS),
+    // The codec the bridge uses on that leg once there is one, else the first offered.
+    let used = relay.bridge(sid).map(|b| b.sip_codec()).or(a.formats.first().map(|f| f.1));
+    let (clock_rate, codec) = match used {
+        Some(VoiceCodec::Opus) => (48_000, CodecImpairment::OPUS),
         _ => (8_000, CodecImpairment::G711_PLC),
     };
     relay.set_remote(sid, side, RemoteMedia { rtp, rtcp: a.rtcp, mux: a.mux, clock_rate, codec })?;

@@ -272,6 +272,10 @@ pub struct Bridge {
     ssrc: u32,
     out: VecDeque<BridgeOutput>,
     batch: Vec<Packet>,
+    /// Where each direction's output continues (sequence number, timestamp) when the ways
+    /// are rebuilt for a new SIP codec: the first values, then after the last packet.
+    next_to_web: (u16, u32),
+    next_to_sip: (u16, u32),
     pub stats: BridgeStats,
 }
 
@@ -283,10 +287,41 @@ impl Bridge {
         let formats = web.voice_formats();
         let (web_pt, web_codec) =
             formats.iter().find(|(_, c)| *c == sip.codec).or_else(|| formats.first()).copied().ok_or(BridgeError::NoWebCodec)?;
+        let (to_web, to_sip) = Self::ways(&web, (web_pt, web_codec), sip, (start, start))?;
+        Ok(Bridge {
+            sip,
+            to_web,
+            to_sip,
+            web,
+            ssrc,
+            out: VecDeque::new(),
+            batch: Vec::new(),
+            next_to_web: start,
+            next_to_sip: start,
+            stats: BridgeStats::default(),
+        })
+    }
+
+    /// The SIP leg changed its codec (a re-offer after a transfer on a PBX, say): the
+    /// browser keeps its codec, and the bridge passes through or transcodes as the pair now
+    /// needs. Both directions continue their sequence numbers and timestamps.
+    pub fn set_sip(&mut self, sip: SipAudio) -> Result<(), BridgeError> {
+        if sip == self.sip {
+            return Ok(());
+        }
+        let (to_web, to_sip) = Self::ways(&self.web, self.web_codec(), sip, (self.next_to_web, self.next_to_sip))?;
+        (self.sip, self.to_web, self.to_sip) = (sip, to_web, to_sip);
+        Ok(())
+    }
+
+    /// Both directions between the browser's codec `web` and the SIP leg's, starting at
+    /// `start` (towards the browser, towards the SIP leg).
+    fn ways(web_leg: &WebRtcLeg, web: (u8, VoiceCodec), sip: SipAudio, start: ((u16, u32), (u16, u32))) -> Result<(Way, Way), BridgeError> {
+        let (web_pt, web_codec) = web;
         // Browsers send telephone-event at the clock of the audio codec when they can,
         // else at 8 kHz (Chrome used its 8 kHz type with Opus here): any negotiated one is
         // taken; towards the browser, the one at the codec's clock first.
-        let web_in: Vec<(u8, u32)> = web
+        let web_in: Vec<(u8, u32)> = web_leg
             .formats()
             .into_iter()
             .filter_map(|(pt, f)| match f {
@@ -296,16 +331,10 @@ impl Bridge {
             .collect();
         let web_out = web_in.iter().find(|d| d.1 == web_codec.clock()).or(web_in.first()).copied();
         let sip_dtmf = sip.dtmf_pt.map(|pt| (pt, sip.codec.clock()));
-        Ok(Bridge {
-            sip,
-            to_web: Way::new((sip.pt, sip.codec, sip_dtmf.into_iter().collect()), (web_pt, web_codec, web_out), start)?,
-            to_sip: Way::new((web_pt, web_codec, web_in), (sip.pt, sip.codec, sip_dtmf), start)?,
-            web,
-            ssrc,
-            out: VecDeque::new(),
-            batch: Vec::new(),
-            stats: BridgeStats::default(),
-        })
+        Ok((
+            Way::new((sip.pt, sip.codec, sip_dtmf.into_iter().collect()), (web_pt, web_codec, web_out), start.0)?,
+            Way::new((web_pt, web_codec, web_in), (sip.pt, sip.codec, sip_dtmf), start.1)?,
+        ))
     }
 
     /// Whether the legs' codecs differ.
@@ -359,6 +388,7 @@ impl Bridge {
                 self.stats.dtmf_to_web += 1;
             }
             self.stats.to_web_packets += 1;
+            self.next_to_web = next_after(&p, self.to_web.out_clock);
             self.web.write_rtp(now, p.pt, p.seq, p.ts, p.marker, p.payload);
         }
         self.batch = batch;
@@ -398,6 +428,7 @@ impl Bridge {
                             self.stats.dtmf_to_sip += 1;
                         }
                         self.stats.to_sip_packets += 1;
+                        self.next_to_sip = next_after(&q, self.to_sip.out_clock);
                         self.out.push_back(BridgeOutput::ToSip(rtp_packet(self.ssrc, &q)));
                     }
                 }
@@ -407,6 +438,12 @@ impl Bridge {
         }
         self.batch = batch;
     }
+}
+
+/// The sequence number and timestamp a stream continues with after `p` (one 20 ms frame
+/// later at `clock`).
+fn next_after(p: &Packet, clock: u32) -> (u16, u32) {
+    (p.seq.wrapping_add(1), p.ts.wrapping_add(scale(FRAME as u64, 48_000, clock) as u32))
 }
 
 /// An RTP packet (RFC 3550 5.1, no CSRC, no extension).
