@@ -1986,6 +1986,12 @@ impl Core {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::warn!(call_id = m.call_id, error = %e, "media: SDP in response not anchored");
+                if (200..300).contains(&code) && m.initial && kind == SdpKind::Answer && an.answer_refused(&m.call_id, &e) {
+                    // The 2xx goes on (a proxy forwards it), its ACK follows; the sweep
+                    // ends the call just after.
+                    let soon = now + std::time::Duration::from_millis(200);
+                    self.next_media_sweep = Some(self.next_media_sweep.map_or(soon, |t| t.min(soon)));
+                }
                 None
             }
         }
@@ -2029,6 +2035,12 @@ impl Core {
             tracing::info!(call_id, "media: inactivity timeout, sending BYE to both ends");
             self.bye_both(now, &call_id, "Reason: Q.850;cause=102;text=\"media timeout\"\r\n");
             self.end_call(now, &call_id, EndReason::MediaTimeout);
+        }
+        for (call_id, why) in self.anchor.as_ref().map(|a| a.unbridgeable()).unwrap_or_default() {
+            tracing::info!(call_id, why, "media: the answer cannot be bridged, sending BYE to both ends");
+            let reason = format!("Reason: SIP;cause=488;text=\"{}\"\r\n", why.replace('"', "'"));
+            self.bye_both(now, &call_id, &reason);
+            self.end_call(now, &call_id, EndReason::Unbridgeable);
         }
         let old = self.anchor.as_ref().map(|a| a.too_old(now, self.sh.max_call)).unwrap_or_default();
         for call_id in old {

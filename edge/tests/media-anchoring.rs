@@ -143,3 +143,36 @@ fn a_call_past_max_call_secs_is_ended_with_bye_both_ways() {
     assert!(byes.iter().any(|(t, _)| t.to.addr.to_string() == "127.0.0.1:5090"));
     assert_eq!(c.poll_record().map(|r| r.reason), Some(EndReason::MaxDuration));
 }
+
+/// A browser calls a trunk whose 200 offers only a codec the edge cannot bridge (G.729):
+/// the 200 goes on (a proxy forwards 2xx), then the edge ends the call with a BYE to both
+/// ends saying why, frees the ports and records it as unbridgeable.
+#[test]
+fn a_bridged_call_whose_answer_cannot_be_bridged_is_ended_with_bye_both_ways() {
+    let (mut c, t0) = core_with(UP);
+    let mut rtc = str0m::Rtc::builder().build(t0);
+    rtc.add_local_candidate(str0m::Candidate::host("127.0.0.1:50000".parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(str0m::media::MediaKind::Audio, str0m::media::Direction::SendRecv, None, None, None);
+    let sdp = api.apply().unwrap().0.to_sdp_string();
+    let plain = offer_invite("m-web", "z9hG4bKw1");
+    let inv = format!("{}Content-Length: {}\r\n\r\n{sdp}", plain.split("Content-Length:").next().unwrap(), sdp.len());
+    feed_raw(&mut c, t0, udp(CALLER), &inv);
+    let fwd = forwarded(&drain(&mut c));
+    assert!(body(&fwd).contains("RTP/AVP") && !body(&fwd).contains("fingerprint"), "bridged: {}", body(&fwd));
+    let g729 = "v=0\r\no=u 1 1 IN IP4 10.2.2.2\r\ns=-\r\nc=IN IP4 10.2.2.2\r\nt=0 0\r\nm=audio 5000 RTP/AVP 18\r\n";
+    let ok = answer(&fwd, 200, "u7", "Contact: <sip:u@127.0.0.1:5090>\r\nContent-Type: application/sdp\r\n")
+        .replace("Content-Length: 0\r\n\r\n", &format!("Content-Length: {}\r\n\r\n{g729}", g729.len()));
+    feed_raw(&mut c, t0, udp("127.0.0.1:5090"), &ok);
+    let out = drain(&mut c);
+    assert!(out.iter().any(|(t, m)| m.status() == Some(200) && t.to.addr.to_string() == CALLER), "the 200 is forwarded");
+    let mut now = t0;
+    let out = advance(&mut c, &mut now, t0 + secs(2));
+    let byes: Vec<_> = out.iter().filter(|(_, m)| m.is_request() && m.method() == Method::Bye).collect();
+    assert!(byes.iter().any(|(t, _)| t.to.addr.to_string() == CALLER), "BYE to the browser");
+    assert!(byes.iter().any(|(t, _)| t.to.addr.to_string() == "127.0.0.1:5090"), "BYE to the trunk");
+    let reason = byes[0].1.header(HeaderName::Reason).unwrap_or("").to_string();
+    assert!(reason.starts_with("SIP;cause=488") && reason.contains("codec"), "{reason}");
+    assert_eq!(c.poll_record().map(|r| r.reason), Some(EndReason::Unbridgeable));
+    assert_eq!(c.anchor().unwrap().relay().ports_in_use(), 0);
+}

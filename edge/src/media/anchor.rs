@@ -87,6 +87,9 @@ pub enum EndReason {
     HungUp,
     /// Longer than `sip.max_call_secs` (or its BYE was never seen).
     MaxDuration,
+    /// The answer of a WebRTC <-> SIP call could not be bridged (no codec the edge can
+    /// handle, no fingerprint): the edge sent BYE both ways.
+    Unbridgeable,
 }
 
 /// A call in progress, for the admin API.
@@ -274,6 +277,8 @@ struct Call {
     web: Option<WebCall>,
     parties: CallParties,
     ringing: bool,
+    /// Why the bridged call's answer could not be taken: the edge ends the call.
+    unbridgeable: Option<String>,
     caller_tag: String,
     policy: [SrtpPolicy; 2],
     lines: Vec<MLine>,
@@ -365,6 +370,7 @@ impl Anchor {
             web: None,
             parties,
             ringing: false,
+            unbridgeable: None,
             caller_tag: caller_tag.to_string(),
             policy: [policy.0, policy.1],
             lines: Vec::new(),
@@ -488,6 +494,31 @@ impl Anchor {
     /// A call's parties.
     pub fn parties(&self, call_id: &str) -> Option<CallParties> {
         self.calls.get(call_id).map(|c| c.parties.clone())
+    }
+
+    /// An answer to a bridged call (WebRTC on one leg) was refused with `error`: the call
+    /// cannot carry media, so [`Anchor::unbridgeable`] reports it for teardown. `false` when
+    /// the call is not bridged (its answer then passes untouched, as before).
+    pub fn answer_refused(&mut self, call_id: &str, error: &MediaError) -> bool {
+        match self.calls.get_mut(call_id) {
+            Some(c) if c.web.is_some() => {
+                c.unbridgeable = Some(error.to_string());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answered calls whose answer could not be bridged, with why.
+    pub fn unbridgeable(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.answered.is_some())
+            .filter_map(|(id, c)| c.unbridgeable.clone().map(|why| (id.clone(), why)))
+            .collect();
+        v.sort();
+        v
     }
 
     /// `true` once the call was answered.
