@@ -28,8 +28,9 @@ fn phone_url(edge: &Edge, report: u16, extra: &str) -> String {
 }
 
 /// A browser calls a PCMU-only SIP endpoint; `codecs` limits what the browser offers
-/// (`opus`: the edge transcodes).
-fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
+/// (`opus`: the edge transcodes); `telephone_event`: whether the phone takes RFC 4733
+/// events (else the browser's digits must reach it as in-band tones).
+fn browser_calls_a_pcmu_phone(codecs: Option<&str>, telephone_event: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let pbx = free_port();
     let cfg = format!(
@@ -41,6 +42,7 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
     let listen = format!("127.0.0.1:{pbx}");
     let mut answer = Command::new(loadgen_bin())
         .args(["answer", "--listen", &listen, "--codec", "pcmu", "--rtp-echo", "--calls", "1", "--duration-s", "60", "--quiet"])
+        .args(if telephone_event { &[][..] } else { &["--no-telephone-event"][..] })
         .arg("--report-json")
         .arg(&rj)
         .stdin(Stdio::null())
@@ -97,8 +99,13 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
     assert!(echo["packets"].as_u64().unwrap_or(0) > 150, "RTP reached the SIP side: {echo}");
     assert!(echo["payload_types"]["0"].as_u64().unwrap_or(0) > 150, "as PCMU: {echo}");
     // The page's digits (RTCDTMFSender: RFC 4733 in the RTP stream) reach the phone as
-    // telephone-events; the echo sends them back towards the browser.
-    assert_eq!(echo["digits"], "1590", "{echo}");
+    // telephone-events (the echo sends them back towards the browser), or, when the phone
+    // took none, as their tone pairs in its PCMU.
+    if telephone_event {
+        assert_eq!(echo["digits"], "1590", "{echo}");
+    } else {
+        assert_eq!((&echo["digits"], &echo["inband_digits"]), (&"".into(), &"1590".into()), "{echo}");
+    }
     // The call is over for the edge too: record written, relay ports free.
     assert!(
         wait_until(Duration::from_secs(5), || edge.call_records().iter().any(|c| c["reason"] == "bye_from_caller")),
@@ -112,8 +119,13 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
     let w = &m["webrtc"];
     assert_eq!(w["transcoding"], !codecs.is_empty(), "{w}");
     assert_eq!(w["sip_codec"], "PCMU", "{w}");
-    assert!(w["dtmf_to_sip"].as_u64().unwrap_or(0) >= 4, "the browser's events to the phone: {w}");
-    assert!(w["dtmf_to_web"].as_u64().unwrap_or(0) >= 4, "the phone's (echoed) events to the browser leg: {w}");
+    if telephone_event {
+        assert!(w["dtmf_to_sip"].as_u64().unwrap_or(0) >= 4, "the browser's events to the phone: {w}");
+        assert!(w["dtmf_to_web"].as_u64().unwrap_or(0) >= 4, "the phone's (echoed) events to the browser leg: {w}");
+    } else {
+        assert!(w["dtmf_inband"].as_u64().unwrap_or(0) >= 4, "the browser's events played as tones: {w}");
+        assert_eq!(w["dtmf_to_sip"], 0, "{w}");
+    }
     assert!(
         wait_until(Duration::from_secs(5), || metric(&edge.metrics(), "edge_media_ports_in_use") == 0.0),
         "relay ports freed: {}",
@@ -123,12 +135,17 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>) {
 
 #[test]
 fn a_browser_registers_over_wss_and_calls_a_pcmu_only_phone() {
-    browser_calls_a_pcmu_phone(None);
+    browser_calls_a_pcmu_phone(None, true);
 }
 
 #[test]
 fn a_browser_offering_only_opus_calls_a_pcmu_only_phone_through_the_transcoder() {
-    browser_calls_a_pcmu_phone(Some("opus"));
+    browser_calls_a_pcmu_phone(Some("opus"), true);
+}
+
+#[test]
+fn a_browser_calls_a_phone_without_telephone_event_and_its_digits_arrive_as_tones() {
+    browser_calls_a_pcmu_phone(Some("opus"), false);
 }
 
 #[test]

@@ -196,6 +196,10 @@ pub struct AnswerArgs {
     /// Default: the offer's first format.
     #[arg(long)]
     pub codec: Option<String>,
+    /// Answer without telephone-event even when offered (a legacy PBX or trunk: digits must
+    /// then arrive as in-band tones, which `--rtp-echo` detects in G.711).
+    #[arg(long)]
+    pub no_telephone_event: bool,
     /// Exit after this many calls were handled.
     #[arg(long)]
     pub calls: Option<u64>,
@@ -671,6 +675,7 @@ async fn answer_job(a: &AnswerArgs, stop: Stop) -> Result<Report, String> {
         no_answer: Duration::from_millis(a.no_answer_ms),
         media,
         codec: a.codec.clone(),
+        telephone_event: !a.no_telephone_event,
         contact,
         timing: Timing::default(),
     };

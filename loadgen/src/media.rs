@@ -395,9 +395,9 @@ pub async fn echo_socket(ip: IpAddr) -> std::io::Result<u16> {
     Ok(echo_socket_counted(ip).await?.0)
 }
 
-/// An RTP echo that also counts what it gets: packets, payload types, and RFC 4733
+/// An RTP echo that also counts what it gets: packets, payload types, RFC 4733
 /// telephone-events (payload types 96-127 with a 4-byte event payload; one digit per
-/// event timestamp).
+/// event timestamp), and DTMF tones in PCMU/PCMA audio.
 pub async fn echo_socket_counted(ip: IpAddr) -> std::io::Result<(u16, std::sync::Arc<std::sync::Mutex<crate::report::EchoSummary>>)> {
     let sock = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
     let port = sock.local_addr()?.port();
@@ -406,6 +406,7 @@ pub async fn echo_socket_counted(ip: IpAddr) -> std::io::Result<(u16, std::sync:
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
         let mut last_event: Option<(u32, u32)> = None;
+        let mut inband = InbandDigits::default();
         while let Ok((n, from)) = sock.recv_from(&mut buf).await {
             let _ = sock.send_to(&buf[..n], from).await;
             let p = &buf[..n];
@@ -421,6 +422,12 @@ pub async fn echo_socket_counted(ip: IpAddr) -> std::io::Result<(u16, std::sync:
             let mut off = 12 + 4 * cc;
             if p[0] & 0x10 != 0 && n >= off + 4 {
                 off += 4 + 4 * u16::from_be_bytes([p[off + 2], p[off + 3]]) as usize;
+            }
+            if (pt == 0 || pt == 8)
+                && n > off
+                && let Some(d) = inband.packet(pt, &p[off..])
+            {
+                s.inband_digits.push(d);
             }
             if pt >= 96 && n == off + 4 {
                 s.telephone_events += 1;
@@ -443,9 +450,54 @@ pub async fn echo_socket_counted(ip: IpAddr) -> std::io::Result<(u16, std::sync:
     Ok((port, summary))
 }
 
+/// Reads DTMF digits from G.711 packets as they come: a digit once its tone pair was
+/// heard in two packets in a row, the next only after a packet without it.
+#[derive(Default)]
+struct InbandDigits {
+    /// The tone heard in the last packet, and whether it was already counted.
+    last: Option<(u8, bool)>,
+    pcm: Vec<i16>,
+}
+
+impl InbandDigits {
+    fn packet(&mut self, pt: u8, payload: &[u8]) -> Option<char> {
+        self.pcm.clear();
+        let law = if pt == 8 { codec::g711::alaw_to_linear } else { codec::g711::ulaw_to_linear };
+        self.pcm.extend(payload.iter().map(|&b| law(b)));
+        let heard = codec::dtmf::detect(&self.pcm, 8_000);
+        let (out, next) = match (heard, self.last) {
+            (None, _) => (None, None),
+            (Some(e), Some((l, counted))) if e == l => ((!counted).then_some(e), Some((e, true))),
+            (Some(e), _) => (None, Some((e, false))),
+        };
+        self.last = next;
+        out.and_then(codec::dtmf::event_char)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inband_digits_are_read_once_per_tone() {
+        let mut r = InbandDigits::default();
+        let mut got = String::new();
+        let packet = |e: Option<u8>, k: u64| {
+            let mut x = vec![];
+            match e {
+                Some(e) => codec::dtmf::tone(e, k * 160, 160, 8_000, &mut x),
+                None => x.resize(160, 0),
+            }
+            x.into_iter().map(codec::g711::linear_to_ulaw).collect::<Vec<u8>>()
+        };
+        // 1 for 80 ms, a gap, 1 again for 60 ms, 5 for 20 ms only (too short), 9 for 40 ms.
+        let seq = [Some(1), Some(1), Some(1), Some(1), None, Some(1), Some(1), Some(1), None, Some(5), None, Some(9), Some(9)];
+        for (k, e) in seq.into_iter().enumerate() {
+            got.extend(r.packet(0, &packet(e, k as u64)));
+        }
+        assert_eq!(got, "119");
+    }
 
     #[test]
     fn sdp_target() {

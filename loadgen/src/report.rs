@@ -68,6 +68,9 @@ pub struct EchoSummary {
     /// RFC 4733 telephone-event packets, and the digits they carried (one per event).
     pub telephone_events: u64,
     pub digits: String,
+    /// Digits heard as in-band tone pairs (ITU-T Q.23) in G.711 audio: one per tone of at
+    /// least 40 ms (two 20 ms packets), separated by a packet without it.
+    pub inband_digits: String,
 }
 
 impl Report {

@@ -33,6 +33,7 @@ fn uas(answer_ms: u64) -> Uas {
         no_answer: Duration::from_secs(30),
         media: None,
         codec: None,
+        telephone_event: true,
         contact: "sip:127.0.0.1:5090".into(),
         timing: Timing::default(),
     };

@@ -56,6 +56,8 @@ pub struct BridgeStats {
     pub dropped: u64,
     /// Transcoding: samples concealed for lost packets.
     pub concealed_samples: u64,
+    /// RFC 4733 event packets played as tones to a leg without telephone-event.
+    pub dtmf_inband: u64,
 }
 
 /// An outgoing RTP packet before it is written.
@@ -112,6 +114,9 @@ struct Way {
     out_ts: u32,
     /// The telephone-event being mapped: (input timestamp, output timestamp).
     event: Option<(u32, u32)>,
+    /// The output's codec (in-band tones written when passing through).
+    out_codec: VoiceCodec,
+    tone: Option<Tone>,
     scratch: Vec<u8>,
 }
 
@@ -144,6 +149,8 @@ impl Way {
             out_seq: start.0,
             out_ts: start.1,
             event: None,
+            out_codec: to.1,
+            tone: None,
             scratch: Vec::with_capacity(1500),
         })
     }
@@ -164,12 +171,27 @@ impl Way {
     }
 
     fn audio(&mut self, p: In, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
-        let In { seq, ts, marker, payload, .. } = p;
+        let payload = p.payload;
+        self.emit(p, stats, out, |dec, pcm| dec.decode_into(payload, pcm).map_err(|_| ()), || payload.to_vec());
+    }
+
+    /// One input packet's audio to the output: passed through (`raw` gives the payload:
+    /// same codec) or decoded by `fill` (it appends 48 kHz samples, returns how many) and
+    /// re-encoded in 20 ms frames.
+    fn emit(
+        &mut self,
+        p: In,
+        stats: &mut BridgeStats,
+        out: &mut Vec<Packet>,
+        fill: impl FnOnce(&mut Decoder, &mut Vec<i16>) -> Result<usize, ()>,
+        raw: impl FnOnce() -> Vec<u8>,
+    ) {
+        let In { seq, ts, marker, .. } = p;
         let (in_clock, out_clock) = (self.in_clock, self.out_clock);
         match &mut self.mode {
             Mode::Pass { offsets } => {
                 let (so, to) = *offsets.get_or_insert((self.out_seq.wrapping_sub(seq), self.out_ts.wrapping_sub(ts)));
-                out.push(Packet { pt: self.out_pt, seq: seq.wrapping_add(so), ts: ts.wrapping_add(to), marker, payload: payload.to_vec() });
+                out.push(Packet { pt: self.out_pt, seq: seq.wrapping_add(so), ts: ts.wrapping_add(to), marker, payload: raw() });
             }
             Mode::Transcode { dec, enc, pcm, next_in, last_seq, mark_next } => {
                 if last_seq.is_some_and(|l| (seq.wrapping_sub(l) as i16) <= 0) {
@@ -197,7 +219,7 @@ impl Way {
                         stats.concealed_samples += gap48 as u64;
                     }
                 }
-                let Ok(n) = dec.decode_into(payload, pcm) else {
+                let Ok(n) = fill(dec, pcm) else {
                     stats.dropped += 1;
                     return;
                 };
@@ -227,14 +249,14 @@ impl Way {
     /// RTP clock units. Mapped to the output's telephone-event type, timeline and clock.
     fn dtmf(&mut self, p: In, in_clock: u32, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
         let In { seq, ts, marker, payload, .. } = p;
-        let Some((out_pt, out_clock)) = self.out_dtmf else {
-            stats.dropped += 1;
-            return;
-        };
         if payload.len() < 4 {
             stats.dropped += 1;
             return;
         }
+        let Some((out_pt, out_clock)) = self.out_dtmf else {
+            self.inband(p, in_clock, stats, out);
+            return;
+        };
         // The event's duration in the output's telephone-event clock.
         let mut ev = payload[..4].to_vec();
         let dur = u16::from_be_bytes([ev[2], ev[3]]) as u64;
@@ -261,6 +283,78 @@ impl Way {
             }
         }
     }
+}
+
+impl Way {
+    /// An RFC 4733 event for an output that negotiated no telephone-event: played as its
+    /// Q.23 tone pair in the output's audio (as rtpengine does), so an IVR behind a trunk
+    /// without telephone-event still hears the digits. Each update adds the tone for the
+    /// time its duration grew; repeated end packets add nothing.
+    fn inband(&mut self, p: In, in_clock: u32, stats: &mut BridgeStats, out: &mut Vec<Packet>) {
+        let (event, end) = (p.payload[0], p.payload[1] & 0x80 != 0);
+        let dur = u16::from_be_bytes([p.payload[2], p.payload[3]]) as u64;
+        let pass = matches!(self.mode, Mode::Pass { .. });
+        if pass && self.out_codec == VoiceCodec::Opus {
+            // Opus passed through without telephone-event on the output: no tone written.
+            stats.dropped += 1;
+            return;
+        }
+        let (done, shift) = match self.tone {
+            Some(t) if t.ts == p.ts => (t.done, t.shift),
+            // A new event; an event timestamp behind the audio already decoded (a sender
+            // that stamps it with its last audio frame's) starts where that audio ends.
+            _ => match self.mode {
+                Mode::Transcode { next_in: Some(exp), .. } if (p.ts.wrapping_sub(exp) as i32) < 0 => (0, exp.wrapping_sub(p.ts)),
+                _ => (0, 0),
+            },
+        };
+        if self.tone.is_some_and(|t| t.ts == p.ts && t.ended) || dur <= done || codec::dtmf::frequencies(event).is_none() {
+            return;
+        }
+        self.tone = Some(Tone { ts: p.ts, shift, done: dur, ended: end });
+        stats.dtmf_inband += 1;
+        // The new part of the tone, as if it were audio from (event start + done). The
+        // event's timestamp is on the audio's timeline, its duration in its own clock.
+        let offset = scale(done, in_clock, self.in_clock) as u32;
+        let at = In { ts: p.ts.wrapping_add(shift).wrapping_add(offset), marker: done == 0, ..p };
+        let (from48, n48) = (scale(done, in_clock, 48_000), scale(dur - done, in_clock, 48_000) as usize);
+        let out_clock = self.out_clock;
+        let out_codec = self.out_codec;
+        self.emit(
+            at,
+            stats,
+            out,
+            |_, pcm| {
+                codec::dtmf::tone(event, from48, n48, 48_000, pcm);
+                Ok(n48)
+            },
+            || {
+                // Passed through: the output is G.711 at 8 kHz; the tone is written in it.
+                let mut x = Vec::with_capacity(scale(dur - done, in_clock, out_clock) as usize);
+                codec::dtmf::tone(
+                    event,
+                    scale(done, in_clock, out_clock),
+                    scale(dur - done, in_clock, out_clock) as usize,
+                    out_clock,
+                    &mut x,
+                );
+                x.iter()
+                    .map(|&v| if out_codec == VoiceCodec::Pcma { codec::g711::linear_to_alaw(v) } else { codec::g711::linear_to_ulaw(v) })
+                    .collect()
+            },
+        );
+    }
+}
+
+/// The in-band tone of the event being played (see [`Way::inband`]).
+#[derive(Debug, Clone, Copy)]
+struct Tone {
+    /// The event's RTP timestamp, and how far its tone was moved to follow the audio.
+    ts: u32,
+    shift: u32,
+    /// How much of it was played, in input clock units.
+    done: u64,
+    ended: bool,
 }
 
 /// One call's media bridge.
@@ -557,10 +651,78 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].pt, out[0].payload.clone()), (101, vec![9, 0x0a, 0, 160]));
         assert_eq!((out[1].pt, out[1].payload.clone()), (101, vec![4, 0x0a, 0, 160]), "960 at 48 kHz = 160 at 8 kHz");
-        // No telephone-event on the other leg: dropped.
-        let mut w = Way::new((0, VoiceCodec::Pcmu, vec![(101, 8_000)]), (111, VoiceCodec::Opus, None), (0, 0)).unwrap();
+    }
+
+    /// Digit `event` as RFC 4733 packets (pt, clock `k` ticks per 20 ms): three updates and
+    /// three end packets, from sequence number `seq` and timestamp `ts`.
+    fn digit(w: &mut Way, st: &mut BridgeStats, out: &mut Vec<Packet>, (pt, event, seq, ts, k): (u8, u8, u16, u32, u16)) {
+        for (i, (n, end)) in [(1u16, false), (2, false), (3, false), (4, true), (4, true), (4, true)].into_iter().enumerate() {
+            let d = (n * k).to_be_bytes();
+            let flags = if end { 0x8a } else { 0x0a };
+            w.handle(In { pt, seq: seq + i as u16, ts, marker: i == 0, payload: &[event, flags, d[0], d[1]] }, st, out);
+        }
+    }
+
+    fn pcm_of(codec: VoiceCodec, packets: &[&Packet]) -> Vec<i16> {
+        let mut dec = Decoder::new(codec).unwrap();
+        let mut pcm = vec![];
+        for p in packets {
+            dec.decode_into(&p.payload, &mut pcm).unwrap();
+        }
+        pcm
+    }
+
+    #[test]
+    fn digits_to_a_leg_without_telephone_event_are_played_as_their_tones() {
+        let mut st = BridgeStats::default();
+        let mut out = vec![];
+        // Browser (Opus, telephone-event/8000 pt 126) -> phone with PCMU only: transcoded,
+        // the digit's 80 ms become four 20 ms PCMU frames of its tone pair, in the audio's
+        // timeline; the repeated end packets add nothing.
+        let mut w = Way::new((111, VoiceCodec::Opus, vec![(126, 8_000)]), (0, VoiceCodec::Pcmu, None), (10, 0)).unwrap();
+        let mut enc = Encoder::new(VoiceCodec::Opus).unwrap();
+        let mut frame = vec![];
+        enc.encode_into(&[0; FRAME], &mut frame).unwrap();
+        w.handle(In { pt: 111, seq: 1, ts: 0, marker: true, payload: &frame }, &mut st, &mut out);
+        digit(&mut w, &mut st, &mut out, (126, 5, 2, 960, 160));
+        assert_eq!(out.len(), 5, "one audio frame, then four of tone: {out:?}");
+        assert!(out.iter().all(|p| p.pt == 0 && p.payload.len() == 160));
+        assert_eq!(out.iter().map(|p| (p.seq, p.ts)).collect::<Vec<_>>(), [(10, 0), (11, 160), (12, 320), (13, 480), (14, 640)]);
+        let pcm = pcm_of(VoiceCodec::Pcmu, &out[1..].iter().collect::<Vec<_>>());
+        assert_eq!(codec::dtmf::detect(&pcm[960..], 48_000), Some(5), "the phone hears a 5");
+        assert_eq!(st.dtmf_inband, 4);
+        // Audio after the digit continues the timeline.
+        w.handle(In { pt: 111, seq: 8, ts: 960 * 5, marker: false, payload: &frame }, &mut st, &mut out);
+        assert_eq!(out.last().map(|p| (p.seq, p.ts)), Some((15, 800)));
+
+        // PCMU on both legs, none of them with telephone-event on the output: passed
+        // through, the tone written in PCMU at the event's sequence numbers and times.
+        let mut w = Way::new((0, VoiceCodec::Pcmu, vec![(101, 8_000)]), (0, VoiceCodec::Pcmu, None), (100, 1_000)).unwrap();
         out.clear();
-        w.handle(In { pt: 101, seq: 2, ts: 160, marker: true, payload: &[5, 0x0a, 0, 160] }, &mut st, &mut out);
+        w.handle(In { pt: 0, seq: 1, ts: 0, marker: true, payload: &[0xff; 160] }, &mut st, &mut out);
+        digit(&mut w, &mut st, &mut out, (101, 11, 2, 160, 160));
+        assert_eq!(
+            out.iter().map(|p| (p.seq, p.ts, p.payload.len())).collect::<Vec<_>>(),
+            [(100, 1_000, 160), (101, 1_160, 160), (102, 1_320, 160), (103, 1_480, 160), (104, 1_640, 160)]
+        );
+        assert!(out[1].marker && !out[2].marker);
+        let pcm = pcm_of(VoiceCodec::Pcmu, &out[1..].iter().collect::<Vec<_>>());
+        assert_eq!(codec::dtmf::detect(&pcm, 48_000), Some(11), "a #");
+
+        // A sender that stamps the event with its last audio frame's timestamp: the tone
+        // starts where that audio ends instead of being dropped as late.
+        let mut w = Way::new((111, VoiceCodec::Opus, vec![(126, 8_000)]), (8, VoiceCodec::Pcma, None), (0, 0)).unwrap();
+        out.clear();
+        w.handle(In { pt: 111, seq: 1, ts: 0, marker: true, payload: &frame }, &mut st, &mut out);
+        digit(&mut w, &mut st, &mut out, (126, 1, 2, 0, 160));
+        assert_eq!(out.len(), 5);
+        let pcm = pcm_of(VoiceCodec::Pcma, &out[1..].iter().collect::<Vec<_>>());
+        assert_eq!(codec::dtmf::detect(&pcm[960..], 48_000), Some(1));
+
+        // Opus passed through with no telephone-event on the output: nothing to write into.
+        let mut w = Way::new((111, VoiceCodec::Opus, vec![(110, 48_000)]), (111, VoiceCodec::Opus, None), (0, 0)).unwrap();
+        out.clear();
+        w.handle(In { pt: 110, seq: 2, ts: 960, marker: true, payload: &[5, 0x0a, 3, 192] }, &mut st, &mut out);
         assert!(out.is_empty());
     }
 }

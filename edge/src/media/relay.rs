@@ -248,6 +248,8 @@ pub struct BridgeReport {
     /// RFC 4733 telephone-event packets passed each way.
     pub dtmf_to_web: u64,
     pub dtmf_to_sip: u64,
+    /// RFC 4733 event packets played as tones to a leg without telephone-event.
+    pub dtmf_inband: u64,
     pub dropped: u64,
 }
 
@@ -651,6 +653,7 @@ impl Relay {
                 to_sip_packets: st.to_sip_packets,
                 dtmf_to_web: st.dtmf_to_web,
                 dtmf_to_sip: st.dtmf_to_sip,
+                dtmf_inband: st.dtmf_inband,
                 dropped: st.dropped,
             });
         }

@@ -149,13 +149,13 @@ pub fn sdp(ip: &str, port: u16, pt: u8, rtpmap: &str) -> String {
 
 /// An SDP answer accepting the first format of `offer` (RFC 3264 6), on `ip:port`.
 pub fn answer_sdp(offer: &[u8], ip: &str, port: u16) -> String {
-    answer_sdp_with(offer, ip, port, None).unwrap_or_else(|| sdp(ip, port, 0, "PCMU/8000"))
+    answer_sdp_with(offer, ip, port, None, true).unwrap_or_else(|| sdp(ip, port, 0, "PCMU/8000"))
 }
 
 /// The answer for one audio format: `want` (an encoding name such as `PCMU`, any case)
 /// or, when `None`, the offer's first. A `telephone-event` (RFC 4733) at the chosen
-/// format's clock is accepted too. `None` when the offer lacks `want`.
-pub fn answer_sdp_with(offer: &[u8], ip: &str, port: u16, want: Option<&str>) -> Option<String> {
+/// format's clock is accepted too when `telephone_event`. `None` when the offer lacks `want`.
+pub fn answer_sdp_with(offer: &[u8], ip: &str, port: u16, want: Option<&str>, telephone_event: bool) -> Option<String> {
     let text = std::str::from_utf8(offer).unwrap_or("");
     let pts: Vec<u8> = text
         .lines()
@@ -178,8 +178,12 @@ pub fn answer_sdp_with(offer: &[u8], ip: &str, port: u16, want: Option<&str>) ->
         Some(w) => pts.iter().find_map(|pt| rtpmap(*pt).filter(|m| name(m) == w.to_ascii_lowercase()).map(|m| (*pt, m)))?,
     };
     let clock = map.split('/').nth(1).unwrap_or("8000").to_string();
-    let dtmf =
-        pts.iter().find_map(|pt| rtpmap(*pt).filter(|m| name(m) == "telephone-event" && m.split('/').nth(1) == Some(&clock)).map(|_| *pt));
+    let dtmf = telephone_event
+        .then(|| {
+            pts.iter()
+                .find_map(|pt| rtpmap(*pt).filter(|m| name(m) == "telephone-event" && m.split('/').nth(1) == Some(&clock)).map(|_| *pt))
+        })
+        .flatten();
     let mut s = sdp(ip, port, pt, &map);
     if let Some(d) = dtmf {
         s = s.replace(&format!("RTP/AVP {pt}\r\n"), &format!("RTP/AVP {pt} {d}\r\n"));

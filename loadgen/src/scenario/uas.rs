@@ -30,6 +30,8 @@ pub struct UasConfig {
     /// or `codec` (an encoding name) when set: an offer without it gets 488.
     pub media: Option<(String, u16)>,
     pub codec: Option<String>,
+    /// Whether the answer accepts an offered telephone-event (RFC 4733).
+    pub telephone_event: bool,
     /// Contact written into 2xx (`sip:host:port;transport=...`).
     pub contact: String,
     pub timing: Timing,
@@ -170,7 +172,7 @@ impl Uas {
                 // the offer's direction mirrored (RFC 3264 8.4).
                 let tag = l.to_tag.clone();
                 let body = match &self.cfg.media {
-                    Some((ip, port)) => super::answer_sdp_with(&msg.body(), ip, *port, self.cfg.codec.as_deref()),
+                    Some((ip, port)) => super::answer_sdp_with(&msg.body(), ip, *port, self.cfg.codec.as_deref(), self.cfg.telephone_event),
                     None => Some(String::new()),
                 };
                 let Some(mut body) = body else {
@@ -293,7 +295,9 @@ impl Uas {
         let Some(l) = self.legs.get(&id) else { return };
         if matches!(state, State::Trying | State::Ringing) && now >= l.answer_at {
             let body = match &self.cfg.media {
-                Some((ip, port)) => super::answer_sdp_with(&l.invite.body(), ip, *port, self.cfg.codec.as_deref()),
+                Some((ip, port)) => {
+                    super::answer_sdp_with(&l.invite.body(), ip, *port, self.cfg.codec.as_deref(), self.cfg.telephone_event)
+                }
                 None => Some(String::new()),
             };
             let (code, extra, body) = match (l.reject, body) {
