@@ -100,6 +100,16 @@ fn frequency(x: &[i16], rate: f64) -> f64 {
     crossings as f64 / 2.0 / (x.len() as f64 / rate)
 }
 
+/// 48 kHz PCM of `payloads` decoded in order.
+fn decode<'a>(codec: VoiceCodec, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<i16> {
+    let mut dec = Decoder::new(codec).unwrap();
+    let mut pcm = vec![];
+    for p in payloads {
+        dec.decode_into(p, &mut pcm).unwrap();
+    }
+    pcm
+}
+
 fn tone48(hz: f64, frame: usize) -> Vec<i16> {
     (frame * FRAME..(frame + 1) * FRAME).map(|i| (8_000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 48_000.0).sin()) as i16).collect()
 }
@@ -161,11 +171,7 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
     let opus: Vec<&(u8, u32, Vec<u8>)> = b.got.iter().filter(|g| g.0 == *opus_pt).collect();
     assert!(opus.len() >= 45, "Opus packets at the browser: {}", opus.len());
     assert!(opus.windows(2).all(|w| w[1].1.wrapping_sub(w[0].1) == 960), "20 ms apart, continuous");
-    let mut dec = Decoder::new(VoiceCodec::Opus).unwrap();
-    let mut pcm = vec![];
-    for g in &opus {
-        dec.decode_into(&g.2, &mut pcm).unwrap();
-    }
+    let pcm = decode(VoiceCodec::Opus, opus.iter().map(|g| &g.2[..]));
     let f = frequency(&pcm[9_600..], 48_000.0);
     assert!((f - 1_000.0).abs() < 20.0, "the phone's tone at the browser: {f} Hz");
     // The phone got PCMU that decodes to 600 Hz.
@@ -173,12 +179,8 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
     assert!(pcmu.len() >= 45, "PCMU packets at the phone: {}", pcmu.len());
     assert!(pcmu.iter().all(|h| h.payload_type == 0 && h.ssrc == 0xabcd));
     assert!(pcmu.windows(2).all(|w| w[1].sequence == w[0].sequence.wrapping_add(1) && w[1].timestamp.wrapping_sub(w[0].timestamp) == 160));
-    let mut dec = Decoder::new(VoiceCodec::Pcmu).unwrap();
-    let mut pcm = vec![];
-    for (p, h) in sip.iter().zip(&pcmu) {
-        assert_eq!(h.payload_end - h.payload_offset, 160);
-        dec.decode_into(&p[h.payload_offset..h.payload_end], &mut pcm).unwrap();
-    }
+    assert!(pcmu.iter().all(|h| h.payload_end - h.payload_offset == 160));
+    let pcm = decode(VoiceCodec::Pcmu, sip.iter().zip(&pcmu).map(|(p, h)| &p[h.payload_offset..h.payload_end]));
     let f = frequency(&pcm[9_600..], 48_000.0);
     assert!((f - 600.0).abs() < 15.0, "the browser's tone at the phone: {f} Hz");
 
@@ -264,21 +266,13 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
     let opus: Vec<&(u8, u32, Vec<u8>)> = b.got[from..].iter().filter(|g| g.0 == *opus_pt).collect();
     assert!(opus.len() >= 45, "Opus packets at the browser after the switch: {}", opus.len());
     assert_eq!(opus[0].1.wrapping_sub(last_web), 960, "the browser's stream continues");
-    let mut dec = Decoder::new(VoiceCodec::Opus).unwrap();
-    let mut pcm = vec![];
-    for g in &opus {
-        dec.decode_into(&g.2, &mut pcm).unwrap();
-    }
+    let pcm = decode(VoiceCodec::Opus, opus.iter().map(|g| &g.2[..]));
     let f = frequency(&pcm[9_600..], 48_000.0);
     assert!((f - 1_000.0).abs() < 20.0, "the PCMA phone's tone at the browser: {f} Hz");
     let pcma: Vec<codec::rtp::RtpHeader> = sip.iter().map(|p| codec::rtp::RtpHeader::parse(p).unwrap()).collect();
     assert!(pcma.len() >= 45 && pcma.iter().all(|h| h.payload_type == 8), "{pcma:?}");
     assert_eq!(pcma[0].sequence, last_sip.sequence.wrapping_add(1), "the SIP leg's stream continues");
-    let mut dec = Decoder::new(VoiceCodec::Pcma).unwrap();
-    let mut pcm = vec![];
-    for (p, h) in sip.iter().zip(&pcma) {
-        dec.decode_into(&p[h.payload_offset..h.payload_end], &mut pcm).unwrap();
-    }
+    let pcm = decode(VoiceCodec::Pcma, sip.iter().zip(&pcma).map(|(p, h)| &p[h.payload_offset..h.payload_end]));
     let f = frequency(&pcm[9_600..], 48_000.0);
     assert!((f - 600.0).abs() < 15.0, "the browser's tone at the PCMA phone: {f} Hz");
 }
