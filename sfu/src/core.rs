@@ -239,11 +239,12 @@ fn renegotiate_every(room_size: usize) -> Duration {
 #[derive(Debug, Default)]
 struct SimLayers {
     rids: Vec<Rid>,
-    /// Per rid: bytes this second, bit/s last second, height from the latest VP8 key frame.
+    /// Per rid: bytes this second, bit/s last second, height from the latest key frame (VP8
+    /// frame header or H.264 SPS).
     stats: HashMap<Rid, (u64, u64, u16)>,
     /// Layers somebody watches, as last told to the publisher.
     active: Vec<bool>,
-    /// `rids` is in quality order: by the heights of their VP8 key frames as soon as all
+    /// `rids` is in quality order: by the heights of their key frames as soon as all
     /// are known (normally before anyone subscribes), else by bitrate after 3 s.
     ranked: bool,
     passes: u32,
@@ -327,6 +328,17 @@ impl VideoCap {
             self.cap = usize::MAX;
         }
         self.cap != before
+    }
+}
+
+/// The picture height a key frame's packet tells: the VP8 frame header after a descriptor
+/// of `vp8_descriptor` bytes, or an H.264 sequence parameter set (sent with each IDR by
+/// browsers). `None` for other codecs and packets without it.
+fn key_frame_height(codec: str0m::format::Codec, vp8_descriptor: Option<usize>, payload: &[u8]) -> Option<u16> {
+    match (codec, vp8_descriptor) {
+        (str0m::format::Codec::Vp8, Some(len)) => vp8_height(payload.get(len..)?),
+        (str0m::format::Codec::H264, _) => codec::h264::sps_height(payload),
+        _ => None,
     }
 }
 
@@ -1497,7 +1509,7 @@ impl Sfu {
                 }
                 let st = sl.stats.entry(rid).or_default();
                 st.0 += payload.len() as u64;
-                if keyframe && let Some(h) = vp8.and_then(|d| vp8_height(&payload[d.header_len..])) {
+                if keyframe && let Some(h) = key_frame_height(codec, vp8.map(|d| d.header_len), payload) {
                     st.2 = h;
                 }
                 let new_height = keyframe && st.2 > 0 && sl.cached.iter().all(|l| l.height != st.2);
@@ -1772,6 +1784,24 @@ fn update_quality(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_frames_tell_their_height_in_vp8_and_h264() {
+        use str0m::format::Codec;
+        // VP8: 1-byte descriptor, frame tag (key frame), start code, 640x360.
+        let vp8 = [0x10, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
+        assert_eq!(key_frame_height(Codec::Vp8, Some(1), &vp8), Some(360));
+        // H.264: OpenH264's 1280x720 SPS in a STAP-A with its PPS.
+        let sps = [0x67, 0x42, 0xc0, 0x1f, 0x8c, 0x8d, 0x40, 0x28, 0x02, 0xdd, 0x00, 0xf0, 0x88, 0x46, 0xa0];
+        let mut stap = vec![0x78, 0x00, sps.len() as u8];
+        stap.extend_from_slice(&sps);
+        stap.extend_from_slice(&[0x00, 0x04, 0x68, 0xce, 0x3c, 0x80]);
+        assert_eq!(key_frame_height(Codec::H264, None, &stap), Some(720));
+        // An IDR slice without an SPS, another codec, a descriptor longer than the packet.
+        assert_eq!(key_frame_height(Codec::H264, None, &[0x65, 0x88, 0x80]), None);
+        assert_eq!(key_frame_height(Codec::Vp9, None, &vp8), None);
+        assert_eq!(key_frame_height(Codec::Vp8, Some(20), &vp8), None);
+    }
 
     #[test]
     fn a_subscriber_gets_as_many_videos_as_its_estimate_carries() {
