@@ -1,4 +1,5 @@
-//! RTP and RTCP parsing never panics on arbitrary bytes, and written packets parse back.
+//! RTP and RTCP parsing (and the H.264/VP8 payload views the SFU reads) never panics on
+//! arbitrary bytes, and written packets parse back.
 
 use codec::rtcp::{self, ReportBlock, Rtcp};
 use codec::rtp::{RtpHeader, extensions};
@@ -13,6 +14,14 @@ proptest! {
             prop_assert!(h.payload_offset <= h.payload_end && h.payload_end <= data.len());
         }
         let _ = extensions(&data);
+        let _ = (codec::h264::is_keyframe(&data), codec::h264::sps_height(&data), codec::vp8::Vp8Descriptor::parse(&data));
+        // The same bytes as an SPS NAL unit, and inside a STAP-A.
+        let mut sps = vec![0x67];
+        sps.extend_from_slice(&data);
+        let _ = codec::h264::sps_height(&sps);
+        let mut stap = vec![0x78, (sps.len() >> 8) as u8, sps.len() as u8];
+        stap.extend_from_slice(&sps);
+        let _ = codec::h264::sps_height(&stap);
         for p in rtcp::packets(&data) {
             match p {
                 Ok(Rtcp::Nack { fci, .. }) => { let _ = rtcp::nack_lost(fci).count(); }
