@@ -1982,7 +1982,12 @@ impl Core {
         }
         let kind = if m.offer_sent { SdpKind::Answer } else { SdpKind::Offer };
         let an = self.anchor.as_mut()?;
-        match an.handle_sdp(now, &m.call_id, m.requester.other(), kind, &msg.body()) {
+        let edited = if kind == SdpKind::Answer && code < 200 {
+            an.handle_early_answer(now, &m.call_id, m.requester.other(), &msg.body())
+        } else {
+            an.handle_sdp(now, &m.call_id, m.requester.other(), kind, &msg.body())
+        };
+        match edited {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::warn!(call_id = m.call_id, error = %e, "media: SDP in response not anchored");

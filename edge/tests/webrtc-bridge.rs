@@ -420,4 +420,51 @@ fn a_call_forked_to_a_browser_and_a_desk_phone_keeps_the_path_that_answers() {
     let back = an.handle_sdp(now, "c3", Side::B, SdpKind::Answer, answer.as_bytes()).unwrap();
     assert_eq!(back, answer.as_bytes());
     assert_eq!(an.relay().sessions(), 2, "c3's bridge session was freed");
+
+    // Early media (183 with SDP) from one kind of branch settles nothing: each goes through
+    // its own path, and the final answer decides.
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    // A SIP caller: the desk phone's 183 is anchored plainly; then the browser's 200 wins.
+    start(&mut an, "c4");
+    let (_, web) = an.handle_initial_offer(now, "c4", phone_offer.as_bytes(), true, true).unwrap();
+    assert_eq!(an.relay().sessions(), 4);
+    let early = text(an.handle_early_answer(now, "c4", Side::B, phone_answer.as_bytes()).unwrap());
+    assert!(early.contains("RTP/AVP 0") && early.contains("c=IN IP4 127.0.0.1") && !early.contains("10.0.0.3"), "{early}");
+    assert_eq!(an.relay().sessions(), 4, "both paths kept after the 183");
+    let mut b = Rtc::builder().set_rtp_mode(true).build(now);
+    b.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
+    let answer = b.sdp_api().accept_offer(str0m::change::SdpOffer::from_sdp_string(&text(web.unwrap())).unwrap()).unwrap();
+    let fin = text(an.handle_sdp(now, "c4", Side::B, SdpKind::Answer, answer.to_sdp_string().as_bytes()).unwrap());
+    assert!(fin.contains("RTP/AVP 0") && !fin.contains("fingerprint"), "{fin}");
+    assert_ne!(
+        edge::media::sdp::Sdp::parse(early.as_bytes()).unwrap().media[0].port,
+        edge::media::sdp::Sdp::parse(fin.as_bytes()).unwrap().media[0].port,
+        "the bridge's port"
+    );
+    assert_eq!(an.relay().sessions(), 3, "the desk phone's path went at the 200");
+
+    // A browser caller: the desk phone's 183 gets the browser a bridged answer; the other
+    // browser's 200 then passes untouched and the bridge goes.
+    start(&mut an, "c5");
+    let (_, offer, _) = browser(now);
+    an.handle_initial_offer(now, "c5", offer.as_bytes(), true, true).unwrap();
+    assert_eq!(an.relay().sessions(), 4);
+    let early = text(an.handle_early_answer(now, "c5", Side::B, phone_answer.as_bytes()).unwrap());
+    assert!(early.contains("UDP/TLS/RTP/SAVPF") && early.contains("a=fingerprint"), "{early}");
+    let (_, other_browser, _) = browser(now);
+    let answer = other_browser.replace("a=setup:actpass", "a=setup:active");
+    assert_eq!(an.handle_sdp(now, "c5", Side::B, SdpKind::Answer, answer.as_bytes()).unwrap(), answer.as_bytes());
+    assert_eq!(an.relay().sessions(), 3, "c5's bridge went at the browser's 200");
+
+    // A browser caller: the other browser's 183 passes untouched; the desk phone's 200
+    // then gets the caller the bridge's answer, and the bridge stays.
+    start(&mut an, "c6");
+    let (_, offer, _) = browser(now);
+    an.handle_initial_offer(now, "c6", offer.as_bytes(), true, true).unwrap();
+    let (_, other_browser, _) = browser(now);
+    let early_web = other_browser.replace("a=setup:actpass", "a=setup:active");
+    assert_eq!(an.handle_early_answer(now, "c6", Side::B, early_web.as_bytes()).unwrap(), early_web.as_bytes());
+    let fin = text(an.handle_sdp(now, "c6", Side::B, SdpKind::Answer, phone_answer.as_bytes()).unwrap());
+    assert!(fin.contains("UDP/TLS/RTP/SAVPF") && fin.contains("a=fingerprint") && fin.contains("opus/48000"), "{fin}");
+    assert_eq!(an.relay().sessions(), 4, "c6's bridge stays");
 }

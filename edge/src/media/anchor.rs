@@ -271,9 +271,10 @@ struct Call {
     callee_webrtc: bool,
     /// Both legs are browsers: their SDP (ICE, DTLS) passes untouched.
     passthrough: bool,
-    /// The first offer went to browsers and SIP devices with different bodies; the first
-    /// answer decides which path stays.
-    forked_mixed: bool,
+    /// The first offer went to browsers and SIP devices with different bodies (`Some`, with
+    /// whether the caller is a browser); the first final answer decides which path stays,
+    /// early answers (183) go through their own path meanwhile.
+    forked_mixed: Option<bool>,
     web: Option<WebCall>,
     parties: CallParties,
     ringing: bool,
@@ -366,7 +367,7 @@ impl Anchor {
             anchored,
             callee_webrtc: false,
             passthrough: false,
-            forked_mixed: false,
+            forked_mixed: None,
             web: None,
             parties,
             ringing: false,
@@ -417,7 +418,7 @@ impl Anchor {
             call.callee_webrtc = ws_targets;
             return Ok((self.handle_sdp(now, call_id, Side::A, SdpKind::Offer, body)?, None));
         }
-        call.forked_mixed = true;
+        call.forked_mixed = Some(is_webrtc(body));
         if is_webrtc(body) {
             // SIP devices get the bridge's plain offer, browsers the caller's own.
             let plain = self.start_web(now, call_id, Side::A, body, true)?;
@@ -434,11 +435,8 @@ impl Anchor {
     /// other path's relay sessions and state go.
     fn settle_forked(&mut self, call_id: &str, web_answered: bool, now: Instant) {
         let Some(call) = self.calls.get_mut(call_id) else { return };
-        if !std::mem::take(&mut call.forked_mixed) {
-            return;
-        }
+        let Some(browser_offered) = call.forked_mixed.take() else { return };
         let web_sid = call.web.as_ref().map(|w| w.sid);
-        let browser_offered = call.web.as_ref().is_some_and(|w| matches!(w.state, WebState::BrowserOffered { .. }));
         // Browser caller + browser answer, or SIP caller + SIP answer: the bridge goes.
         let drop_bridge = web_answered == browser_offered;
         let mut closing = vec![];
@@ -549,14 +547,46 @@ impl Anchor {
     /// updates the relay. Returns the new body.
     pub fn handle_sdp(&mut self, now: Instant, call_id: &str, from: Side, kind: SdpKind, body: &[u8]) -> Result<Vec<u8>, MediaError> {
         let Some(call) = self.calls.get_mut(call_id).filter(|c| c.anchored) else { return Ok(body.to_vec()) };
-        if kind == SdpKind::Answer && call.forked_mixed {
+        if kind == SdpKind::Answer && call.forked_mixed.is_some() {
             self.settle_forked(call_id, is_webrtc(body), now);
         }
+        self.handle_sdp_on(now, call_id, from, kind, body, None)
+    }
+
+    /// An answer in a provisional response (183 with SDP: early media). On a call forked to
+    /// browsers and SIP devices each kind's early answer goes through its own path and
+    /// nothing is settled: another branch may still answer for good (RFC 3261 13.2.2.4,
+    /// one early dialog per branch). Otherwise as [`Anchor::handle_sdp`].
+    pub fn handle_early_answer(&mut self, now: Instant, call_id: &str, from: Side, body: &[u8]) -> Result<Vec<u8>, MediaError> {
+        let Some(call) = self.calls.get_mut(call_id).filter(|c| c.anchored) else { return Ok(body.to_vec()) };
+        let Some(browser_caller) = call.forked_mixed else { return self.handle_sdp(now, call_id, from, SdpKind::Answer, body) };
+        let web_answer = is_webrtc(body);
+        if browser_caller && web_answer {
+            // Browser to browser: untouched.
+            return Ok(body.to_vec());
+        }
+        // A phone answering a browser, or a browser answering a phone, meets the bridge; a
+        // phone answering a phone, the plain anchoring.
+        let bridge = browser_caller || web_answer;
+        self.handle_sdp_on(now, call_id, from, SdpKind::Answer, body, Some(bridge))
+    }
+
+    /// [`Anchor::handle_sdp`] once a fork is settled, or for an early answer of a fork
+    /// (`bridge`: whether it is for the bridge's path or the plain one).
+    fn handle_sdp_on(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        from: Side,
+        kind: SdpKind,
+        body: &[u8],
+        bridge: Option<bool>,
+    ) -> Result<Vec<u8>, MediaError> {
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(body.to_vec()) };
         if call.passthrough {
             return Ok(body.to_vec());
         }
-        if call.web.is_some() {
+        if call.web.is_some() && bridge != Some(false) {
             return self.handle_web_sdp(now, call_id, from, kind, body);
         }
         if kind == SdpKind::Offer {
