@@ -29,8 +29,9 @@ fn phone_url(edge: &Edge, report: u16, extra: &str) -> String {
 
 /// A browser calls a PCMU-only SIP endpoint; `codecs` limits what the browser offers
 /// (`opus`: the edge transcodes); `telephone_event`: whether the phone takes RFC 4733
-/// events (else the browser's digits must reach it as in-band tones).
-fn browser_calls_a_pcmu_phone(codecs: Option<&str>, telephone_event: bool) {
+/// events (else the browser's digits must reach it as in-band tones); `dtmf_via`: how the
+/// page sends its digits (`rtp`: RFC 4733 from RTCDTMFSender, `info`: SIP INFO).
+fn browser_calls_a_pcmu_phone(codecs: Option<&str>, telephone_event: bool, dtmf_via: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let pbx = free_port();
     let cfg = format!(
@@ -52,7 +53,8 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>, telephone_event: bool) {
         .expect("loadgen answer");
     let (port, reports) = page_server();
     let codecs = codecs.map(|c| format!("&codecs={c}")).unwrap_or_default();
-    let extra = format!("&target=sip:9000@edge.test&call=1&hangup_after=7&dtmf=1590&hold_after=3&resume_after=4.5{codecs}");
+    let extra =
+        format!("&target=sip:9000@edge.test&call=1&hangup_after=7&dtmf=1590&dtmf_via={dtmf_via}&hold_after=3&resume_after=4.5{codecs}");
     let _browser = Browser::open_with(&phone_url(&edge, port, &extra), &["--ignore-certificate-errors"]);
     // Registered over WSS (digest), in the call, and the echo of its own audio comes back.
     let ok = wait_until(Duration::from_secs(40), || {
@@ -101,6 +103,9 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>, telephone_event: bool) {
     // The page's digits (RTCDTMFSender: RFC 4733 in the RTP stream) reach the phone as
     // telephone-events (the echo sends them back towards the browser), or, when the phone
     // took none, as their tone pairs in its PCMU.
+    if dtmf_via == "info" {
+        assert_eq!(latest(&reports)["dtmf_sent"], "1590", "every INFO answered 200: {}", latest(&reports));
+    }
     if telephone_event {
         assert_eq!(echo["digits"], "1590", "{echo}");
     } else {
@@ -135,17 +140,25 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>, telephone_event: bool) {
 
 #[test]
 fn a_browser_registers_over_wss_and_calls_a_pcmu_only_phone() {
-    browser_calls_a_pcmu_phone(None, true);
+    browser_calls_a_pcmu_phone(None, true, "rtp");
 }
 
 #[test]
 fn a_browser_offering_only_opus_calls_a_pcmu_only_phone_through_the_transcoder() {
-    browser_calls_a_pcmu_phone(Some("opus"), true);
+    browser_calls_a_pcmu_phone(Some("opus"), true, "rtp");
+}
+
+/// SIP.js's SimpleUser and JsSIP send DTMF as SIP INFO: the edge takes the INFO and the
+/// phone gets RFC 4733 events in its RTP (PCMU passed through: the events' sequence numbers
+/// are slotted into the browser's).
+#[test]
+fn a_browser_sending_dtmf_as_sip_info_reaches_the_phone_as_telephone_events() {
+    browser_calls_a_pcmu_phone(None, true, "info");
 }
 
 #[test]
 fn a_browser_calls_a_phone_without_telephone_event_and_its_digits_arrive_as_tones() {
-    browser_calls_a_pcmu_phone(Some("opus"), false);
+    browser_calls_a_pcmu_phone(Some("opus"), false, "rtp");
 }
 
 #[test]

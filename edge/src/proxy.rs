@@ -260,6 +260,8 @@ pub struct Core {
     events: Vec<CallEvent>,
     stats: CoreStats,
     next_media_sweep: Option<Instant>,
+    /// A bridge got work outside the relay loop (an INFO digit): the runtime wakes the loop.
+    media_kick: bool,
     /// Trunk holding each call's limit slot (released when the call ends).
     trunk_calls: HashMap<String, String>,
     /// Calls routed, for round-robin selection.
@@ -304,6 +306,7 @@ impl Core {
             events: Vec::new(),
             stats: CoreStats::default(),
             next_media_sweep: None,
+            media_kick: false,
             trunk_calls: HashMap::new(),
             routed: 0,
             prober: crate::resolve::Prober::default(),
@@ -330,6 +333,12 @@ impl Core {
     }
 
     /// When the WebRTC media bridges' timers are next due.
+    /// Whether a bridge got work outside the relay loop since the last call (the relay
+    /// loop should send its output and look at its timers again).
+    pub fn take_media_kick(&mut self) -> bool {
+        std::mem::take(&mut self.media_kick)
+    }
+
     pub fn media_bridge_timeout(&self) -> Option<Instant> {
         self.anchor.as_ref()?.poll_bridge_timeout()
     }
@@ -1882,6 +1891,18 @@ impl Core {
                         Err((st.0, st.1, e.warning()))
                     }
                 }
+            }
+            Method::Info => {
+                // DTMF in SIP INFO from a browser (SIP.js, JsSIP) on a bridged call goes to
+                // the SIP leg as RFC 4733 events when it negotiated them; answered here.
+                let ct = msg.header(HeaderName::ContentType).unwrap_or("");
+                if let Some((event, duration)) = crate::media::info_dtmf::parse(ct, &msg.body())
+                    && an.info_digit(now, &call_id, side, event, duration)
+                {
+                    self.media_kick = true;
+                    return Err((200, "OK", String::new()));
+                }
+                Ok((None, None, None))
             }
             Method::Ack | Method::Prack if sdp => match an.handle_sdp(now, &call_id, side, SdpKind::Answer, &msg.body()) {
                 Ok(b) => Ok((Some(b), None, None)),

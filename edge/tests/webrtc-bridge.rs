@@ -275,6 +275,38 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
     let pcm = decode(VoiceCodec::Pcma, sip.iter().zip(&pcma).map(|(p, h)| &p[h.payload_offset..h.payload_end]));
     let f = frequency(&pcm[9_600..], 48_000.0);
     assert!((f - 600.0).abs() < 15.0, "the browser's tone at the PCMA phone: {f} Hz");
+
+    // A digit from a SIP INFO of the browser's: RFC 4733 events to the phone (pt 101, 8 kHz)
+    // while the browser's audio keeps flowing: updates as it lasts, the end three times,
+    // one timestamp, and no sequence number used twice.
+    sip.clear();
+    assert!(bridge.send_digit(now, 9, Duration::from_millis(200)));
+    for i in 0..20u16 {
+        now += Duration::from_millis(20);
+        let mut q = vec![];
+        browser_enc.encode_into(&tone48(600.0, 300 + i as usize), &mut q).unwrap();
+        let mut api = b.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
+        tx.write_rtp(RtpWrite::new(opus_pt, (300 + i as u64).into(), 960 * (300 + i as u32), now, q));
+        tick(now, &mut bridge, &mut b, &mut sip);
+    }
+    let hs: Vec<codec::rtp::RtpHeader> = sip.iter().map(|p| codec::rtp::RtpHeader::parse(p).unwrap()).collect();
+    let events: Vec<(&codec::rtp::RtpHeader, &[u8])> =
+        hs.iter().zip(&sip).filter(|(h, _)| h.payload_type == 101).map(|(h, p)| (h, &p[h.payload_offset..h.payload_end])).collect();
+    assert!(events.len() >= 6, "updates and three ends: {events:?}");
+    assert!(events[0].0.marker && events.iter().skip(1).all(|e| !e.0.marker));
+    assert!(events.iter().all(|e| e.1[0] == 9 && e.0.timestamp == events[0].0.timestamp));
+    let ends: Vec<_> = events.iter().filter(|e| e.1[1] & 0x80 != 0).collect();
+    assert_eq!(ends.len(), 3);
+    assert!(ends.iter().all(|e| u16::from_be_bytes([e.1[2], e.1[3]]) == 1_600), "200 ms at 8 kHz");
+    let durations: Vec<u16> = events.iter().map(|e| u16::from_be_bytes([e.1[2], e.1[3]])).collect();
+    assert!(durations.windows(2).all(|w| w[1] >= w[0]), "{durations:?}");
+    assert!(hs.iter().filter(|h| h.payload_type == 8).count() >= 15, "audio kept flowing");
+    assert!(hs.windows(2).all(|w| w[1].sequence == w[0].sequence.wrapping_add(1)), "one sequence, no repeats");
+    assert_eq!(bridge.stats.dtmf_to_sip, 4 + events.len() as u64);
+    // A SIP leg without telephone-event: the INFO is not taken (it goes on as it is).
+    bridge.set_sip(SipAudio { codec: VoiceCodec::Pcma, pt: 8, dtmf_pt: None }).unwrap();
+    assert!(!bridge.send_digit(now, 9, Duration::from_millis(200)));
 }
 
 #[test]

@@ -519,6 +519,18 @@ impl Anchor {
         v
     }
 
+    /// A DTMF digit in a SIP INFO sent by `from` on a bridged call: when `from` is the
+    /// browser and the SIP leg negotiated telephone-event, the bridge sends it there as an
+    /// RFC 4733 event and `true` says the INFO was taken (answer it, do not forward it).
+    pub fn info_digit(&mut self, now: Instant, call_id: &str, from: Side, event: u8, duration: Duration) -> bool {
+        let Some(web) = self.calls.get(call_id).and_then(|c| c.web.as_ref()) else { return false };
+        if from != web.web || !matches!(web.state, WebState::Bridged) {
+            return false;
+        }
+        let sid = web.sid;
+        self.relay.bridge_mut(sid).is_some_and(|b| b.send_digit(now, event, duration))
+    }
+
     /// `true` once the call was answered.
     pub fn is_answered(&self, call_id: &str) -> bool {
         self.calls.get(call_id).is_some_and(|c| c.answered.is_some())

@@ -16,7 +16,7 @@ use super::webrtc::{LegEvent, WebRtcLeg};
 use codec::voice::{Decoder, Encoder, FRAME, VoiceCodec};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The SIP leg's negotiated audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,26 @@ impl Way {
 
     fn is_transcoding(&self) -> bool {
         matches!(self.mode, Mode::Transcode { .. })
+    }
+
+    /// A sequence number for a packet the bridge adds to this output (`next`: the one after
+    /// the last sent); what passes through afterwards moves up by one so that none repeats.
+    fn take_seq(&mut self, next: u16) -> u16 {
+        match &mut self.mode {
+            Mode::Pass { offsets: Some((so, _)) } => {
+                *so = so.wrapping_add(1);
+                next
+            }
+            Mode::Pass { offsets: None } => {
+                self.out_seq = self.out_seq.wrapping_add(1);
+                next
+            }
+            Mode::Transcode { .. } => {
+                let s = self.out_seq;
+                self.out_seq = self.out_seq.wrapping_add(1);
+                s
+            }
+        }
     }
 
     /// One packet from the input leg; what to send to the output leg goes to `out`.
@@ -370,8 +390,34 @@ pub struct Bridge {
     /// are rebuilt for a new SIP codec: the first values, then after the last packet.
     next_to_web: (u16, u32),
     next_to_sip: (u16, u32),
+    /// Digits to send to the SIP leg as RFC 4733 events (from SIP INFO on the browser's
+    /// side), and the one being sent.
+    digits: VecDeque<(u8, Duration)>,
+    playing: Option<Digit>,
+    /// When the next queued digit may start (a gap after the previous one).
+    digit_gap_until: Option<Instant>,
     pub stats: BridgeStats,
 }
+
+/// An RFC 4733 event the bridge is sending (RFC 4733 2.5.1: updates while it lasts, the
+/// end packet three times).
+#[derive(Debug, Clone, Copy)]
+struct Digit {
+    event: u8,
+    /// The event's RTP timestamp, payload type and clock.
+    ts: u32,
+    pt: u8,
+    clock: u32,
+    started: Instant,
+    total: Duration,
+    next: Instant,
+    ends_sent: u8,
+}
+
+/// Updates of an event the bridge sends are this far apart; end packets 20 ms apart; the
+/// next digit starts this long after the end.
+const DIGIT_UPDATE: Duration = Duration::from_millis(50);
+const DIGIT_GAP: Duration = Duration::from_millis(50);
 
 impl Bridge {
     /// A bridge between a negotiated WebRTC leg and the SIP leg's audio. The WebRTC leg
@@ -392,6 +438,9 @@ impl Bridge {
             batch: Vec::new(),
             next_to_web: start,
             next_to_sip: start,
+            digits: VecDeque::new(),
+            playing: None,
+            digit_gap_until: None,
             stats: BridgeStats::default(),
         })
     }
@@ -492,10 +541,74 @@ impl Bridge {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.web.handle_timeout(now);
         self.pump();
+        self.send_digits(now);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.web.poll_timeout()
+        let digit = match self.playing {
+            Some(d) => Some(d.next),
+            // Queued digits wait for the gap after the last one (they start at once otherwise).
+            None if !self.digits.is_empty() => self.digit_gap_until,
+            None => None,
+        };
+        [self.web.poll_timeout(), digit].into_iter().flatten().min()
+    }
+
+    /// A digit for the SIP leg as an RFC 4733 event lasting `duration` (a SIP INFO from the
+    /// browser's side: SIP.js and JsSIP send DTMF that way). `false` when the SIP leg
+    /// negotiated no telephone-event (the INFO should then go on as it is).
+    pub fn send_digit(&mut self, now: Instant, event: u8, duration: Duration) -> bool {
+        if self.sip.dtmf_pt.is_none() || event > 15 {
+            return false;
+        }
+        self.digits.push_back((event, duration));
+        self.send_digits(now);
+        true
+    }
+
+    /// Sends what is due of the digits queued by [`Bridge::send_digit`].
+    fn send_digits(&mut self, now: Instant) {
+        loop {
+            let Some(mut d) = self.playing else {
+                if self.digit_gap_until.is_some_and(|t| now < t) {
+                    return;
+                }
+                let Some((event, total)) = self.digits.pop_front() else { return };
+                let Some(pt) = self.sip.dtmf_pt else { return };
+                let clock = self.sip.codec.clock();
+                self.playing = Some(Digit { event, ts: self.next_to_sip.1, pt, clock, started: now, total, next: now, ends_sent: 0 });
+                continue;
+            };
+            if now < d.next {
+                self.playing = Some(d);
+                return;
+            }
+            let elapsed = now.saturating_duration_since(d.started);
+            let end = elapsed >= d.total;
+            let shown = if end { d.total } else { elapsed.max(Duration::from_millis(1)) };
+            let ticks = (shown.as_micros() as u64 * d.clock as u64 / 1_000_000).min(u16::MAX as u64) as u16;
+            let seq = self.to_sip.take_seq(self.next_to_sip.0);
+            let t = ticks.to_be_bytes();
+            // RFC 4733 2.3: event, E bit and volume (10: -10 dBm0), duration.
+            let payload = vec![d.event, if end { 0x8a } else { 0x0a }, t[0], t[1]];
+            let q = Packet { pt: d.pt, seq, ts: d.ts, marker: now == d.started, payload };
+            self.next_to_sip.0 = seq.wrapping_add(1);
+            self.stats.dtmf_to_sip += 1;
+            self.stats.to_sip_packets += 1;
+            self.out.push_back(BridgeOutput::ToSip(rtp_packet(self.ssrc, &q)));
+            if end {
+                d.ends_sent += 1;
+                if d.ends_sent == 3 {
+                    self.playing = None;
+                    self.digit_gap_until = Some(now + DIGIT_GAP);
+                    continue;
+                }
+                d.next = now + Duration::from_millis(20);
+            } else {
+                d.next = (now + DIGIT_UPDATE).min(d.started + d.total);
+            }
+            self.playing = Some(d);
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<BridgeOutput> {

@@ -6,6 +6,7 @@
 
 pub mod anchor;
 pub mod bridge;
+pub mod info_dtmf;
 pub mod interwork;
 pub mod relay;
 pub mod sdp;

@@ -107,12 +107,12 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
         // pacing): wake for them too. A bridge starts with the browser's first STUN
         // check, which arrives on a socket of this poller.
         let deadline = w.core.borrow().media_bridge_timeout();
-        let woke = match deadline {
-            Some(at) => tokio::select! {
-                g = poll.readable_mut() => Some(g),
-                _ = tokio::time::sleep_until(at.into()) => None,
-            },
-            None => Some(poll.readable_mut().await),
+        // Signalling may give a bridge work too (a SIP INFO digit): `media_wake`.
+        let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let woke = tokio::select! {
+            g = poll.readable_mut() => Some(g),
+            _ = tokio::time::sleep_until(at.into()) => None,
+            _ = w.media_wake.notified() => None,
         };
         let mut guard = match woke {
             Some(Ok(g)) => g,

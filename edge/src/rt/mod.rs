@@ -448,6 +448,8 @@ struct Worker {
     core: RefCell<Core>,
     udp: Vec<Rc<tokio::net::UdpSocket>>,
     wake: Notify,
+    /// Wakes the relay loop (a bridge got work from SIP signalling).
+    media_wake: Notify,
     m: WorkerMetrics,
 }
 
@@ -517,6 +519,9 @@ impl Worker {
             self.flush();
         }
         self.wake.notify_one();
+        if self.core.borrow_mut().take_media_kick() {
+            self.media_wake.notify_one();
+        }
     }
 
     /// Hands ended calls to the call-record writer and refreshes the relay gauges.
@@ -636,6 +641,7 @@ fn worker_main(
             }),
             udp: udp.clone(),
             wake: Notify::new(),
+            media_wake: Notify::new(),
             m: WorkerMetrics::new(idx),
         });
         for (sock, state) in udp.into_iter().zip(states) {
