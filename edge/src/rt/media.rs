@@ -108,11 +108,16 @@ pub(super) async fn relay_loop(w: Rc<Worker>, io: RelayIo) {
         // check, which arrives on a socket of this poller.
         let deadline = w.core.borrow().media_bridge_timeout();
         // Signalling may give a bridge work too (a SIP INFO digit): `media_wake`.
-        let at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let woke = tokio::select! {
-            g = poll.readable_mut() => Some(g),
-            _ = tokio::time::sleep_until(at.into()) => None,
-            _ = w.media_wake.notified() => None,
+        let woke = match deadline {
+            Some(at) => tokio::select! {
+                g = poll.readable_mut() => Some(g),
+                _ = tokio::time::sleep_until(at.into()) => None,
+                _ = w.media_wake.notified() => None,
+            },
+            None => tokio::select! {
+                g = poll.readable_mut() => Some(g),
+                _ = w.media_wake.notified() => None,
+            },
         };
         let mut guard = match woke {
             Some(Ok(g)) => g,
