@@ -317,6 +317,7 @@ impl Way {
         if pass && self.out_codec == VoiceCodec::Opus {
             // Opus passed through without telephone-event on the output: no tone written.
             stats.dropped += 1;
+            self.unsent();
             return;
         }
         let (done, shift) = match self.tone {
@@ -329,6 +330,8 @@ impl Way {
             },
         };
         if self.tone.is_some_and(|t| t.ts == p.ts && t.ended) || dur <= done || codec::dtmf::frequencies(event).is_none() {
+            // A repeated end packet (or nothing new): no packet for it.
+            self.unsent();
             return;
         }
         self.tone = Some(Tone { ts: p.ts, shift, done: dur, ended: end });
@@ -363,6 +366,16 @@ impl Way {
                     .collect()
             },
         );
+    }
+}
+
+impl Way {
+    /// An input packet passed through produces no output packet: what passes afterwards
+    /// moves down by one, so that the output's sequence numbers stay without gaps.
+    fn unsent(&mut self) {
+        if let Mode::Pass { offsets: Some((so, _)) } = &mut self.mode {
+            *so = so.wrapping_sub(1);
+        }
     }
 }
 
@@ -821,6 +834,10 @@ mod tests {
         assert!(out[1].marker && !out[2].marker);
         let pcm = pcm_of(VoiceCodec::Pcmu, &out[1..].iter().collect::<Vec<_>>());
         assert_eq!(codec::dtmf::detect(&pcm, 48_000), Some(11), "a #");
+        // The two repeated end packets (input 6 and 7) made nothing: the next audio (input 8)
+        // follows without a gap.
+        w.handle(In { pt: 0, seq: 8, ts: 800, marker: false, payload: &[0xff; 160] }, &mut st, &mut out);
+        assert_eq!(out.last().map(|p| (p.seq, p.ts)), Some((105, 1_800)));
 
         // A sender that stamps the event with its last audio frame's timestamp: the tone
         // starts where that audio ends instead of being dropped as late.
