@@ -100,6 +100,13 @@ fn frequency(x: &[i16], rate: f64) -> f64 {
     crossings as f64 / 2.0 / (x.len() as f64 / rate)
 }
 
+/// The browser sends one RTP packet on its audio m-line.
+fn send(b: &mut Browser, w: RtpWrite) {
+    let mut api = b.rtc.direct_api();
+    let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
+    tx.write_rtp(w);
+}
+
 /// 48 kHz PCM of `payloads` decoded in order.
 fn decode<'a>(codec: VoiceCodec, payloads: impl Iterator<Item = &'a [u8]>) -> Vec<i16> {
     let mut dec = Decoder::new(codec).unwrap();
@@ -158,9 +165,7 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
         bridge.handle_sip(now, &rtp(0, 7000 + i, 160 * i as u32, i == 0, &p));
         let mut q = vec![];
         browser_enc.encode_into(&tone48(600.0, i as usize), &mut q).unwrap();
-        let mut api = b.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
-        tx.write_rtp(RtpWrite::new(opus_pt, (i as u64 + 1).into(), 960 * i as u32, now, q).marker(i == 0));
+        send(&mut b, RtpWrite::new(opus_pt, (i as u64 + 1).into(), 960 * i as u32, now, q).marker(i == 0));
         tick(now, &mut bridge, &mut b, &mut sip);
     }
     for _ in 0..100 {
@@ -205,9 +210,8 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
     for (k, (dur, end)) in [(960u16, false), (1920, true), (1920, true), (1920, true)].into_iter().enumerate() {
         now += Duration::from_millis(20);
         let d = dur.to_be_bytes();
-        let mut api = b.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
-        tx.write_rtp(
+        send(
+            &mut b,
             RtpWrite::new(110.into(), (51 + k as u64).into(), ts, now, vec![3, if end { 0x8a } else { 0x0a }, d[0], d[1]]).marker(k == 0),
         );
         tick(now, &mut bridge, &mut b, &mut sip);
@@ -258,9 +262,7 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
         bridge.handle_sip(now, &rtp(8, 9000 + i, 160 * i as u32, i == 0, &p));
         let mut q = vec![];
         browser_enc.encode_into(&tone48(600.0, 200 + i as usize), &mut q).unwrap();
-        let mut api = b.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
-        tx.write_rtp(RtpWrite::new(opus_pt, (200 + i as u64).into(), 960 * (200 + i as u32), now, q));
+        send(&mut b, RtpWrite::new(opus_pt, (200 + i as u64).into(), 960 * (200 + i as u32), now, q));
         tick(now, &mut bridge, &mut b, &mut sip);
     }
     let opus: Vec<&(u8, u32, Vec<u8>)> = b.got[from..].iter().filter(|g| g.0 == *opus_pt).collect();
@@ -285,9 +287,7 @@ fn a_browser_and_a_pcmu_phone_hear_each_others_tones_and_digits() {
         now += Duration::from_millis(20);
         let mut q = vec![];
         browser_enc.encode_into(&tone48(600.0, 300 + i as usize), &mut q).unwrap();
-        let mut api = b.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(b.mid, None).unwrap();
-        tx.write_rtp(RtpWrite::new(opus_pt, (300 + i as u64).into(), 960 * (300 + i as u32), now, q));
+        send(&mut b, RtpWrite::new(opus_pt, (300 + i as u64).into(), 960 * (300 + i as u32), now, q));
         tick(now, &mut bridge, &mut b, &mut sip);
     }
     let hs: Vec<codec::rtp::RtpHeader> = sip.iter().map(|p| codec::rtp::RtpHeader::parse(p).unwrap()).collect();
