@@ -131,6 +131,10 @@ fn browser_calls_a_pcmu_phone(codecs: Option<&str>, telephone_event: bool, dtmf_
         assert!(w["dtmf_inband"].as_u64().unwrap_or(0) >= 4, "the browser's events played as tones: {w}");
         assert_eq!(w["dtmf_to_sip"], 0, "{w}");
     }
+    let text = edge.metrics();
+    let transcoded = format!("edge_webrtc_bridged_calls_total{{transcoding=\"{}\"}}", !codecs.is_empty());
+    assert_eq!(metric(&text, &transcoded), 1.0, "{}", text.lines().filter(|l| l.contains("webrtc")).collect::<Vec<_>>().join("\n"));
+    assert!(metric(&text, "edge_webrtc_dtmf_packets_total") >= 4.0);
     assert!(
         wait_until(Duration::from_secs(5), || metric(&edge.metrics(), "edge_media_ports_in_use") == 0.0),
         "relay ports freed: {}",

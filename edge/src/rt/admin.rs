@@ -36,6 +36,11 @@ fn describe() {
     describe_histogram!("edge_call_loss_ratio", "Per call and direction: fraction of RTP packets lost");
     describe_histogram!("edge_call_rtt_seconds", "Per call and direction: round trip between relay and endpoint (RTCP)");
     describe_counter!("edge_calls_ended_total", "Anchored calls ended, by reason");
+    describe_counter!("edge_webrtc_bridged_calls_total", "WebRTC <-> SIP calls ended, by whether the edge transcoded");
+    describe_counter!(
+        "edge_webrtc_dtmf_packets_total",
+        "RFC 4733 packets of bridged calls, by direction (to_web, to_sip) and how (event, inband)"
+    );
     describe_counter!("edge_media_packets_relayed_total", "RTP/RTCP packets forwarded by the relay");
     describe_counter!(
         "edge_media_packets_dropped_total",
@@ -138,6 +143,14 @@ pub fn record_writer(path: PathBuf) -> std::sync::mpsc::Sender<CallRecord> {
             for m in &rec.media {
                 observe("caller_to_callee", &m.from_a);
                 observe("callee_to_caller", &m.from_b);
+                if let Some(w) = &m.webrtc {
+                    metrics::counter!("edge_webrtc_bridged_calls_total", "transcoding" => w.transcoding.to_string()).increment(1);
+                    for (dir, how, n) in
+                        [("to_web", "event", w.dtmf_to_web), ("to_sip", "event", w.dtmf_to_sip), ("either", "inband", w.dtmf_inband)]
+                    {
+                        metrics::counter!("edge_webrtc_dtmf_packets_total", "direction" => dir, "how" => how).increment(n);
+                    }
+                }
             }
             if let Some(m) = rec.media.first() {
                 tracing::info!(
