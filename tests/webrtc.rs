@@ -1,7 +1,8 @@
 //! WebRTC through the SFU with real browsers: headless Chromium (fake camera and
 //! microphone) publishes with WHIP from one page and watches with WHEP from another, both
 //! loaded from a different origin than the edge (so CORS matters). The viewer's
-//! `getStats()` must show inbound audio and video bytes growing and frames decoded.
+//! `getStats()` must show inbound audio and video bytes growing and frames decoded. Also
+//! aiortc, loadgen and SIP phones in rooms, and a str0m publisher over ICE-TCP.
 #![allow(clippy::disallowed_methods)]
 
 use e2e_tests::*;
@@ -416,4 +417,91 @@ fn loadgen_sfu_participants_publish_simulcast_and_get_their_layer() {
     let r = sfu_run("storm", &["--rooms", "2", "--participants", "4", "--join-rate", "1000", "--layers-kbps", "300"]);
     assert_eq!(r["joined"], 8, "{r}");
     assert!(r["join_storm_s"].as_f64().unwrap() < 10.0, "{r}");
+}
+
+/// ICE-TCP through the real binary (RFC 6544, RFC 4571 framing): a str0m publisher whose
+/// only candidate is an active TCP one publishes with WHIP; the SFU's answer has a passive
+/// TCP candidate on the media port, ICE and DTLS complete over one TCP connection, and the
+/// publisher's audio reaches the SFU.
+#[test]
+fn a_whip_publisher_without_udp_connects_over_ice_tcp() {
+    use str0m::media::{Direction, MediaKind};
+    use str0m::net::{Protocol, Receive, TcpType};
+    use str0m::{Candidate, Event, Input, Output, Rtc};
+    let edge = Edge::start("", &[]);
+    let t0 = std::time::Instant::now();
+    let me: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut rtc = Rtc::builder().build(t0);
+    rtc.add_local_candidate(Candidate::builder().tcp().host(me).tcptype(TcpType::Active).build().unwrap());
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    // WHIP (RFC 9725): POST the offer, 201 with the answer.
+    let admin = edge.admin.unwrap();
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "POST /whip/tcp HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}", offer.len())
+        .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let answer = resp.split_once("\r\n\r\n").unwrap().1.to_string();
+    let cand = answer.lines().find(|l| l.contains(" tcp ") && l.contains("tcptype passive")).unwrap_or_else(|| panic!("{answer}"));
+    let f: Vec<&str> = cand.split_whitespace().collect();
+    let sfu: std::net::SocketAddr = format!("{}:{}", f[4], f[5]).parse().unwrap();
+    rtc.sdp_api().accept_answer(pending, str0m::change::SdpAnswer::from_sdp_string(&answer).unwrap()).unwrap();
+    let mut conn = std::net::TcpStream::connect(sfu).expect("the SFU accepts ICE-TCP on its media port");
+    conn.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let (mut connected, mut sent, mut pending_in) = (false, 0, Vec::<u8>::new());
+    let deadline = t0 + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline && sent < 100 {
+        let now = std::time::Instant::now();
+        if connected {
+            let w = rtc.writer(mid).unwrap();
+            let pt = w.payload_params().next().unwrap().pt();
+            let _ = w.write(pt, now, t0.elapsed().into(), vec![0xf8; 60]);
+            sent += 1;
+        }
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        loop {
+            match rtc.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => {
+                    assert_eq!(t.proto, Protocol::Tcp, "only the TCP candidate is used");
+                    let mut framed = (t.contents.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&t.contents);
+                    conn.write_all(&framed).unwrap();
+                }
+                Output::Event(Event::Connected) => connected = true,
+                Output::Event(_) => {}
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match conn.read(&mut buf) {
+            Ok(0) => panic!("the SFU closed the ICE-TCP connection"),
+            Ok(n) => pending_in.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        // RFC 4571 frames: a 16-bit length, then the packet.
+        while pending_in.len() >= 2 {
+            let n = u16::from_be_bytes([pending_in[0], pending_in[1]]) as usize;
+            if pending_in.len() < 2 + n {
+                break;
+            }
+            let frame: Vec<u8> = pending_in.drain(..2 + n).skip(2).collect();
+            let input = Input::Receive(
+                std::time::Instant::now(),
+                Receive { proto: Protocol::Tcp, source: sfu, destination: me, contents: frame.as_slice().try_into().unwrap() },
+            );
+            rtc.handle_input(input).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(connected, "ICE over TCP and DTLS with the SFU in the binary");
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&edge.metrics(), "edge_sfu_frames_received_total") >= 50.0),
+        "the publisher's audio reached the SFU over TCP: {}",
+        edge.metrics().lines().filter(|l| l.starts_with("edge_sfu")).collect::<Vec<_>>().join("\n")
+    );
 }

@@ -42,6 +42,9 @@ pub struct SfuSection {
     pub enabled: bool,
     /// UDP address for all WebRTC media (the ICE host candidate); port 0 picks one.
     pub media: SocketAddr,
+    /// ICE-TCP (RFC 6544): also a passive TCP candidate on the same address and port, for
+    /// clients whose networks block UDP.
+    pub ice_tcp: bool,
     /// Participants per room (the next one is refused).
     pub max_participants: usize,
     /// Guests wait in a lobby until the moderator admits them.
@@ -62,6 +65,7 @@ impl Default for SfuSection {
         SfuSection {
             enabled: true,
             media: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ice_tcp: true,
             max_participants: 100,
             lobby: true,
             vanish_secs: 30,

@@ -46,12 +46,15 @@ pub struct SfuConfig {
     /// are heard.
     pub audio_n: usize,
     pub all_audio_up_to: usize,
+    /// ICE-TCP (RFC 6544): a passive TCP host candidate at this address too, for clients
+    /// whose networks block UDP (framed as RFC 4571 by the runtime). `None`: UDP only.
+    pub tcp_addr: Option<SocketAddr>,
 }
 
 impl SfuConfig {
-    /// Defaults for a media address: last-N 25, 3 voices above 10 participants.
+    /// Defaults for a media address: last-N 25, 3 voices above 10 participants, UDP only.
     pub fn new(media_addr: SocketAddr, room: RoomConfig) -> SfuConfig {
-        SfuConfig { media_addr, room, last_n: 25, audio_n: 3, all_audio_up_to: 10 }
+        SfuConfig { media_addr, room, last_n: 25, audio_n: 3, all_audio_up_to: 10, tcp_addr: None }
     }
 }
 
@@ -438,6 +441,8 @@ const MIX_EVERY: Duration = Duration::from_millis(20);
 /// A datagram to send.
 #[derive(Debug, Clone)]
 pub struct Transmit {
+    /// UDP, or TCP (ICE-TCP: the runtime frames it, RFC 4571).
+    pub proto: Protocol,
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub data: Vec<u8>,
@@ -890,6 +895,16 @@ impl Sfu {
         rtc.bwe().set_bitrate(str0m::bwe::Bitrate::kbps(100), str0m::bwe::Bitrate::mbps(20));
         let cand = Candidate::host(self.cfg.media_addr, "udp").map_err(|e| SfuError::Unsupported(e.to_string()))?;
         rtc.add_local_candidate(cand);
+        if let Some(tcp) = self.cfg.tcp_addr {
+            // RFC 6544 4.5: the SFU only accepts connections (passive).
+            let cand = Candidate::builder()
+                .tcp()
+                .host(tcp)
+                .tcptype(str0m::net::TcpType::Passive)
+                .build()
+                .map_err(|e| SfuError::Unsupported(e.to_string()))?;
+            rtc.add_local_candidate(cand);
+        }
         Ok(rtc)
     }
 
@@ -1029,8 +1044,14 @@ impl Sfu {
 
     /// A datagram on the media socket.
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        self.handle_receive_on(now, Protocol::Udp, source, destination, data);
+    }
+
+    /// A datagram over `proto`: UDP, or one RFC 4571 frame of an ICE-TCP connection from
+    /// `source` (the runtime removed the length prefix).
+    pub fn handle_receive_on(&mut self, now: Instant, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
         let Ok(contents) = data.try_into() else { return };
-        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
+        let input = Input::Receive(now, Receive { proto, source, destination, contents });
         // The participant last seen at this address, else a scan (ICE ufrag, then 5-tuple).
         let known = self.by_source.get(&source).copied().filter(|id| self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input)));
         let id = match known {
@@ -1213,9 +1234,12 @@ impl Sfu {
                             p.next = Some(at);
                             break;
                         }
-                        Ok(Output::Transmit(t)) => {
-                            self.out.push_back(Transmit { source: t.source, destination: t.destination, data: t.contents.into() })
-                        }
+                        Ok(Output::Transmit(t)) => self.out.push_back(Transmit {
+                            proto: t.proto,
+                            source: t.source,
+                            destination: t.destination,
+                            data: t.contents.into(),
+                        }),
                         Ok(Output::Event(e)) => match e {
                             Event::Connected => p.connected = true,
                             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => p.rtc.disconnect(),

@@ -1,5 +1,7 @@
 //! The SFU runtime: one UDP socket for all WebRTC media (ICE, DTLS, SRTP demultiplexed by
-//! the core), one tokio task owning the sans-IO [`Sfu`], and a handle the HTTP layer
+//! the core), optionally an ICE-TCP listener on the same port (RFC 6544; RFC 4571 frames,
+//! one reader and writer task per connection), one tokio task owning the sans-IO [`Sfu`],
+//! and a handle the HTTP layer
 //! (WHIP/WHEP, admin API) uses to talk to it. The only place in this crate that reads the
 //! clock or touches a socket.
 #![allow(clippy::disallowed_methods)] // the runtime is where the clock is read
@@ -22,18 +24,75 @@ pub struct RoomView {
 }
 
 enum Cmd {
-    Whip { room: String, offer: String, reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>> },
-    Whep { room: String, offer: String, reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>> },
-    Leave { id: ParticipantId, reply: oneshot::Sender<Result<(), SfuError>> },
-    Remove { room: String, id: ParticipantId, reply: oneshot::Sender<Result<(), SfuError>> },
-    Rooms { reply: oneshot::Sender<Vec<RoomView>> },
-    Join { room: String, name: String, client: ClientType, reply: oneshot::Sender<Result<Joined, SfuError>> },
-    Offer { id: ParticipantId, sdp: String, reply: oneshot::Sender<Result<String, SfuError>> },
-    Answer { id: ParticipantId, sdp: String, reply: oneshot::Sender<Result<(), SfuError>> },
-    Act { id: ParticipantId, action: Action, reply: oneshot::Sender<Result<(), SfuError>> },
-    PhoneJoin { room: String, name: String, codec: PhoneCodec, reply: oneshot::Sender<Result<PhoneJoined, SfuError>> },
-    PhoneAudio { id: ParticipantId, payload: Vec<u8> },
-    PhoneLeave { id: ParticipantId },
+    Whip {
+        room: String,
+        offer: String,
+        reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>>,
+    },
+    Whep {
+        room: String,
+        offer: String,
+        reply: oneshot::Sender<Result<(ParticipantId, String), SfuError>>,
+    },
+    Leave {
+        id: ParticipantId,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Remove {
+        room: String,
+        id: ParticipantId,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Rooms {
+        reply: oneshot::Sender<Vec<RoomView>>,
+    },
+    Join {
+        room: String,
+        name: String,
+        client: ClientType,
+        reply: oneshot::Sender<Result<Joined, SfuError>>,
+    },
+    Offer {
+        id: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    Answer {
+        id: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Act {
+        id: ParticipantId,
+        action: Action,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    PhoneJoin {
+        room: String,
+        name: String,
+        codec: PhoneCodec,
+        reply: oneshot::Sender<Result<PhoneJoined, SfuError>>,
+    },
+    PhoneAudio {
+        id: ParticipantId,
+        payload: Vec<u8>,
+    },
+    PhoneLeave {
+        id: ParticipantId,
+    },
+    /// ICE-TCP: a connection from `peer` was accepted (its frames go out through `writer`),
+    /// one RFC 4571 frame arrived on it, or it closed.
+    TcpOpen {
+        peer: SocketAddr,
+        writer: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    TcpFrame {
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    TcpClosed {
+        peer: SocketAddr,
+    },
 }
 
 /// What the SFU sends a phone in a room.
@@ -182,8 +241,83 @@ pub fn start(rt: &tokio::runtime::Handle, mut cfg: SfuConfig, tokens: HashMap<St
     let (tx, rx) = mpsc::unbounded_channel();
     let _guard = rt.enter();
     let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|e| e.to_string())?;
+    if cfg.tcp_addr.is_some() {
+        // ICE-TCP on the same address and port as the UDP socket.
+        let l = std::net::TcpListener::bind(media_addr).map_err(|e| format!("SFU ICE-TCP listener {media_addr}: {e}"))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+        cfg.tcp_addr = Some(media_addr);
+        rt.spawn(tcp_accept(l, tx.clone()));
+    }
     rt.spawn(run(Sfu::new(cfg), sock, rx));
     Ok(SfuHandle { tx, media_addr, tokens: std::sync::Arc::new(tokens) })
+}
+
+/// Most ICE-TCP connections at once; more are closed at once.
+const TCP_MAX: usize = 4096;
+/// An ICE-TCP connection with nothing received for this long is closed (ICE consent checks
+/// come every few seconds on a live one, RFC 7675).
+const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accepts ICE-TCP connections: each gets a reader (RFC 4571 frames to the SFU task) and a
+/// writer (the SFU's datagrams for it, framed).
+async fn tcp_accept(l: tokio::net::TcpListener, tx: mpsc::UnboundedSender<Cmd>) {
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let Ok((conn, peer)) = l.accept().await else {
+            // Out of descriptors, say: try again a little later, not in a busy loop.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        if open.load(std::sync::atomic::Ordering::Relaxed) >= TCP_MAX {
+            continue; // dropped: closed
+        }
+        let _ = conn.set_nodelay(true);
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, open) = (tx.clone(), open.clone());
+        tokio::spawn(async move {
+            tcp_conn(conn, peer, &tx).await;
+            let _ = tx.send(Cmd::TcpClosed { peer });
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}
+
+/// One ICE-TCP connection: RFC 4571 frames (16-bit length, then a STUN, DTLS, RTP or RTCP
+/// packet) both ways until either side closes or it idles for [`TCP_IDLE`].
+async fn tcp_conn(conn: tokio::net::TcpStream, peer: SocketAddr, tx: &mpsc::UnboundedSender<Cmd>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = conn.into_split();
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+    if tx.send(Cmd::TcpOpen { peer, writer: wtx }).is_err() {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(2048);
+        while let Some(d) = wrx.recv().await {
+            let Ok(len) = u16::try_from(d.len()) else { continue };
+            out.clear();
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&d);
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let mut len = [0u8; 2];
+        let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, rd.read_exact(&mut len)).await else { break };
+        let n = u16::from_be_bytes(len) as usize;
+        if n > buf.len() {
+            buf.resize(n, 0);
+        }
+        let Ok(Ok(_)) = tokio::time::timeout(TCP_IDLE, rd.read_exact(&mut buf[..n])).await else { break };
+        if tx.send(Cmd::TcpFrame { peer, data: buf[..n].to_vec() }).is_err() {
+            break;
+        }
+    }
+    writer.abort();
 }
 
 /// The runtime's metric handles.
@@ -208,6 +342,7 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
     let mut buf = vec![0u8; 2048];
     let mut subs: HashMap<ParticipantId, mpsc::UnboundedSender<Signal>> = HashMap::new();
     let mut phones: HashMap<ParticipantId, mpsc::UnboundedSender<PhoneEvent>> = HashMap::new();
+    let mut tcp: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut last_timeout = Instant::now();
     // The thread's busy share, measured over a second and given to the core (`handle_load`).
     let (mut window, mut idle) = (Instant::now(), std::time::Duration::ZERO);
@@ -268,6 +403,9 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
                         phones.remove(&id);
                         let _ = sfu.handle_phone_leave(now, id);
                     }
+                    Cmd::TcpOpen { peer, writer } => { tcp.insert(peer, writer); }
+                    Cmd::TcpFrame { peer, data } => sfu.handle_receive_on(now, str0m::net::Protocol::Tcp, peer, local, &data),
+                    Cmd::TcpClosed { peer } => { tcp.remove(&peer); }
                     Cmd::Rooms { reply } => {
                         let rooms = sfu
                             .rooms()
@@ -297,6 +435,12 @@ async fn run(mut sfu: Sfu, sock: tokio::net::UdpSocket, mut rx: mpsc::UnboundedR
             }
         }
         while let Some(t) = sfu.poll_transmit() {
+            if t.proto != str0m::net::Protocol::Udp {
+                if let Some(w) = tcp.get(&t.destination) {
+                    let _ = w.send(t.data);
+                }
+                continue;
+            }
             if let Err(e) = sock.try_send_to(&t.data, t.destination)
                 && e.kind() == std::io::ErrorKind::WouldBlock
             {

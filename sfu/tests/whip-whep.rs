@@ -76,7 +76,7 @@ fn pump_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &m
         let mut moved = false;
         for c in clients.iter_mut() {
             for t in drain(c) {
-                sfu.handle_receive(now, t.source, t.destination, &t.contents);
+                sfu.handle_receive_on(now, t.proto, t.source, t.destination, &t.contents);
                 moved = true;
             }
         }
@@ -88,7 +88,7 @@ fn pump_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &m
                 let input = Input::Receive(
                     now,
                     Receive {
-                        proto: Protocol::Udp,
+                        proto: t.proto,
                         source: t.source,
                         destination: t.destination,
                         contents: t.data.as_slice().try_into().unwrap(),
@@ -97,7 +97,7 @@ fn pump_lossy(now: Instant, sfu: &mut Sfu, clients: &mut [&mut Client], lose: &m
                 c.rtc.handle_input(input).unwrap();
                 // str0m's RTP mode keeps one received packet for the next poll: poll now.
                 for t in drain(c) {
-                    sfu.handle_receive(now, t.source, t.destination, &t.contents);
+                    sfu.handle_receive_on(now, t.proto, t.source, t.destination, &t.contents);
                 }
                 moved = true;
             }
@@ -195,6 +195,52 @@ fn a_whep_viewer_receives_what_a_whip_publisher_sends() {
         "{events:?}"
     );
     assert_eq!(s.rooms().count(), 0, "empty rooms are dropped");
+}
+
+/// ICE-TCP (RFC 6544): a viewer whose network blocks UDP has only an active TCP candidate;
+/// the SFU's answer carries a passive TCP candidate too, and everything to and from that
+/// viewer goes over TCP while the publisher stays on UDP.
+#[test]
+fn a_viewer_without_udp_connects_over_ice_tcp() {
+    let mut now = Instant::now();
+    let mut cfg =
+        SfuConfig::new(SFU.parse().unwrap(), RoomConfig { max_participants: 10, lobby: true, vanish_after: Duration::from_secs(10) });
+    cfg.tcp_addr = Some(SFU.parse().unwrap());
+    let mut s = Sfu::new(cfg);
+    let (mut publ, offer, pending) = client(now, 50040, Direction::SendOnly);
+    let (_, answer) = s.handle_whip(now, "tcp", &offer).unwrap();
+    assert!(answer.contains(" tcp ") && answer.contains("tcptype passive"), "{answer}");
+    accept(&mut publ, pending, &answer);
+    let addr: SocketAddr = "127.0.0.1:50041".parse().unwrap();
+    let mut rtc = Rtc::builder().build(now);
+    rtc.add_local_candidate(Candidate::builder().tcp().host(addr).tcptype(str0m::net::TcpType::Active).build().unwrap());
+    let mut api = rtc.sdp_api();
+    let a = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let v = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let mut view =
+        Client { rtc, addr, connected: false, got: vec![], rtp: vec![], mids: vec![(a, MediaKind::Audio), (v, MediaKind::Video)] };
+    let (_, answer) = s.handle_whep(now, "tcp", &offer.to_sdp_string()).unwrap();
+    accept(&mut view, pending, &answer);
+    let mut protos = vec![];
+    for i in 0..3000u64 {
+        now += Duration::from_millis(1);
+        if publ.connected && i % 33 == 0 {
+            let vp8 = publ.rtc.writer(publ.mids[1].0).unwrap().payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+            let mut frame = vec![if i % 330 == 0 { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            frame.resize(900, 0x55);
+            publ.rtc.writer(publ.mids[1].0).unwrap().write(vp8, now, Duration::from_millis(i).into(), frame).unwrap();
+        }
+        tick_lossy(now, &mut s, &mut [&mut publ, &mut view], &mut |t| {
+            if t.destination == addr {
+                protos.push(t.proto);
+            }
+            false
+        });
+    }
+    assert!(view.connected, "ICE over TCP and DTLS with the SFU");
+    assert!(view.got.iter().filter(|k| **k == MediaKind::Video).count() > 20, "video over TCP: {}", view.got.len());
+    assert!(!protos.is_empty() && protos.iter().all(|p| *p == Protocol::Tcp), "everything to the viewer over TCP");
 }
 
 #[test]

@@ -213,9 +213,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
             last_n: cfg.sfu.last_n,
             audio_n: cfg.sfu.audio_n,
             all_audio_up_to: cfg.sfu.all_audio_up_to,
+            tcp_addr: cfg.sfu.ice_tcp.then_some(cfg.sfu.media),
         };
         let h = sfu::rt::start(conn_rt.handle(), c, cfg.sfu.tokens.clone())?;
-        println!("edge: listening sfu-media {}", h.media_addr);
+        println!("edge: listening sfu-media {}{}", h.media_addr, if cfg.sfu.ice_tcp { " (udp, ice-tcp)" } else { "" });
         Some(h)
     } else {
         None
