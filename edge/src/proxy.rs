@@ -102,7 +102,6 @@ struct ClientTsx {
     auth_tried: bool,
 }
 
-/// A request's rewritten body (if any) and the media context of its client transactions.
 /// The rewritten body (if any), the media context of the client transactions, and the body
 /// for WS/WSS branches when it differs (a call forked to browsers and SIP devices at once).
 type MediaEdit = (Option<Vec<u8>>, Option<MediaTsx>, Option<Vec<u8>>);
@@ -332,13 +331,13 @@ impl Core {
         self.anchor.as_mut()?.poll_output()
     }
 
-    /// When the WebRTC media bridges' timers are next due.
     /// Whether a bridge got work outside the relay loop since the last call (the relay
     /// loop should send its output and look at its timers again).
     pub fn take_media_kick(&mut self) -> bool {
         std::mem::take(&mut self.media_kick)
     }
 
+    /// When the WebRTC media bridges' timers are next due.
     pub fn media_bridge_timeout(&self) -> Option<Instant> {
         self.anchor.as_ref()?.poll_bridge_timeout()
     }
@@ -894,8 +893,7 @@ impl Core {
                     }
                     v => {
                         let mut extra = String::new();
-                        let ws = matches!(from.transport, Transport::Ws | Transport::Wss);
-                        for c in self.sh.auth.challenges_for(now, v == Verdict::Stale, ws) {
+                        for c in self.sh.auth.challenges_for(now, v == Verdict::Stale, from.transport.websocket()) {
                             let _ = write!(extra, "Proxy-Authenticate: {c}\r\n");
                         }
                         self.reject(now, sid, from, &msg, tv, 407, "Proxy Authentication Required", &extra);
@@ -1087,8 +1085,8 @@ impl Core {
             b.popped,
             b.max_forwards,
             b.record_route,
-            match (&b.ws_body, t.dest.transport) {
-                (Some(w), Transport::Ws | Transport::Wss) => Some(w.as_ref()),
+            match &b.ws_body {
+                Some(w) if t.dest.transport.websocket() => Some(w.as_ref()),
                 _ => b.body.as_deref(),
             },
         )?;
@@ -1813,8 +1811,8 @@ impl Core {
         if method == Method::Invite && !in_dialog && stateful {
             // A browser (WS/WSS) calling a SIP endpoint or the reverse needs the media bridge
             // (ICE, DTLS-SRTP on one side, RTP on the other): anchored whatever the policy.
-            let ws = |t: &Target| matches!(t.dest.transport, Transport::Ws | Transport::Wss);
-            let (ws_targets, other_targets) = (targets.iter().any(ws), targets.iter().any(|t| !ws(t)));
+            let ws_targets = targets.iter().any(|t| t.dest.transport.websocket());
+            let other_targets = targets.iter().any(|t| !t.dest.transport.websocket());
             let bridged = sdp && Anchor::needs_bridge(&msg.body(), ws_targets, other_targets);
             let anchored = bridged || self.should_anchor(now, msg, from, targets);
             let parties = self.parties(msg);
@@ -1838,9 +1836,9 @@ impl Core {
                 Ok((b, ws)) => Ok((Some(b), Some(tsx), ws)),
                 Err(e) => {
                     tracing::info!(call_id, error = %e, "media: offer refused");
-                    let st = e.status();
-                    self.end_call(now, &call_id, EndReason::Failed(st.0));
-                    Err((st.0, st.1, e.warning()))
+                    let reply = e.reply();
+                    self.end_call(now, &call_id, EndReason::Failed(reply.0));
+                    Err(reply)
                 }
             };
         }
@@ -1887,8 +1885,7 @@ impl Core {
                     Ok(b) => Ok((Some(b), Some(tsx), None)),
                     Err(e) => {
                         tracing::info!(call_id, error = %e, "media: re-offer refused");
-                        let st = e.status();
-                        Err((st.0, st.1, e.warning()))
+                        Err(e.reply())
                     }
                 }
             }

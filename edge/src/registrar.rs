@@ -52,7 +52,7 @@ pub fn handle_register(sh: &Shared, now: Instant, msg: &Message, from: Peer) -> 
         return r;
     }
     // Authenticate first: nothing is stored for an unauthenticated REGISTER.
-    let ws = matches!(from.transport, crate::transport::Transport::Ws | crate::transport::Transport::Wss);
+    let ws = from.transport.websocket();
     let user = match sh.auth.verify(now, "REGISTER", msg.header_lines(HeaderName::Authorization)) {
         Verdict::Ok(u) => u,
         Verdict::Challenge | Verdict::Fail("nonce-count replayed") => return challenge(sh, now, false, ws),

@@ -19,6 +19,11 @@ impl Transport {
         self != Transport::Udp
     }
 
+    /// `true` for SIP over WebSocket (RFC 7118): browser SIP stacks.
+    pub fn websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
     /// Token used in Via (RFC 3261 20.42, RFC 7118 5.2).
     pub fn via_token(self) -> &'static str {
         match self {

@@ -59,6 +59,13 @@ impl MediaError {
         }
     }
 
+    /// The response that refuses the request: status, reason phrase and the `Warning`
+    /// header.
+    pub fn reply(&self) -> (u16, &'static str, String) {
+        let (code, reason) = self.status();
+        (code, reason, self.warning())
+    }
+
     /// The `Warning` header (RFC 3261 20.43) that says why: 305 for media formats, 399
     /// otherwise.
     pub fn warning(&self) -> String {
@@ -383,14 +390,6 @@ impl Anchor {
             dialog: None,
             cseq: [0, 0],
         });
-    }
-
-    /// Whether the callee is a browser (reached over WS/WSS): its leg gets WebRTC media
-    /// (ICE, DTLS-SRTP) bridged to the caller's, when the caller's is not WebRTC too.
-    pub fn set_callee_webrtc(&mut self, call_id: &str, webrtc: bool) {
-        if let Some(c) = self.calls.get_mut(call_id) {
-            c.callee_webrtc = webrtc;
-        }
     }
 
     /// Whether an offer from the caller may need a WebRTC <-> SIP bridge, given whether the

@@ -606,9 +606,7 @@ impl Bridge {
             let payload = vec![d.event, if end { 0x8a } else { 0x0a }, t[0], t[1]];
             let q = Packet { pt: d.pt, seq, ts: d.ts, marker: now == d.started, payload };
             self.next_to_sip.0 = seq.wrapping_add(1);
-            self.stats.dtmf_to_sip += 1;
-            self.stats.to_sip_packets += 1;
-            self.out.push_back(BridgeOutput::ToSip(rtp_packet(self.ssrc, &q)));
+            self.send_to_sip(&q);
             if end {
                 d.ends_sent += 1;
                 if d.ends_sent == 3 {
@@ -633,6 +631,15 @@ impl Bridge {
         self.web.close();
     }
 
+    /// Queues a packet for the SIP leg, counted (telephone-events apart).
+    fn send_to_sip(&mut self, q: &Packet) {
+        if self.to_sip.out_dtmf.is_some_and(|d| d.0 == q.pt) {
+            self.stats.dtmf_to_sip += 1;
+        }
+        self.stats.to_sip_packets += 1;
+        self.out.push_back(BridgeOutput::ToSip(rtp_packet(self.ssrc, q)));
+    }
+
     fn pump(&mut self) {
         let mut batch = std::mem::take(&mut self.batch);
         while let Some(e) = self.web.poll_event() {
@@ -644,12 +651,8 @@ impl Bridge {
                     let i = In { pt: *h.payload_type, seq: h.sequence_number, ts: h.timestamp, marker: h.marker, payload: &p.payload };
                     self.to_sip.handle(i, &mut self.stats, &mut batch);
                     for q in batch.drain(..) {
-                        if self.to_sip.out_dtmf.is_some_and(|d| d.0 == q.pt) {
-                            self.stats.dtmf_to_sip += 1;
-                        }
-                        self.stats.to_sip_packets += 1;
                         self.next_to_sip = next_after(&q, self.to_sip.out_clock);
-                        self.out.push_back(BridgeOutput::ToSip(rtp_packet(self.ssrc, &q)));
+                        self.send_to_sip(&q);
                     }
                 }
                 LegEvent::Connected => tracing::debug!("webrtc bridge: connected"),

@@ -421,6 +421,14 @@ impl Relay {
         Ok(())
     }
 
+    /// A bridge may have output for [`Self::poll_output`]: once per run of packets of the
+    /// same session (a receive batch of one call's packets queues it once).
+    fn mark_dirty(&mut self, id: u64) {
+        if self.bridge_dirty.last() != Some(&id) {
+            self.bridge_dirty.push(id);
+        }
+    }
+
     /// Puts a WebRTC bridge on a session: `web` is the browser's leg.
     pub fn set_bridge(&mut self, id: u64, web: Side, bridge: MediaBridge) -> Result<(), RelayError> {
         let s = self.sessions.get_mut(&id).ok_or(RelayError::UnknownSession)?;
@@ -428,13 +436,13 @@ impl Relay {
         if !self.bridged.contains(&id) {
             self.bridged.push(id);
         }
-        self.bridge_dirty.push(id);
+        self.mark_dirty(id);
         Ok(())
     }
 
     /// The bridge of a session, to change (re-offers).
     pub fn bridge_mut(&mut self, id: u64) -> Option<&mut MediaBridge> {
-        self.bridge_dirty.push(id);
+        self.mark_dirty(id);
         self.sessions.get_mut(&id)?.bridge.as_mut().map(|(_, b)| &mut **b)
     }
 
@@ -462,7 +470,7 @@ impl Relay {
             if let Some((_, b)) = s.bridge.as_mut() {
                 b.handle_web(now, src, pkt);
             }
-            self.bridge_dirty.push(id);
+            self.mark_dirty(id);
             return;
         }
         let rtcp = on_rtcp_port || is_rtcp(pkt);
@@ -476,7 +484,7 @@ impl Relay {
         if let Some((_, b)) = s.bridge.as_mut() {
             b.handle_sip(now, pkt);
         }
-        self.bridge_dirty.push(id);
+        self.mark_dirty(id);
     }
 
     /// Next datagram a bridge sends (after [`Self::handle_packet`] returned `None` for a
@@ -527,6 +535,7 @@ impl Relay {
             let Some((_, b)) = self.sessions.get_mut(&id).and_then(|s| s.bridge.as_mut()) else { continue };
             if b.poll_timeout().is_some_and(|at| at <= now) {
                 b.handle_timeout(now);
+                // Each bridged session once per pass: no repeat to skip.
                 self.bridge_dirty.push(id);
             }
         }
